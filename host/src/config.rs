@@ -1,0 +1,448 @@
+//! The service configuration, `claude-pilot.toml`.
+//!
+//! Every section and key is optional: what is missing takes the embedded default
+//! ([`DEFAULT_CONFIG_TOML`] documents each). Unknown keys are errors that name the key, so a typo
+//! never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::MisfirePolicy;
+
+/// The embedded defaults, as a commented TOML file (`cnp config default` prints it).
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../claude-pilot.default.toml");
+
+/// Name of the config file looked up in the working directory.
+pub const CONFIG_FILE_NAME: &str = "claude-pilot.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub job_engine: JobEngineConfig,
+    pub scheduler: SchedulerConfig,
+    pub executor: ExecutorConfig,
+    pub notifications: NotificationsConfig,
+    pub database: DatabaseConfig,
+    pub manifests: ManifestsConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobEngineConfig {
+    /// Runs allowed at once across all jobs.
+    pub max_concurrent_jobs: u32,
+    /// Executions older than this many days are deleted (when `database.cleanup_old_executions`).
+    pub cleanup_retention_days: u32,
+    /// How often the engine writes its heartbeat (used to tell how long it was down).
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    pub metrics_enabled: bool,
+    /// On SIGINT/SIGTERM: how long running jobs may take to finish before they are killed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// The longest the timer sleeps before re-reading the wall clock. The timer wakes exactly at
+    /// each due instant; this only bounds how late it notices a wall-clock jump (NTP step,
+    /// suspend/resume).
+    #[serde(with = "humantime_serde")]
+    pub tick_interval: Duration,
+    /// Time zone for cron jobs that do not name one (IANA name).
+    pub timezone: String,
+    /// Slots missed while cnp was down or stalled: 0 = skip them, 1 = run the latest once,
+    /// N = run up to the N most recent. Jobs may override (`schedule.misfire`).
+    pub max_missed_runs: u32,
+    /// A slot is "missed" once it is this late; later than that the misfire policy decides.
+    #[serde(with = "humantime_serde")]
+    pub misfire_grace: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn misfire_policy(&self) -> MisfirePolicy {
+        MisfirePolicy::from_max_missed_runs(self.max_missed_runs)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// Timeout for jobs that do not set `timeout_seconds`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// The Claude CLI command; may be several words (`npx @anthropic-ai/claude-code@latest`).
+    pub claude_cli_path: String,
+    /// How long a Claude session stays eligible for `--resume` by later runs (reserved for session
+    /// reuse; jobs resume explicitly with `execution.resume_session` today).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Between SIGTERM and SIGKILL when a run is stopped.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+    /// At most this many bytes of one run's output are stored.
+    pub max_output_bytes: usize,
+    /// Longer output lines are cut to this many bytes.
+    pub max_line_bytes: usize,
+    /// Working directory for jobs that do not name one (default: cnp's own).
+    pub working_directory: Option<PathBuf>,
+    /// Extra environment for every run (jobs may override). `TZ` defaults to `UTC`.
+    pub environment: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    pub rate_limit_per_hour: u32,
+    pub template_directory: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The SQLite file. Default: `<data dir>/cnp/cnp.db` (`~/.local/share/cnp/cnp.db` on Linux).
+    pub path: Option<PathBuf>,
+    /// Delete executions older than `job_engine.cleanup_retention_days`.
+    pub cleanup_old_executions: bool,
+    /// Keep at most this many finished executions per job (0 = no limit).
+    pub max_execution_history: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestsConfig {
+    /// Folder of YAML job manifests loaded at start. Default: `<config dir>/cnp/jobs` when it
+    /// exists.
+    pub directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `tracing` filter, e.g. `info` or `cnp=debug` (overridden by `RUST_LOG`).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            job_engine: JobEngineConfig::default(),
+            scheduler: SchedulerConfig::default(),
+            executor: ExecutorConfig::default(),
+            notifications: NotificationsConfig::default(),
+            database: DatabaseConfig::default(),
+            manifests: ManifestsConfig::default(),
+            logging: LoggingConfig::default(),
+        }
+    }
+}
+
+impl Default for JobEngineConfig {
+    fn default() -> Self {
+        JobEngineConfig {
+            max_concurrent_jobs: 10,
+            cleanup_retention_days: 30,
+            health_check_interval: Duration::from_secs(30),
+            metrics_enabled: true,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            tick_interval: Duration::from_secs(1),
+            timezone: "UTC".into(),
+            max_missed_runs: 3,
+            misfire_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            default_timeout: Duration::from_secs(15 * 60),
+            claude_cli_path: "claude".into(),
+            session_timeout: Duration::from_secs(3600),
+            kill_grace: Duration::from_secs(10),
+            max_output_bytes: 4 * 1024 * 1024,
+            max_line_bytes: 64 * 1024,
+            working_directory: None,
+            environment: Default::default(),
+        }
+    }
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            rate_limit_per_hour: 100,
+            template_directory: PathBuf::from("./templates"),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            path: None,
+            cleanup_old_executions: true,
+            max_execution_history: 1000,
+        }
+    }
+}
+
+impl Default for ManifestsConfig {
+    fn default() -> Self {
+        ManifestsConfig { directory: None }
+    }
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The message names the line, column and key (toml's own report).
+    #[error("invalid config file {path}:\n{message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates a config file's text. `path` is only used in error messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// The config file to use when none is named: `$CNP_CONFIG`, `./claude-pilot.toml`,
+    /// `<config dir>/cnp/claude-pilot.toml`, in that order; `None` means the embedded defaults.
+    pub fn discover() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("CNP_CONFIG") {
+            return Some(PathBuf::from(p));
+        }
+        let local = PathBuf::from(CONFIG_FILE_NAME);
+        if local.is_file() {
+            return Some(local);
+        }
+        let user = dirs::config_dir()?.join("cnp").join(CONFIG_FILE_NAME);
+        user.is_file().then_some(user)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        };
+        if self.job_engine.max_concurrent_jobs == 0 {
+            return Err(invalid(
+                "job_engine.max_concurrent_jobs",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.scheduler.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(invalid(
+                "scheduler.timezone",
+                format!("unknown IANA time zone `{}` (e.g. `UTC`, `Europe/Berlin`)", self.scheduler.timezone),
+            ));
+        }
+        if self.scheduler.tick_interval.is_zero() {
+            return Err(invalid(
+                "scheduler.tick_interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.executor.default_timeout.is_zero() {
+            return Err(invalid(
+                "executor.default_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        match shell_words::split(&self.executor.claude_cli_path) {
+            Ok(words) if !words.is_empty() => {}
+            Ok(_) => return Err(invalid("executor.claude_cli_path", "is empty".into())),
+            Err(e) => return Err(invalid("executor.claude_cli_path", e.to_string())),
+        }
+        if self.executor.max_line_bytes < 256 {
+            return Err(invalid(
+                "executor.max_line_bytes",
+                "must be at least 256".into(),
+            ));
+        }
+        if self.executor.max_output_bytes < self.executor.max_line_bytes {
+            return Err(invalid(
+                "executor.max_output_bytes",
+                "must be at least executor.max_line_bytes".into(),
+            ));
+        }
+        if self.logging.level.trim().is_empty() {
+            return Err(invalid("logging.level", "is empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The database file, defaulting to the user's data directory.
+    pub fn database_path(&self) -> PathBuf {
+        self.database.path.clone().unwrap_or_else(default_data_dir_file)
+    }
+
+    /// The manifest folder: configured, or `<config dir>/cnp/jobs` when that exists.
+    pub fn manifest_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.manifests.directory {
+            return Some(d.clone());
+        }
+        let d = dirs::config_dir()?.join("cnp").join("jobs");
+        d.is_dir().then_some(d)
+    }
+
+    /// The default zone for cron jobs (validated at load).
+    pub fn default_timezone(&self) -> chrono_tz::Tz {
+        self.scheduler.timezone.parse().unwrap_or(chrono_tz::UTC)
+    }
+}
+
+fn default_data_dir_file() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("cnp")
+        .join("cnp.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("claude-pilot.toml"))
+    }
+
+    #[test]
+    fn embedded_defaults_parse_and_equal_code_defaults() {
+        let parsed = parse(DEFAULT_CONFIG_TOML).expect("embedded default config parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn spec_example_parses() {
+        let c = parse(
+            r#"
+[job_engine]
+max_concurrent_jobs = 10
+cleanup_retention_days = 30
+health_check_interval = "30s"
+metrics_enabled = true
+[scheduler]
+tick_interval = "1s"
+timezone = "UTC"
+max_missed_runs = 3
+[executor]
+default_timeout = "15m"
+claude_cli_path = "npx @anthropic-ai/claude-code@latest"
+session_timeout = "1h"
+[notifications]
+rate_limit_per_hour = 100
+template_directory = "./templates"
+[database]
+cleanup_old_executions = true
+max_execution_history = 1000
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.executor.default_timeout, Duration::from_secs(900));
+        assert_eq!(c.executor.claude_cli_path, "npx @anthropic-ai/claude-code@latest");
+        assert_eq!(c.scheduler.misfire_policy(), MisfirePolicy::RunUpTo(3));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = parse("[scheduler]\ntimezone = \"UTC\"\nmax_mised_runs = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_mised_runs"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("claude-pilot.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let err = parse("[schedular]\n").unwrap_err().to_string();
+        assert!(err.contains("schedular"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = parse("[scheduler]\ntimezone = \"Mars/Olympus\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("scheduler.timezone"), "{err}");
+        assert!(err.contains("Mars/Olympus"), "{err}");
+
+        let err = parse("[executor]\ndefault_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_timeout"), "{err}");
+
+        let err = parse("[job_engine]\nmax_concurrent_jobs = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("job_engine.max_concurrent_jobs"), "{err}");
+
+        let err = parse("[executor]\nclaude_cli_path = \"npx 'unterminated\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("executor.claude_cli_path"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = parse("[scheduler\n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+}

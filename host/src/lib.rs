@@ -1,0 +1,21 @@
+//! cnp — runs Claude Code CLI jobs on schedules, unattended.
+//!
+//! The layers, top to bottom (see ARCHITECTURE.md):
+//! - [`cli`]: the `cnp` command line (`cnp serve` runs the service).
+//! - [`service`]: wires config, store, manifests and the engine together; graceful shutdown.
+//! - [`engine`]: the heap timer, misfire handling, the priority dispatch queue and run lifecycle.
+//! - [`executor`]: runs the Claude CLI as a child process and classifies what happened.
+//! - [`schedule`]: cron / interval / one-shot arithmetic in IANA time zones.
+//! - [`store`]: SQLite persistence (WAL, migrations, a single batching writer).
+//! - [`model`], [`config`], [`manifest`]: the shapes users write and read.
+
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod executor;
+pub mod manifest;
+pub mod model;
+pub mod schedule;
+pub mod service;
+pub mod store;

@@ -1,0 +1,540 @@
+//! The data model: jobs, prompts and executions, as stored and as sent over the wire.
+//!
+//! Field names follow the user's specification (SPEC.md, "Data model"). [`Job`] and
+//! [`JobExecution`] export TypeScript types through `ts-rs` (`cargo test -p cnp-host export_bindings`
+//! writes them to `host/bindings/`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use ts_rs::TS;
+
+/// Lowest priority a job can have.
+pub const PRIORITY_MIN: u8 = 1;
+/// Highest (most urgent) priority a job can have.
+pub const PRIORITY_MAX: u8 = 10;
+/// Priority of a job that does not name one.
+pub const PRIORITY_DEFAULT: u8 = 5;
+
+/// A scheduled piece of work: which prompt to send to Claude, when, and how.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct Job {
+    /// Stable identifier (UUID v7 for jobs created by cnp).
+    pub id: String,
+    /// Unique, human-readable name.
+    pub name: String,
+    /// The stored prompt this job runs. `None` when the job carries an inline prompt.
+    pub prompt_id: Option<String>,
+    /// Inline prompt text (manifests may give the prompt directly instead of a `prompt_id`).
+    pub prompt: Option<String>,
+    /// The cron expression, for cron jobs (mirrors `schedule.expression`).
+    pub cron_expression: Option<String>,
+    /// When the job runs.
+    pub schedule: Schedule,
+    pub status: JobStatus,
+    pub job_type: JobType,
+    /// 1 (least urgent) to 10 (most urgent).
+    pub priority: u8,
+    pub execution_options: ExecutionOptions,
+    pub retry_config: Option<RetryConfig>,
+    pub notification_config: Option<NotificationConfig>,
+    pub resource_limits: Option<ResourceLimits>,
+    /// Free-form labels; the CLI selects jobs by tag.
+    pub tags: Vec<String>,
+    /// Where the job was defined: `None` for jobs made through the CLI/API, or the manifest file
+    /// that owns it.
+    pub source: Option<String>,
+    pub execution_count: u64,
+    pub failure_count: u64,
+    pub avg_execution_time_ms: f64,
+    /// Completed runs / finished runs, 0.0–1.0 (1.0 before the first run).
+    pub success_rate: f64,
+    pub next_run_time: Option<DateTime<Utc>>,
+    pub last_run_time: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Whether the scheduler considers a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Scheduled: fires at its next slot.
+    Active,
+    /// Temporarily stopped by a user; slots passing while paused are not run on resume.
+    Paused,
+    /// Switched off (e.g. a one-shot job after it fired, or by configuration).
+    Disabled,
+}
+
+/// The shape of a job's schedule, a summary of [`Schedule`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    Cron,
+    Interval,
+    Once,
+    /// Runs only when asked (run-now / delayed run).
+    Manual,
+}
+
+/// When a job fires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// A cron expression (5 fields, 6 with seconds, or an `@daily`-style alias) evaluated in an
+    /// IANA time zone.
+    Cron {
+        expression: String,
+        /// IANA zone name; `None` uses `scheduler.timezone` from the config.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        misfire: Option<MisfirePolicy>,
+    },
+    /// Every `every_seconds`, counted from `start_at` (or the job's creation).
+    Interval {
+        every_seconds: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start_at: Option<DateTime<Utc>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        misfire: Option<MisfirePolicy>,
+    },
+    /// Exactly once, at an instant.
+    Once { at: DateTime<Utc> },
+    /// Never by itself; only run-now or a delayed run.
+    Manual,
+}
+
+impl Schedule {
+    pub fn job_type(&self) -> JobType {
+        match self {
+            Schedule::Cron { .. } => JobType::Cron,
+            Schedule::Interval { .. } => JobType::Interval,
+            Schedule::Once { .. } => JobType::Once,
+            Schedule::Manual => JobType::Manual,
+        }
+    }
+
+    pub fn misfire(&self) -> Option<MisfirePolicy> {
+        match self {
+            Schedule::Cron { misfire, .. } | Schedule::Interval { misfire, .. } => *misfire,
+            _ => None,
+        }
+    }
+}
+
+/// What to do with slots that came due while cnp was down or stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// Record the missed slots as skipped; run nothing.
+    Skip,
+    /// Run the most recent missed slot once.
+    RunLatest,
+    /// Run up to N of the most recent missed slots, oldest first.
+    RunUpTo(u32),
+}
+
+impl MisfirePolicy {
+    /// The policy the config's `scheduler.max_missed_runs` stands for.
+    pub fn from_max_missed_runs(n: u32) -> Self {
+        match n {
+            0 => MisfirePolicy::Skip,
+            1 => MisfirePolicy::RunLatest,
+            n => MisfirePolicy::RunUpTo(n),
+        }
+    }
+
+    /// How many of the missed slots to run.
+    pub fn runs(self) -> u32 {
+        match self {
+            MisfirePolicy::Skip => 0,
+            MisfirePolicy::RunLatest => 1,
+            MisfirePolicy::RunUpTo(n) => n,
+        }
+    }
+}
+
+/// What happens when a slot comes due while `max_parallel` runs of the job are already going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlapPolicy {
+    /// Keep the new run queued until a running one finishes.
+    #[default]
+    Queue,
+    /// Record the new run as skipped.
+    Skip,
+}
+
+/// How the Claude CLI is run for a job.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionOptions {
+    /// Kill the run after this long; `None` uses `executor.default_timeout`.
+    pub timeout_seconds: Option<u64>,
+    /// How many runs of this job may run at once (default 1).
+    pub max_parallel: Option<u32>,
+    /// What to do with a run that would exceed `max_parallel`.
+    pub overlap: OverlapPolicy,
+    pub working_directory: Option<String>,
+    pub environment: BTreeMap<String, String>,
+    /// `--model`
+    pub model: Option<String>,
+    /// `--fallback-model`
+    pub fallback_model: Option<String>,
+    /// `--max-turns`
+    pub max_turns: Option<u32>,
+    /// `--max-budget-usd`
+    pub max_budget_usd: Option<f64>,
+    /// `--allowedTools`
+    pub allowed_tools: Vec<String>,
+    /// `--disallowedTools`
+    pub disallowed_tools: Vec<String>,
+    /// `--permission-mode` (acceptEdits, auto, bypassPermissions, manual, dontAsk, plan)
+    pub permission_mode: Option<String>,
+    /// `--append-system-prompt`
+    pub append_system_prompt: Option<String>,
+    /// `--add-dir`, one per entry
+    pub add_dirs: Vec<String>,
+    /// `--mcp-config`
+    pub mcp_config: Option<String>,
+    /// `--resume <session id>`: continue an earlier conversation.
+    pub resume_session: Option<String>,
+    /// `--continue`: continue the most recent conversation in the working directory.
+    pub continue_session: bool,
+    /// Any further arguments, passed as they are.
+    pub extra_args: Vec<String>,
+}
+
+/// How failed runs are retried (the retry service itself arrives with its own issue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    pub max_attempts: u32,
+    pub strategy: RetryStrategy,
+    /// Seconds before the first retry (fixed delay, or the start of a backoff).
+    #[serde(default)]
+    pub initial_interval: Option<u64>,
+    /// Upper bound on any delay, in seconds.
+    #[serde(default)]
+    pub max_interval: Option<u64>,
+    #[serde(default)]
+    pub multiplier: Option<f64>,
+    /// Delays in seconds for `custom`.
+    #[serde(default)]
+    pub delays: Vec<u64>,
+    #[serde(default)]
+    pub jitter: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryStrategy {
+    Fixed,
+    ExponentialBackoff,
+    Linear,
+    Custom,
+}
+
+/// Who hears about a job's runs (delivery arrives with the notifications issue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationConfig {
+    #[serde(default)]
+    pub on_success: bool,
+    #[serde(default = "yes")]
+    pub on_failure: bool,
+    #[serde(default)]
+    pub on_start: bool,
+    #[serde(default)]
+    #[ts(type = "Array<Record<string, unknown>>")]
+    pub channels: Vec<serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Per-run limits on the CLI's process tree.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceLimits {
+    pub max_memory_mb: Option<u64>,
+    pub max_cpu_percent: Option<f64>,
+}
+
+/// A stored prompt that jobs refer to by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct Prompt {
+    /// Caller-chosen slug (`code-quality-check`) or a generated id.
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One run (one attempt) of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct JobExecution {
+    pub id: String,
+    pub job_id: String,
+    pub status: ExecutionStatus,
+    /// Why it ran: a schedule slot, a manual run, a delayed run, a misfire catch-up.
+    pub trigger: Trigger,
+    /// The slot or instant it was due (unique per job and attempt for scheduled runs).
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub execution_time_ms: Option<u64>,
+    /// The prompt text sent to Claude.
+    pub prompt: Option<String>,
+    /// Final result text from the CLI (bounded).
+    pub output: Option<String>,
+    pub error: Option<String>,
+    /// 0 for the first attempt.
+    pub retry_count: u32,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub session_id: Option<String>,
+    pub cost_usd: Option<f64>,
+    #[ts(type = "Record<string, unknown> | null")]
+    pub usage: Option<serde_json::Value>,
+    pub resource_usage: Option<ResourceUsage>,
+    pub pid: Option<u32>,
+}
+
+/// Where an execution stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// Recorded and waiting for a slot in the dispatch queue (or for its delayed start).
+    Queued,
+    /// Held back (e.g. during a usage-limit cooldown).
+    Deferred,
+    Running,
+    /// Finished successfully (the spec's "Completed").
+    Completed,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// cnp stopped (crash or kill) while it ran.
+    Interrupted,
+    /// Not run: misfire policy, overlap policy or a condition.
+    Skipped,
+}
+
+impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            ExecutionStatus::Queued | ExecutionStatus::Deferred | ExecutionStatus::Running
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionStatus::Queued => "queued",
+            ExecutionStatus::Deferred => "deferred",
+            ExecutionStatus::Running => "running",
+            ExecutionStatus::Completed => "completed",
+            ExecutionStatus::Failed => "failed",
+            ExecutionStatus::TimedOut => "timed_out",
+            ExecutionStatus::Cancelled => "cancelled",
+            ExecutionStatus::Interrupted => "interrupted",
+            ExecutionStatus::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => ExecutionStatus::Queued,
+            "deferred" => ExecutionStatus::Deferred,
+            "running" => ExecutionStatus::Running,
+            "completed" => ExecutionStatus::Completed,
+            "failed" => ExecutionStatus::Failed,
+            "timed_out" => ExecutionStatus::TimedOut,
+            "cancelled" => ExecutionStatus::Cancelled,
+            "interrupted" => ExecutionStatus::Interrupted,
+            "skipped" => ExecutionStatus::Skipped,
+            _ => return None,
+        })
+    }
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Active => "active",
+            JobStatus::Paused => "paused",
+            JobStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => JobStatus::Active,
+            "paused" => JobStatus::Paused,
+            "disabled" => JobStatus::Disabled,
+            _ => return None,
+        })
+    }
+}
+
+/// Why an execution exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Schedule,
+    /// A slot missed while cnp was down, run per the misfire policy.
+    Catchup,
+    Manual,
+    Delayed,
+    Retry,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Catchup => "catchup",
+            Trigger::Manual => "manual",
+            Trigger::Delayed => "delayed",
+            Trigger::Retry => "retry",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "schedule" => Trigger::Schedule,
+            "catchup" => Trigger::Catchup,
+            "manual" => Trigger::Manual,
+            "delayed" => Trigger::Delayed,
+            "retry" => Trigger::Retry,
+            _ => return None,
+        })
+    }
+}
+
+/// How a finished run ended, classified for retries and cooldown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exit 0 and a result without `is_error`.
+    Success,
+    /// The CLI reported an error (`is_error`), or exited non-zero, for a reason that may pass.
+    Error {
+        /// The CLI's result subtype or API error class, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subtype: Option<String>,
+        /// HTTP status of the API error, when the CLI gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        api_status: Option<u16>,
+        message: String,
+    },
+    /// Killed after `timeout_seconds`.
+    Timeout,
+    /// The CLI could not be started at all (not found, not executable, bad working directory).
+    SpawnFailed { message: String },
+    /// Credentials are missing or rejected: retrying will not help.
+    AuthError { message: String },
+    /// The CLI refused its arguments: retrying will not help.
+    InvalidArguments { message: String },
+    /// The account's usage limit: wait until it resets.
+    UsageLimit {
+        /// When the limit resets, if the CLI said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resets_at: Option<DateTime<Utc>>,
+        message: String,
+    },
+    /// Killed by a resource limit (memory).
+    ResourceLimit { message: String },
+    /// Stopped on request (cancel or shutdown).
+    Cancelled,
+}
+
+impl Outcome {
+    /// The execution status a run with this outcome ends in.
+    pub fn status(&self) -> ExecutionStatus {
+        match self {
+            Outcome::Success => ExecutionStatus::Completed,
+            Outcome::Timeout => ExecutionStatus::TimedOut,
+            Outcome::Cancelled => ExecutionStatus::Cancelled,
+            _ => ExecutionStatus::Failed,
+        }
+    }
+
+    /// A short human-readable reason, for the execution's `error` field.
+    pub fn error_message(&self) -> Option<String> {
+        match self {
+            Outcome::Success => None,
+            Outcome::Error { message, .. } => Some(message.clone()),
+            Outcome::Timeout => Some("timed out".into()),
+            Outcome::SpawnFailed { message } => Some(format!("could not start the Claude CLI: {message}")),
+            Outcome::AuthError { message } => Some(format!("authentication failed: {message}")),
+            Outcome::InvalidArguments { message } => Some(format!("invalid arguments: {message}")),
+            Outcome::UsageLimit { message, .. } => Some(format!("usage limit: {message}")),
+            Outcome::ResourceLimit { message } => Some(message.clone()),
+            Outcome::Cancelled => Some("cancelled".into()),
+        }
+    }
+}
+
+/// What a run cost the machine, from the OS.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+pub struct ResourceUsage {
+    pub wall_time_ms: u64,
+    pub user_cpu_ms: u64,
+    pub system_cpu_ms: u64,
+    /// Peak resident set size of the CLI's process tree, in KiB.
+    pub peak_rss_kb: u64,
+    /// How the job's `resource_limits` were enforced (`cgroup-v2`, `cgroup-v1`, `rlimit`,
+    /// `watchdog`), or why they could not be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits_enforcement: Option<String>,
+}
+
+/// A line the CLI wrote, as stored and streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct LogLine {
+    pub execution_id: String,
+    pub seq: u64,
+    pub stream: LogStream,
+    pub timestamp: DateTime<Utc>,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// Written by cnp itself (e.g. "killed after timeout").
+    System,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::System => "system",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "stdout" => LogStream::Stdout,
+            "stderr" => LogStream::Stderr,
+            "system" => LogStream::System,
+            _ => return None,
+        })
+    }
+}

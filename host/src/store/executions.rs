@@ -1,0 +1,446 @@
+//! Executions (runs), their logs, recovery and retention.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, Row};
+
+use super::{opt_json, from_ms, opt_from_ms, to_json, to_ms, Store, StoreError};
+use crate::model::{ExecutionStatus, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger};
+
+/// An execution about to be recorded.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub id: String,
+    pub job_id: String,
+    /// `Queued`, or `Skipped` for slots a policy decided not to run.
+    pub status: ExecutionStatus,
+    pub trigger: Trigger,
+    /// The schedule slot for scheduled/catch-up runs: unique per job and attempt.
+    pub slot: Option<DateTime<Utc>>,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    pub queued_at: DateTime<Utc>,
+    pub retry_count: u32,
+    pub prompt: Option<String>,
+    /// Why it was skipped, for skipped ones.
+    pub error: Option<String>,
+}
+
+/// How a run ended, to be recorded with the job's statistics.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub id: String,
+    pub status: ExecutionStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: DateTime<Utc>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub session_id: Option<String>,
+    pub cost_usd: Option<f64>,
+    pub usage: Option<serde_json::Value>,
+    pub resource_usage: Option<ResourceUsage>,
+    pub pid: Option<u32>,
+}
+
+/// Which executions to list.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub job_id: Option<String>,
+    pub status: Option<ExecutionStatus>,
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+const EXEC_COLUMNS: &str = "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
+    completed_at, execution_time_ms, prompt, output, error, retry_count, outcome, exit_code, \
+    session_id, cost_usd, usage, resource_usage, pid";
+
+fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
+    let status: String = r.get(2)?;
+    let trigger: String = r.get(3)?;
+    Ok(JobExecution {
+        id: r.get(0)?,
+        job_id: r.get(1)?,
+        status: ExecutionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("executions.status `{status}`")))?,
+        trigger: Trigger::parse(&trigger)
+            .ok_or_else(|| StoreError::Corrupt(format!("executions.trigger `{trigger}`")))?,
+        scheduled_for: opt_from_ms(r.get(4)?),
+        queued_at: from_ms(r.get(5)?),
+        started_at: opt_from_ms(r.get(6)?),
+        completed_at: opt_from_ms(r.get(7)?),
+        execution_time_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+        prompt: r.get(9)?,
+        output: r.get(10)?,
+        error: r.get(11)?,
+        retry_count: r.get(12)?,
+        outcome: opt_json(r, 13, "executions.outcome")?,
+        exit_code: r.get(14)?,
+        session_id: r.get(15)?,
+        cost_usd: r.get(16)?,
+        usage: opt_json(r, 17, "executions.usage")?,
+        resource_usage: opt_json(r, 18, "executions.resource_usage")?,
+        pid: r.get(19)?,
+    })
+}
+
+fn insert_execution_conn(c: &Connection, e: &NewExecution) -> Result<bool, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "INSERT OR IGNORE INTO executions
+            (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count, prompt, error,
+             completed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
+    let n = stmt.execute(params![
+        e.id,
+        e.job_id,
+        e.status.as_str(),
+        e.trigger.as_str(),
+        e.slot.map(to_ms),
+        e.scheduled_for.map(to_ms),
+        to_ms(e.queued_at),
+        e.retry_count,
+        e.prompt,
+        e.error,
+        completed,
+    ])?;
+    Ok(n == 1)
+}
+
+impl Store {
+    /// Records schedule fires in one transaction. Each fire is keyed by (job, slot, attempt): a
+    /// slot already recorded (by an earlier process, before a crash) is not recorded again, and its
+    /// entry in the result is `false`. Also advances each job's `last_slot` and `next_run_time`.
+    pub async fn record_fires(
+        &self,
+        fires: Vec<(NewExecution, Option<DateTime<Utc>>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.write(move |c| {
+            let mut out = Vec::with_capacity(fires.len());
+            let mut upd = c.prepare_cached(
+                "UPDATE jobs SET last_slot = MAX(COALESCE(last_slot, 0), ?2), next_run_time = ?3
+                 WHERE id = ?1",
+            )?;
+            for (e, next) in &fires {
+                let inserted = match insert_execution_conn(c, e) {
+                    Ok(i) => i,
+                    // The job was deleted between the fire and this write.
+                    Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        false
+                    }
+                    Err(err) => return Err(err),
+                };
+                if let Some(slot) = e.slot {
+                    upd.execute(params![e.job_id, to_ms(slot), next.map(to_ms)])?;
+                }
+                out.push(inserted);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Records one execution (manual or delayed run). Fails if the job does not exist.
+    pub async fn insert_execution(&self, e: NewExecution) -> Result<bool, StoreError> {
+        self.write(move |c| insert_execution_conn(c, &e)).await
+    }
+
+    /// Notes that the run's process has started.
+    pub fn mark_running_detached(&self, id: String, pid: u32, at: DateTime<Utc>) {
+        self.write_detached("mark running", move |c| {
+            c.prepare_cached(
+                "UPDATE executions SET status = 'running', pid = ?2, started_at = ?3
+                 WHERE id = ?1 AND status IN ('queued', 'deferred')",
+            )?
+            .execute(params![id, pid, to_ms(at)])?;
+            Ok(())
+        });
+    }
+
+    /// Sets a pending execution's status (e.g. queued → skipped with a reason). Returns whether it
+    /// was still pending.
+    pub async fn set_pending_status(
+        &self,
+        id: String,
+        status: ExecutionStatus,
+        error: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let completed = status.is_terminal().then(|| to_ms(now));
+            let n = c.execute(
+                "UPDATE executions SET status = ?2, error = COALESCE(?3, error), completed_at = ?4
+                 WHERE id = ?1 AND status IN ('queued', 'deferred')",
+                params![id, status.as_str(), error, completed],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Records a finished run and folds it into its job's statistics, atomically. A run already
+    /// finished (e.g. marked interrupted) is not counted twice: returns `false` then.
+    pub async fn finish_execution(&self, run: FinishedRun) -> Result<bool, StoreError> {
+        self.write(move |c| finish_conn(c, &run)).await
+    }
+
+    pub async fn get_execution(&self, id: String) -> Result<Option<JobExecution>, StoreError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE id = ?1");
+            let mut stmt = c.prepare_cached(&sql)?;
+            let mut rows = stmt.query([&id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(exec_from_row(r)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub async fn list_executions(&self, f: ExecutionFilter) -> Result<Vec<JobExecution>, StoreError> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE 1=1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(j) = &f.job_id {
+                args.push(j.clone());
+                sql.push_str(&format!(" AND job_id = ?{}", args.len()));
+            }
+            if let Some(s) = f.status {
+                args.push(s.as_str().to_owned());
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            sql.push_str(&format!(
+                " ORDER BY queued_at DESC, rowid DESC LIMIT {} OFFSET {}",
+                f.limit.map(i64::from).unwrap_or(-1),
+                f.offset
+            ));
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(exec_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Executions still waiting to run (queued or deferred), oldest first — after a restart they
+    /// are dispatched again, so nothing recorded is lost.
+    pub async fn pending_executions(&self) -> Result<Vec<JobExecution>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {EXEC_COLUMNS} FROM executions WHERE status IN ('queued', 'deferred')
+                 ORDER BY queued_at, rowid"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(exec_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Marks runs a previous process left `running` as `interrupted` (counted as failures).
+    /// Returns them, so their leftover processes can be dealt with.
+    pub async fn recover_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<JobExecution>, StoreError> {
+        self.write(move |c| {
+            let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut found = Vec::new();
+            while let Some(r) = rows.next()? {
+                found.push(exec_from_row(r)?);
+            }
+            for e in &found {
+                finish_conn(
+                    c,
+                    &FinishedRun {
+                        id: e.id.clone(),
+                        status: ExecutionStatus::Interrupted,
+                        started_at: e.started_at,
+                        completed_at: now,
+                        output: None,
+                        error: Some(
+                            "cnp stopped while this run was going (crash or kill); the run's \
+                             result is unknown"
+                                .into(),
+                        ),
+                        outcome: None,
+                        exit_code: None,
+                        session_id: None,
+                        cost_usd: None,
+                        usage: None,
+                        resource_usage: None,
+                        pid: e.pid,
+                    },
+                )?;
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Stores a batch of log lines without waiting.
+    pub fn append_logs_detached(&self, lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
+        self.write_detached("log lines", move |c| {
+            let mut stmt = c.prepare_cached(
+                "INSERT OR IGNORE INTO execution_logs (execution_id, seq, stream, ts, line)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for l in &lines {
+                stmt.execute(params![
+                    l.execution_id,
+                    l.seq as i64,
+                    l.stream.as_str(),
+                    to_ms(l.timestamp),
+                    l.line
+                ])?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Log lines of an execution with `seq > after`, in order.
+    pub async fn get_logs(&self, execution_id: String, after: Option<u64>, limit: u32) -> Result<Vec<LogLine>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, stream, ts, line FROM execution_logs
+                 WHERE execution_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![execution_id, after.map(|a| a as i64).unwrap_or(-1), limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let stream: String = r.get(1)?;
+                out.push(LogLine {
+                    execution_id: execution_id.clone(),
+                    seq: r.get::<_, i64>(0)? as u64,
+                    stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
+                    timestamp: from_ms(r.get(2)?),
+                    line: r.get(3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Retention: deletes finished executions older than `older_than` (when given) and all but
+    /// the newest `keep_per_job` finished executions of each job (when non-zero). Returns how many
+    /// were deleted.
+    pub async fn cleanup_executions(
+        &self,
+        older_than: Option<DateTime<Utc>>,
+        keep_per_job: u32,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let mut n = 0;
+            if let Some(cutoff) = older_than {
+                n += c.execute(
+                    "DELETE FROM executions WHERE status NOT IN ('queued', 'deferred', 'running')
+                        AND COALESCE(completed_at, queued_at) < ?1",
+                    [to_ms(cutoff)],
+                )?;
+            }
+            if keep_per_job > 0 {
+                n += c.execute(
+                    "DELETE FROM executions WHERE id IN (
+                        SELECT id FROM (
+                            SELECT id, ROW_NUMBER() OVER (
+                                PARTITION BY job_id ORDER BY queued_at DESC, rowid DESC) AS rn
+                            FROM executions
+                            WHERE status NOT IN ('queued', 'deferred', 'running'))
+                        WHERE rn > ?1)",
+                    [keep_per_job],
+                )?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Counts of executions per status (for status displays).
+    pub async fn execution_counts(&self) -> Result<Vec<(ExecutionStatus, u64)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT status, COUNT(*) FROM executions GROUP BY status")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let s: String = r.get(0)?;
+                if let Some(s) = ExecutionStatus::parse(&s) {
+                    out.push((s, r.get::<_, i64>(1)? as u64));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
+    let elapsed = run
+        .started_at
+        .map(|s| (run.completed_at - s).num_milliseconds().max(0));
+    let n = c
+        .prepare_cached(
+            "UPDATE executions SET status = ?2, started_at = COALESCE(?3, started_at),
+                completed_at = ?4, execution_time_ms = ?5, output = ?6, error = ?7, outcome = ?8,
+                exit_code = ?9, session_id = ?10, cost_usd = ?11, usage = ?12,
+                resource_usage = ?13, pid = COALESCE(?14, pid)
+             WHERE id = ?1 AND status IN ('queued', 'deferred', 'running')",
+        )?
+        .execute(params![
+            run.id,
+            run.status.as_str(),
+            run.started_at.map(to_ms),
+            to_ms(run.completed_at),
+            elapsed,
+            run.output,
+            run.error,
+            run.outcome.as_ref().map(to_json),
+            run.exit_code,
+            run.session_id,
+            run.cost_usd,
+            run.usage.as_ref().map(to_json),
+            run.resource_usage.as_ref().map(to_json),
+            run.pid,
+        ])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let (counted, success, failure) = match run.status {
+        ExecutionStatus::Completed => (1, 1, 0),
+        ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Interrupted => {
+            (1, 0, 1)
+        }
+        ExecutionStatus::Cancelled => (1, 0, 0),
+        _ => (0, 0, 0),
+    };
+    if counted == 1 {
+        c.prepare_cached(
+            "UPDATE jobs SET execution_count = execution_count + 1,
+                success_count = success_count + ?2, failure_count = failure_count + ?3,
+                total_time_ms = total_time_ms + ?4,
+                last_run_time = COALESCE(?5, last_run_time)
+             WHERE id = (SELECT job_id FROM executions WHERE id = ?1)",
+        )?
+        .execute(params![
+            run.id,
+            success,
+            failure,
+            elapsed.unwrap_or(0),
+            run.started_at.map(to_ms),
+        ])?;
+    }
+    Ok(true)
+}

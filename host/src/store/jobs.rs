@@ -1,0 +1,348 @@
+//! Jobs and prompts.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{opt_json, atomic, from_json, from_ms, opt_from_ms, to_json, to_ms, Store, StoreError};
+use crate::model::{Job, JobStatus, Prompt};
+
+const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
+    execution_options, retry_config, notification_config, resource_limits, tags, source, \
+    execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
+    created_at, updated_at";
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub tag: Option<String>,
+    pub source: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
+    let schedule: crate::model::Schedule = from_json(&r.get::<_, String>(4)?, "jobs.schedule")?;
+    let status: String = r.get(5)?;
+    let execution_count: i64 = r.get(13)?;
+    let success_count: i64 = r.get(14)?;
+    let failure_count: i64 = r.get(15)?;
+    let total_time_ms: i64 = r.get(16)?;
+    let finished = success_count + failure_count;
+    let cron_expression = match &schedule {
+        crate::model::Schedule::Cron { expression, .. } => Some(expression.clone()),
+        _ => None,
+    };
+    Ok(Job {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        prompt_id: r.get(2)?,
+        prompt: r.get(3)?,
+        cron_expression,
+        job_type: schedule.job_type(),
+        schedule,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("jobs.status `{status}`")))?,
+        priority: r.get(6)?,
+        execution_options: from_json(&r.get::<_, String>(7)?, "jobs.execution_options")?,
+        retry_config: opt_json(r, 8, "jobs.retry_config")?,
+        notification_config: opt_json(r, 9, "jobs.notification_config")?,
+        resource_limits: opt_json(r, 10, "jobs.resource_limits")?,
+        tags: from_json(&r.get::<_, String>(11)?, "jobs.tags")?,
+        source: r.get(12)?,
+        execution_count: execution_count as u64,
+        failure_count: failure_count as u64,
+        avg_execution_time_ms: if execution_count > 0 {
+            total_time_ms as f64 / execution_count as f64
+        } else {
+            0.0
+        },
+        success_rate: if finished > 0 {
+            success_count as f64 / finished as f64
+        } else {
+            0.0
+        },
+        next_run_time: opt_from_ms(r.get(17)?),
+        last_run_time: opt_from_ms(r.get(18)?),
+        created_at: from_ms(r.get(19)?),
+        updated_at: from_ms(r.get(20)?),
+    })
+}
+
+pub(crate) fn get_job_conn(conn: &Connection, id_or_name: &str) -> Result<Option<Job>, StoreError> {
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query([id_or_name])?;
+    match rows.next()? {
+        Some(r) => Ok(Some(job_from_row(r)?)),
+        None => Ok(None),
+    }
+}
+
+fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
+    let r = conn.execute(
+        "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
+            execution_options, retry_config, notification_config, resource_limits, tags, source,
+            next_run_time, last_slot, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            job.id,
+            job.name,
+            job.prompt_id,
+            job.prompt,
+            to_json(&job.schedule),
+            job.status.as_str(),
+            job.priority,
+            to_json(&job.execution_options),
+            job.retry_config.as_ref().map(to_json),
+            job.notification_config.as_ref().map(to_json),
+            job.resource_limits.as_ref().map(to_json),
+            to_json(&job.tags),
+            job.source,
+            job.next_run_time.map(to_ms),
+            to_ms(job.created_at),
+            to_ms(job.created_at),
+            to_ms(job.updated_at),
+        ],
+    );
+    map_constraint(r, job)?;
+    Ok(())
+}
+
+fn map_constraint(r: rusqlite::Result<usize>, job: &Job) -> Result<usize, StoreError> {
+    match r {
+        Err(rusqlite::Error::SqliteFailure(e, msg))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            let msg = msg.unwrap_or_default();
+            if msg.contains("jobs.name") {
+                Err(StoreError::Conflict(format!("a job named `{}` already exists", job.name)))
+            } else if msg.contains("FOREIGN KEY") {
+                Err(StoreError::Conflict(format!(
+                    "prompt_id: no prompt `{}`",
+                    job.prompt_id.as_deref().unwrap_or("")
+                )))
+            } else {
+                Err(StoreError::Conflict(msg))
+            }
+        }
+        r => Ok(r?),
+    }
+}
+
+impl Store {
+    pub async fn insert_job(&self, job: Job) -> Result<Job, StoreError> {
+        self.write(move |c| {
+            insert_job_conn(c, &job)?;
+            Ok(job)
+        })
+        .await
+    }
+
+    /// Replaces a job's definition (not its statistics or history). `reset_slot`: the schedule
+    /// changed, so catch-up starts from now rather than from the old schedule's last slot.
+    pub async fn update_job(&self, job: Job, reset_slot: Option<DateTime<Utc>>) -> Result<Job, StoreError> {
+        self.write(move |c| {
+            let r = c.execute(
+                "UPDATE jobs SET name = ?2, prompt_id = ?3, prompt = ?4, schedule = ?5, status = ?6,
+                    priority = ?7, execution_options = ?8, retry_config = ?9,
+                    notification_config = ?10, resource_limits = ?11, tags = ?12, source = ?13,
+                    next_run_time = ?14, updated_at = ?15,
+                    last_slot = COALESCE(?16, last_slot)
+                 WHERE id = ?1",
+                params![
+                    job.id,
+                    job.name,
+                    job.prompt_id,
+                    job.prompt,
+                    to_json(&job.schedule),
+                    job.status.as_str(),
+                    job.priority,
+                    to_json(&job.execution_options),
+                    job.retry_config.as_ref().map(to_json),
+                    job.notification_config.as_ref().map(to_json),
+                    job.resource_limits.as_ref().map(to_json),
+                    to_json(&job.tags),
+                    job.source,
+                    job.next_run_time.map(to_ms),
+                    to_ms(job.updated_at),
+                    reset_slot.map(to_ms),
+                ],
+            );
+            if map_constraint(r, &job)? == 0 {
+                return Err(StoreError::NotFound { what: "job", id: job.id });
+            }
+            get_job_conn(c, &job.id)?.ok_or(StoreError::NotFound { what: "job", id: job.id })
+        })
+        .await
+    }
+
+    pub async fn set_job_status(
+        &self,
+        id: String,
+        status: JobStatus,
+        reset_slot: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Job, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "UPDATE jobs SET status = ?2, updated_at = ?3, last_slot = COALESCE(?4, last_slot)
+                 WHERE id = ?1",
+                params![id, status.as_str(), to_ms(now), reset_slot.map(to_ms)],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound { what: "job", id });
+            }
+            get_job_conn(c, &id)?.ok_or(StoreError::NotFound { what: "job", id })
+        })
+        .await
+    }
+
+    /// Deletes a job with its executions and logs.
+    pub async fn delete_job(&self, id: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            if c.execute("DELETE FROM jobs WHERE id = ?1", [&id])? == 0 {
+                return Err(StoreError::NotFound { what: "job", id });
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_job(&self, id_or_name: String) -> Result<Option<Job>, StoreError> {
+        self.read(move |c| get_job_conn(c, &id_or_name)).await
+    }
+
+    pub async fn list_jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.read(move |c| list_jobs_conn(c, &filter)).await
+    }
+
+    /// Every job with the slot after which it still owes runs (for start-up catch-up).
+    pub async fn jobs_with_last_slot(&self) -> Result<Vec<(Job, Option<DateTime<Utc>>)>, StoreError> {
+        self.read(|c| {
+            let sql = format!("SELECT {JOB_COLUMNS}, last_slot FROM jobs ORDER BY created_at");
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let last: Option<i64> = r.get(21)?;
+                out.push((job_from_row(r)?, opt_from_ms(last)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn upsert_prompt(&self, prompt: Prompt) -> Result<Prompt, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO prompts (id, title, content, tags, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET title = excluded.title, content = excluded.content,
+                    tags = excluded.tags, updated_at = excluded.updated_at",
+                params![
+                    prompt.id,
+                    prompt.title,
+                    prompt.content,
+                    to_json(&prompt.tags),
+                    to_ms(prompt.created_at),
+                    to_ms(prompt.updated_at)
+                ],
+            )?;
+            get_prompt_conn(c, &prompt.id)?.ok_or(StoreError::NotFound {
+                what: "prompt",
+                id: prompt.id,
+            })
+        })
+        .await
+    }
+
+    pub async fn get_prompt(&self, id: String) -> Result<Option<Prompt>, StoreError> {
+        self.read(move |c| get_prompt_conn(c, &id)).await
+    }
+
+    pub async fn list_prompts(&self) -> Result<Vec<Prompt>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, title, content, tags, created_at, updated_at FROM prompts ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(prompt_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a prompt no job uses.
+    pub async fn delete_prompt(&self, id: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            atomic(c, |c| {
+                let used: i64 =
+                    c.query_row("SELECT COUNT(*) FROM jobs WHERE prompt_id = ?1", [&id], |r| r.get(0))?;
+                if used > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "prompt `{id}` is used by {used} job(s)"
+                    )));
+                }
+                if c.execute("DELETE FROM prompts WHERE id = ?1", [&id])? == 0 {
+                    return Err(StoreError::NotFound { what: "prompt", id });
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+}
+
+fn list_jobs_conn(c: &Connection, f: &JobFilter) -> Result<Vec<Job>, StoreError> {
+    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(s) = f.status {
+        args.push(Box::new(s.as_str()));
+        sql.push_str(&format!(" AND status = ?{}", args.len()));
+    }
+    if let Some(t) = &f.tag {
+        args.push(Box::new(t.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(s) = &f.source {
+        args.push(Box::new(s.clone()));
+        sql.push_str(&format!(" AND source = ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY name");
+    sql.push_str(&format!(" LIMIT {} OFFSET {}", f.limit.map(i64::from).unwrap_or(-1), f.offset));
+    let mut stmt = c.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(job_from_row(r)?);
+    }
+    Ok(out)
+}
+
+fn prompt_from_row(r: &Row<'_>) -> Result<Prompt, StoreError> {
+    Ok(Prompt {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        content: r.get(2)?,
+        tags: from_json(&r.get::<_, String>(3)?, "prompts.tags")?,
+        created_at: from_ms(r.get(4)?),
+        updated_at: from_ms(r.get(5)?),
+    })
+}
+
+pub(crate) fn get_prompt_conn(c: &Connection, id: &str) -> Result<Option<Prompt>, StoreError> {
+    c.query_row(
+        "SELECT id, title, content, tags, created_at, updated_at FROM prompts WHERE id = ?1",
+        [id],
+        |r| Ok(prompt_from_row(r)),
+    )
+    .optional()?
+    .transpose()
+}

@@ -1,0 +1,336 @@
+//! SQLite persistence.
+//!
+//! One database file in WAL mode. All writes go through a single writer thread that groups
+//! whatever is pending into one transaction (group commit): a burst of 10,000 schedule fires, or
+//! a thousand runs finishing at once, costs a handful of fsyncs instead of thousands, and the job
+//! statistics stay consistent because only one writer ever updates them. Each write runs inside
+//! its own savepoint, so one failing write never takes its neighbours in the batch down with it.
+//! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
+
+mod executions;
+mod jobs;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+pub use executions::{ExecutionFilter, FinishedRun, NewExecution};
+pub use jobs::JobFilter;
+pub use schema::SCHEMA_VERSION;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot open database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("database schema: {0}")]
+    Schema(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{what} `{id}` not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+}
+
+/// A queued write: runs in the writer's transaction, says whether it succeeded (so a failure can
+/// be rolled back to its savepoint) and gives back what to do once the commit is known.
+type WriteFn = Box<dyn FnOnce(&Connection) -> (bool, Box<dyn FnOnce(bool) + Send>) + Send>;
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Option<std_mpsc::Sender<WriteFn>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// Writes grouped into one transaction at most.
+const MAX_BATCH: usize = 20_000;
+const READ_POOL: usize = 4;
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                message: format!("cannot create {}: {e}", parent.display()),
+            })?;
+        }
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        schema::migrate(&mut conn)?;
+
+        let (tx, rx) = std_mpsc::channel::<WriteFn>();
+        let thread = std::thread::Builder::new()
+            .name("cnp-db-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                message: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: Mutex::new(Some(tx)),
+                writer_thread: Mutex::new(Some(thread)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` inside the writer's transaction and returns its result once committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(f, move |r| {
+            let _ = tx.send(r);
+        })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queues a write without waiting for it (log lines, heartbeat). Errors are logged.
+    pub fn write_detached<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    {
+        let r = self.submit(f, move |r| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "database write ({what}) failed");
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "database write ({what}) not queued");
+        }
+    }
+
+    fn submit<T, F, D>(&self, f: F, done: D) -> Result<(), StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        D: FnOnce(Result<T, StoreError>) + Send + 'static,
+    {
+        let op: WriteFn = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
+                let result = match result {
+                    Ok(_) if !committed => Err(StoreError::Schema("transaction failed to commit".into())),
+                    r => r,
+                };
+                done(result)
+            });
+            (ok, reply)
+        });
+        let guard = self.inner.writer.lock().expect("writer lock");
+        guard
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(op)
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs a read on a pooled read-only connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Schema(format!("read task failed: {e}")))?
+    }
+
+    /// Runs a read on the calling thread (for synchronous callers and tests).
+    pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> Result<T, StoreError>,
+    {
+        let conn = self.inner.readers.lock().expect("reader pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.inner.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.inner.readers.lock().expect("reader pool");
+        if pool.len() < READ_POOL {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Stops the writer after it has committed everything queued so far.
+    pub fn close(&self) {
+        self.inner.writer.lock().expect("writer lock").take();
+        if let Some(t) = self.inner.writer_thread.lock().expect("writer thread").take() {
+            let _ = t.join();
+        }
+    }
+
+    /// A value from the service's key/value table.
+    pub async fn get_state(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT value FROM service_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    pub async fn set_state(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO service_state(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer.lock().map(|mut w| w.take()).ok();
+        if let Ok(mut t) = self.writer_thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
+    let mut batch: Vec<WriteFn> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        for op in batch.drain(..) {
+            let sp = conn.execute_batch("SAVEPOINT op").is_ok();
+            let (ok, reply) = op(&conn);
+            // A failed op rolls back to its savepoint; its reply already carries the error.
+            if sp {
+                let sql = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+                let _ = conn.execute_batch(sql);
+            }
+            done.push(reply);
+        }
+        let committed = began && conn.execute_batch("COMMIT").is_ok();
+        if !committed {
+            tracing::error!("database transaction failed to commit");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in done {
+            reply(committed);
+        }
+    }
+}
+
+/// Runs `f` in a savepoint of its own so an error undoes only its own changes.
+pub(crate) fn atomic<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT atomic")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE atomic")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO atomic; RELEASE atomic");
+            Err(e)
+        }
+    }
+}
+
+pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.map(from_ms)
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("model types serialize")
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    s: &str,
+    what: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn opt_json<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+    what: &str,
+) -> Result<Option<T>, StoreError> {
+    r.get::<_, Option<String>>(i)?
+        .map(|s| from_json(&s, what))
+        .transpose()
+}

@@ -1,0 +1,115 @@
+//! Versioned migrations. A migration, once released, is never edited: add a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry upgrades the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: jobs, prompts, executions with a unique (job, slot, attempt) key, logs, service state.
+    r#"
+    CREATE TABLE prompts (
+        id          TEXT PRIMARY KEY,
+        title       TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        tags        TEXT NOT NULL DEFAULT '[]',
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+
+    CREATE TABLE jobs (
+        id                  TEXT PRIMARY KEY,
+        name                TEXT NOT NULL UNIQUE,
+        prompt_id           TEXT REFERENCES prompts(id) ON DELETE RESTRICT,
+        prompt              TEXT,
+        schedule            TEXT NOT NULL,
+        status              TEXT NOT NULL,
+        priority            INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 10),
+        execution_options   TEXT NOT NULL,
+        retry_config        TEXT,
+        notification_config TEXT,
+        resource_limits     TEXT,
+        tags                TEXT NOT NULL DEFAULT '[]',
+        source              TEXT,
+        execution_count     INTEGER NOT NULL DEFAULT 0,
+        success_count       INTEGER NOT NULL DEFAULT 0,
+        failure_count       INTEGER NOT NULL DEFAULT 0,
+        total_time_ms       INTEGER NOT NULL DEFAULT 0,
+        next_run_time       INTEGER,
+        last_run_time       INTEGER,
+        -- the latest schedule slot already decided (fired, or skipped by policy); slots after it
+        -- and up to now are what a restart must catch up on
+        last_slot           INTEGER,
+        created_at          INTEGER NOT NULL,
+        updated_at          INTEGER NOT NULL,
+        CHECK (prompt_id IS NOT NULL OR prompt IS NOT NULL)
+    );
+    CREATE INDEX jobs_source ON jobs(source) WHERE source IS NOT NULL;
+
+    CREATE TABLE executions (
+        id                TEXT PRIMARY KEY,
+        job_id            TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        status            TEXT NOT NULL,
+        trigger           TEXT NOT NULL,
+        -- the schedule slot (unix ms) for scheduled and catch-up runs; NULL for manual ones
+        slot              INTEGER,
+        scheduled_for     INTEGER,
+        queued_at         INTEGER NOT NULL,
+        started_at        INTEGER,
+        completed_at      INTEGER,
+        execution_time_ms INTEGER,
+        prompt            TEXT,
+        output            TEXT,
+        error             TEXT,
+        retry_count       INTEGER NOT NULL DEFAULT 0,
+        outcome           TEXT,
+        exit_code         INTEGER,
+        session_id        TEXT,
+        cost_usd          REAL,
+        usage             TEXT,
+        resource_usage    TEXT,
+        pid               INTEGER,
+        UNIQUE (job_id, slot, retry_count)
+    );
+    CREATE INDEX executions_job_time ON executions(job_id, queued_at DESC);
+    CREATE INDEX executions_pending ON executions(status)
+        WHERE status IN ('queued', 'deferred', 'running');
+    CREATE INDEX executions_queued_at ON executions(queued_at);
+
+    CREATE TABLE execution_logs (
+        execution_id TEXT NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+        seq          INTEGER NOT NULL,
+        stream       TEXT NOT NULL,
+        ts           INTEGER NOT NULL,
+        line         TEXT NOT NULL,
+        PRIMARY KEY (execution_id, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE service_state (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Brings the database up to [`SCHEMA_VERSION`], one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Schema(format!(
+            "the database has schema version {current}, newer than this cnp understands \
+             ({SCHEMA_VERSION}); upgrade cnp or point it at another database"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database migrated");
+    }
+    Ok(())
+}
