@@ -28,6 +28,8 @@ pub struct NewExecution {
 #[derive(Debug, Clone)]
 pub struct FinishedRun {
     pub id: String,
+    /// The prompt text sent.
+    pub prompt: Option<String>,
     pub status: ExecutionStatus,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
@@ -111,18 +113,14 @@ fn insert_execution_conn(c: &Connection, e: &NewExecution) -> Result<bool, Store
 impl Store {
     /// Records schedule fires in one transaction. Each fire is keyed by (job, slot, attempt): a
     /// slot already recorded (by an earlier process, before a crash) is not recorded again, and its
-    /// entry in the result is `false`. Also advances each job's `last_slot` and `next_run_time`.
-    pub async fn record_fires(
-        &self,
-        fires: Vec<(NewExecution, Option<DateTime<Utc>>)>,
-    ) -> Result<Vec<bool>, StoreError> {
+    /// entry in the result is `false`. Also advances each job's `last_slot`.
+    pub async fn record_fires(&self, fires: Vec<NewExecution>) -> Result<Vec<bool>, StoreError> {
         self.write(move |c| {
             let mut out = Vec::with_capacity(fires.len());
             let mut upd = c.prepare_cached(
-                "UPDATE jobs SET last_slot = MAX(COALESCE(last_slot, 0), ?2), next_run_time = ?3
-                 WHERE id = ?1",
+                "UPDATE jobs SET last_slot = MAX(COALESCE(last_slot, 0), ?2) WHERE id = ?1",
             )?;
-            for (e, next) in &fires {
+            for e in &fires {
                 let inserted = match insert_execution_conn(c, e) {
                     Ok(i) => i,
                     // The job was deleted between the fire and this write.
@@ -134,7 +132,7 @@ impl Store {
                     Err(err) => return Err(err),
                 };
                 if let Some(slot) = e.slot {
-                    upd.execute(params![e.job_id, to_ms(slot), next.map(to_ms)])?;
+                    upd.execute(params![e.job_id, to_ms(slot)])?;
                 }
                 out.push(inserted);
             }
@@ -143,19 +141,51 @@ impl Store {
         .await
     }
 
+    /// Stores jobs' next fire times (shown in listings) without waiting.
+    pub fn set_next_run_times_detached(&self, next: Vec<(String, Option<DateTime<Utc>>)>) {
+        if next.is_empty() {
+            return;
+        }
+        self.write_detached("next run times", move |c| {
+            let mut stmt = c.prepare_cached("UPDATE jobs SET next_run_time = ?2 WHERE id = ?1")?;
+            for (id, t) in &next {
+                stmt.execute(params![id, t.map(to_ms)])?;
+            }
+            Ok(())
+        });
+    }
+
     /// Records one execution (manual or delayed run). Fails if the job does not exist.
     pub async fn insert_execution(&self, e: NewExecution) -> Result<bool, StoreError> {
         self.write(move |c| insert_execution_conn(c, &e)).await
     }
 
-    /// Notes that the run's process has started.
-    pub fn mark_running_detached(&self, id: String, pid: u32, at: DateTime<Utc>) {
-        self.write_detached("mark running", move |c| {
-            c.prepare_cached(
-                "UPDATE executions SET status = 'running', pid = ?2, started_at = ?3
-                 WHERE id = ?1 AND status IN ('queued', 'deferred')",
-            )?
-            .execute(params![id, pid, to_ms(at)])?;
+    /// Claims a pending execution for running, before its process is spawned: a crash after this
+    /// point leaves it `running`, which the next start marks `interrupted` instead of running the
+    /// slot a second time. Returns `false` if it is no longer pending (cancelled meanwhile).
+    pub async fn mark_started(
+        &self,
+        id: String,
+        at: DateTime<Utc>,
+        prompt: Option<String>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3
+                     WHERE id = ?1 AND status IN ('queued', 'deferred')",
+                )?
+                .execute(params![id, to_ms(at), prompt])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Notes the run's process id and when it was spawned, without waiting.
+    pub fn set_pid_detached(&self, id: String, pid: u32, at: DateTime<Utc>) {
+        self.write_detached("process id", move |c| {
+            c.prepare_cached("UPDATE executions SET pid = ?2, started_at = ?3 WHERE id = ?1")?
+                .execute(params![id, pid, to_ms(at)])?;
             Ok(())
         });
     }
@@ -264,6 +294,7 @@ impl Store {
                     c,
                     &FinishedRun {
                         id: e.id.clone(),
+                        prompt: None,
                         status: ExecutionStatus::Interrupted,
                         started_at: e.started_at,
                         completed_at: now,
@@ -396,7 +427,7 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
             "UPDATE executions SET status = ?2, started_at = COALESCE(?3, started_at),
                 completed_at = ?4, execution_time_ms = ?5, output = ?6, error = ?7, outcome = ?8,
                 exit_code = ?9, session_id = ?10, cost_usd = ?11, usage = ?12,
-                resource_usage = ?13, pid = COALESCE(?14, pid)
+                resource_usage = ?13, pid = COALESCE(?14, pid), prompt = COALESCE(?15, prompt)
              WHERE id = ?1 AND status IN ('queued', 'deferred', 'running')",
         )?
         .execute(params![
@@ -414,6 +445,7 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
             run.usage.as_ref().map(to_json),
             run.resource_usage.as_ref().map(to_json),
             run.pid,
+            run.prompt,
         ])?;
     if n == 0 {
         return Ok(false);

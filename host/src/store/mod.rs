@@ -55,6 +55,8 @@ pub struct Store {
 
 struct Inner {
     path: PathBuf,
+    /// Set by [`Store::open_inline`]: writes and reads run on the caller's thread.
+    inline: Option<Mutex<Connection>>,
     writer: Mutex<Option<std_mpsc::Sender<WriteFn>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
@@ -67,6 +69,17 @@ const READ_POOL: usize = 4;
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_mode(path, false)
+    }
+
+    /// Like [`Store::open`], but every write and read runs right away on the calling thread (no
+    /// writer thread, no batching). For tests on tokio's paused clock, where waiting on another
+    /// thread would let the clock jump ahead.
+    pub fn open_inline(path: &Path) -> Result<Store, StoreError> {
+        Store::open_mode(path, true)
+    }
+
+    fn open_mode(path: &Path, inline: bool) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
                 path: path.to_owned(),
@@ -82,6 +95,17 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         schema::migrate(&mut conn)?;
+        if inline {
+            return Ok(Store {
+                inner: Arc::new(Inner {
+                    path: path.to_owned(),
+                    inline: Some(Mutex::new(conn)),
+                    writer: Mutex::new(None),
+                    writer_thread: Mutex::new(None),
+                    readers: Mutex::new(Vec::new()),
+                }),
+            });
+        }
 
         let (tx, rx) = std_mpsc::channel::<WriteFn>();
         let thread = std::thread::Builder::new()
@@ -94,6 +118,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                inline: None,
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
@@ -139,6 +164,23 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         D: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
+        if let Some(conn) = &self.inner.inline {
+            let conn = conn.lock().expect("inline connection");
+            let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            let result = f(&conn);
+            let committed = if result.is_ok() {
+                began && conn.execute_batch("COMMIT").is_ok()
+            } else {
+                let _ = conn.execute_batch("ROLLBACK");
+                true
+            };
+            drop(conn);
+            done(match result {
+                Ok(_) if !committed => Err(StoreError::Schema("transaction failed to commit".into())),
+                r => r,
+            });
+            return Ok(());
+        }
         let op: WriteFn = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
@@ -165,6 +207,9 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        if self.inner.inline.is_some() {
+            return self.read_blocking(f);
+        }
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
@@ -176,6 +221,9 @@ impl Store {
     where
         F: FnOnce(&Connection) -> Result<T, StoreError>,
     {
+        if let Some(conn) = &self.inner.inline {
+            return f(&conn.lock().expect("inline connection"));
+        }
         let conn = self.inner.readers.lock().expect("reader pool").pop();
         let conn = match conn {
             Some(c) => c,

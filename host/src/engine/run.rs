@@ -1,0 +1,407 @@
+//! Recording fires, dispatching by priority under the concurrency limits, and a run's lifecycle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Fire, QueuedRun, RunningRun};
+use crate::events::Event;
+use crate::executor::{RunObserver, RunReport, RunRequest};
+use crate::model::{ExecutionStatus, Job, LogLine, LogStream, OverlapPolicy, Outcome};
+use crate::store::FinishedRun;
+
+/// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
+/// policy says so.
+pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
+    let s = &engine.shared;
+    let skip_reason = {
+        let mut st = s.state.lock().unwrap();
+        let st = &mut *st;
+        match st.jobs.get_mut(&run.job_id) {
+            None => Some("the job was deleted before the run started".to_owned()),
+            Some(entry) => {
+                let busy = entry.running + entry.queued;
+                if entry.job.execution_options.overlap == OverlapPolicy::Skip
+                    && busy >= entry.max_parallel()
+                {
+                    Some(format!(
+                        "skipped: {busy} run(s) of this job already running or queued \
+                         (max_parallel {}, overlap: skip)",
+                        entry.max_parallel()
+                    ))
+                } else {
+                    entry.queued += 1;
+                    st.queue.push(run.clone());
+                    None
+                }
+            }
+        }
+    };
+    match skip_reason {
+        None => s.dispatch.notify_one(),
+        Some(reason) => {
+            let engine = engine.clone();
+            s.tasks.spawn(async move {
+                let now = engine.shared.clock.now();
+                match engine
+                    .shared
+                    .store
+                    .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
+                    .await
+                {
+                    Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
+                }
+            });
+        }
+    }
+}
+
+/// Records fires in bursts: whatever arrived while the previous write was in flight goes into
+/// the next transaction.
+pub(super) async fn run_recorder(engine: Engine, mut rx: mpsc::UnboundedReceiver<Vec<Fire>>) {
+    let s = &engine.shared;
+    loop {
+        let mut batch = tokio::select! {
+            biased;
+            b = rx.recv() => match b { Some(b) => b, None => break },
+            _ = s.stop.cancelled() => break,
+        };
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let executions: Vec<_> = batch.iter().map(|f| f.execution.clone()).collect();
+        match s.store.record_fires(executions).await {
+            Ok(inserted) => {
+                for (fire, new) in batch.into_iter().zip(inserted) {
+                    let e = fire.execution;
+                    if !new {
+                        tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded: not run twice");
+                        continue;
+                    }
+                    engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
+                    if e.status == ExecutionStatus::Queued {
+                        enqueue(
+                            &engine,
+                            QueuedRun {
+                                execution_id: e.id,
+                                job_id: e.job_id,
+                                priority: fire.priority,
+                                seq: 0,
+                                scheduled_for: e.scheduled_for,
+                                retry_count: e.retry_count,
+                            },
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, fires = batch.len(), "cannot record schedule fires: these slots did not run");
+            }
+        }
+    }
+}
+
+/// Starts queued runs, most urgent first, while the global semaphore and each job's
+/// `max_parallel` allow.
+pub(super) async fn run_dispatcher(engine: Engine) {
+    let s = &engine.shared;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = s.stop.cancelled() => break,
+            p = s.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (run, job) = loop {
+            let notified = s.dispatch.notified();
+            let next = {
+                let mut st = s.state.lock().unwrap();
+                let st = &mut *st;
+                let jobs = &st.jobs;
+                let run = st.queue.pop(|job_id| {
+                    jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel())
+                });
+                run.map(|run| {
+                    let job = st.jobs.get_mut(&run.job_id).map(|e| {
+                        e.queued = e.queued.saturating_sub(1);
+                        e.running += 1;
+                        e.job.clone()
+                    });
+                    (run, job)
+                })
+            };
+            if let Some(next) = next {
+                break next;
+            }
+            tokio::select! {
+                biased;
+                _ = s.stop.cancelled() => return,
+                _ = notified => {}
+            }
+        };
+        let cancel = CancellationToken::new();
+        let Some(job) = job else {
+            // Deleted while queued.
+            drop(permit);
+            continue;
+        };
+        s.state.lock().unwrap().running.insert(
+            run.execution_id.clone(),
+            RunningRun { job_id: run.job_id.clone(), cancel: cancel.clone() },
+        );
+        let engine2 = engine.clone();
+        s.tasks.spawn(async move {
+            execute(&engine2, run.clone(), job, cancel).await;
+            drop(permit);
+            let s = &engine2.shared;
+            {
+                let mut st = s.state.lock().unwrap();
+                st.running.remove(&run.execution_id);
+                if let Some(e) = st.jobs.get_mut(&run.job_id) {
+                    e.running = e.running.saturating_sub(1);
+                }
+                st.queue.release(&run.job_id);
+            }
+            s.dispatch.notify_one();
+        });
+    }
+}
+
+/// One run, from claiming it in the store to recording its end.
+async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: CancellationToken) {
+    let s = &engine.shared;
+    let now = s.clock.now();
+    let prompt = match resolve_prompt(engine, &job).await {
+        Ok(p) => p,
+        Err(message) => {
+            finish(engine, &run, None, failed_report(now, message)).await;
+            return;
+        }
+    };
+    match s.store.mark_started(run.execution_id.clone(), now, Some(prompt.clone())).await {
+        Ok(true) => {}
+        Ok(false) => return, // cancelled while queued
+        Err(e) => {
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot mark run started: not run");
+            return;
+        }
+    }
+    engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Running, None);
+
+    let observer = Arc::new(Observer {
+        engine: engine.clone(),
+        execution_id: run.execution_id.clone(),
+        seq: AtomicU64::new(0),
+        buffer: Mutex::new(Vec::new()),
+    });
+    let timeout = job
+        .execution_options
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(s.settings.default_timeout);
+    // Killed on cancel, or when shutdown's grace is over.
+    let kill = cancel.clone();
+    let shutdown_kill = s.kill.clone();
+    let mut options = job.execution_options.clone();
+    options.environment.insert(EXECUTION_ID_ENV.into(), run.execution_id.clone());
+    options.environment.insert(JOB_ID_ENV.into(), run.job_id.clone());
+    let request = RunRequest {
+        execution_id: run.execution_id.clone(),
+        prompt: prompt.clone(),
+        options,
+        limits: job.resource_limits.clone(),
+        timeout,
+        cancel: kill.clone(),
+    };
+    let fut = s.runner.run(request, observer.clone());
+    tokio::pin!(fut);
+    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    let report = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            _ = shutdown_kill.cancelled(), if !kill.is_cancelled() => kill.cancel(),
+            _ = flush.tick() => observer.flush(),
+        }
+    };
+    observer.flush();
+    let mut report = report;
+    if shutdown_kill.is_cancelled() && report.outcome == Outcome::Cancelled {
+        // Not a user's cancel: cnp stopped the run at shutdown.
+        report.outcome = Outcome::Error {
+            subtype: Some("shutdown".into()),
+            api_status: None,
+            message: "cnp shut down: the run was stopped after the shutdown grace".into(),
+        };
+        finish(engine, &run, Some(prompt), report).await;
+        let _ = s
+            .store
+            .write({
+                let id = run.execution_id.clone();
+                move |c| {
+                    c.execute(
+                        "UPDATE executions SET status = 'interrupted' WHERE id = ?1",
+                        [id],
+                    )?;
+                    Ok(())
+                }
+            })
+            .await;
+        return;
+    }
+    finish(engine, &run, Some(prompt), report).await;
+}
+
+async fn resolve_prompt(engine: &Engine, job: &Job) -> Result<String, String> {
+    if let Some(p) = &job.prompt {
+        return Ok(p.clone());
+    }
+    let id = job.prompt_id.clone().unwrap_or_default();
+    match engine.shared.store.get_prompt(id.clone()).await {
+        Ok(Some(p)) => Ok(p.content),
+        Ok(None) => Err(format!("prompt `{id}` not found (it was deleted?)")),
+        Err(e) => Err(format!("cannot read prompt `{id}`: {e}")),
+    }
+}
+
+fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
+    RunReport {
+        outcome: Outcome::Error { subtype: Some("prompt".into()), api_status: None, message },
+        exit_code: None,
+        started_at: None,
+        finished_at: now,
+        pid: None,
+        result_text: None,
+        session_id: None,
+        cost_usd: None,
+        usage: None,
+        resource_usage: None,
+    }
+}
+
+async fn finish(engine: &Engine, run: &QueuedRun, prompt: Option<String>, report: RunReport) {
+    let s = &engine.shared;
+    let status = report.outcome.status();
+    let error = report.outcome.error_message();
+    let finished = FinishedRun {
+        id: run.execution_id.clone(),
+        prompt,
+        status,
+        started_at: report.started_at,
+        completed_at: report.finished_at,
+        output: report.result_text,
+        error: error.clone(),
+        outcome: Some(report.outcome),
+        exit_code: report.exit_code,
+        session_id: report.session_id,
+        cost_usd: report.cost_usd,
+        usage: report.usage,
+        resource_usage: report.resource_usage,
+        pid: report.pid,
+    };
+    match s.store.finish_execution(finished).await {
+        Ok(_) => {
+            tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
+            engine.publish_exec(&run.execution_id, &run.job_id, status, error);
+        }
+        Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run"),
+    }
+}
+
+/// Receives a run's output: numbers the lines, publishes them live and stores them in batches.
+struct Observer {
+    engine: Engine,
+    execution_id: String,
+    seq: AtomicU64,
+    buffer: Mutex<Vec<LogLine>>,
+}
+
+const LOG_BATCH: usize = 256;
+
+impl Observer {
+    fn flush(&self) {
+        let lines = std::mem::take(&mut *self.buffer.lock().unwrap());
+        self.engine.shared.store.append_logs_detached(lines);
+    }
+}
+
+impl RunObserver for Observer {
+    fn spawned(&self, pid: u32, at: DateTime<Utc>) {
+        self.engine.shared.store.set_pid_detached(self.execution_id.clone(), pid, at);
+    }
+
+    fn line(&self, stream: LogStream, line: &str) {
+        let l = LogLine {
+            execution_id: self.execution_id.clone(),
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            stream,
+            timestamp: self.engine.shared.clock.now(),
+            line: line.to_owned(),
+        };
+        self.engine.shared.events.publish(Event::Log(l.clone()));
+        let full = {
+            let mut b = self.buffer.lock().unwrap();
+            b.push(l);
+            b.len() >= LOG_BATCH
+        };
+        if full {
+            self.flush();
+        }
+    }
+}
+
+/// Heartbeat (so a restart can tell how long cnp was down) and history retention.
+pub(super) async fn run_housekeeping(engine: Engine) {
+    let s = &engine.shared;
+    let mut heartbeat = tokio::time::interval(s.settings.health_check_interval);
+    let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            biased;
+            _ = s.stop.cancelled() => break,
+            _ = heartbeat.tick() => {
+                let now = s.clock.now().to_rfc3339();
+                s.store.write_detached("heartbeat", move |c| {
+                    c.execute(
+                        "INSERT INTO service_state(key, value) VALUES ('heartbeat', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        [now],
+                    )?;
+                    Ok(())
+                });
+            }
+            _ = cleanup.tick() => {
+                let cutoff = s.settings.retention_days.map(|d| s.clock.now() - chrono::Duration::days(d.into()));
+                match s.store.cleanup_executions(cutoff, s.settings.max_execution_history).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "old executions removed (retention)"),
+                    Err(e) => tracing::warn!(error = %e, "execution cleanup failed"),
+                }
+            }
+        }
+    }
+}
+
+/// A run interrupted by a crash may have left its CLI process group running (children live in
+/// their own group). Stop that group — only if the process is provably the run's: every run's
+/// environment carries `CNP_EXECUTION_ID`, so a recycled pid is never signalled.
+pub(super) fn kill_leftover(pid: Option<u32>, execution_id: &str) {
+    let Some(pid) = pid else { return };
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return };
+    let marker = format!("{EXECUTION_ID_ENV}={execution_id}");
+    if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+        return;
+    }
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok() {
+        tracing::warn!(pid, execution = execution_id, "killed the process group a crashed run left behind");
+    }
+}
+
+/// Set in every run's environment (with [`JOB_ID_ENV`]).
+pub const EXECUTION_ID_ENV: &str = "CNP_EXECUTION_ID";
+pub const JOB_ID_ENV: &str = "CNP_JOB_ID";

@@ -1,0 +1,595 @@
+//! Job definitions as users write them: the YAML manifest shape (one job or a list per file),
+//! also the body the API takes. [`JobSpec::validate`] checks everything the engine relies on and
+//! names the offending field.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, ResourceLimits, RetryConfig,
+    RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
+};
+
+/// A job definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    /// A stored prompt to run (give this or `prompt`).
+    #[serde(default)]
+    pub prompt_id: Option<String>,
+    /// The prompt text itself (give this or `prompt_id`).
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// 1 (least urgent) – 10 (most urgent); default 5.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `false` creates the job disabled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `true` creates the job paused.
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub execution: ExecutionOptions,
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    #[serde(default)]
+    pub notifications: Option<NotificationConfig>,
+    #[serde(default)]
+    pub resource_limits: Option<ResourceLimits>,
+}
+
+fn default_priority() -> u8 {
+    PRIORITY_DEFAULT
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `schedule:` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScheduleSpec {
+    Cron {
+        expression: String,
+        #[serde(default)]
+        timezone: Option<String>,
+        #[serde(default)]
+        misfire: Option<MisfirePolicy>,
+    },
+    /// `every: "10m"` or `every_seconds: 600`.
+    Interval {
+        #[serde(default, with = "humantime_serde")]
+        every: Option<std::time::Duration>,
+        #[serde(default)]
+        every_seconds: Option<u64>,
+        #[serde(default)]
+        start_at: Option<DateTime<Utc>>,
+        #[serde(default)]
+        misfire: Option<MisfirePolicy>,
+    },
+    Once {
+        at: DateTime<Utc>,
+    },
+    #[default]
+    Manual,
+}
+
+/// A definition that cannot be used; `field` is the dotted path (`schedule.expression`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: &str, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+const PERMISSION_MODES: &[&str] = &[
+    "acceptEdits",
+    "auto",
+    "bypassPermissions",
+    "manual",
+    "dontAsk",
+    "plan",
+    "default",
+];
+
+impl ScheduleSpec {
+    /// The canonical schedule.
+    pub fn to_schedule(&self) -> Result<Schedule, SpecError> {
+        Ok(match self {
+            ScheduleSpec::Cron {
+                expression,
+                timezone,
+                misfire,
+            } => Schedule::Cron {
+                expression: expression.trim().to_owned(),
+                timezone: timezone.clone(),
+                misfire: *misfire,
+            },
+            ScheduleSpec::Interval {
+                every,
+                every_seconds,
+                start_at,
+                misfire,
+            } => {
+                let secs = match (every, every_seconds) {
+                    (Some(_), Some(_)) => {
+                        return Err(err(
+                            "schedule",
+                            "give either `every` or `every_seconds`, not both",
+                        ))
+                    }
+                    (Some(d), None) => {
+                        if d.subsec_nanos() != 0 {
+                            return Err(err("schedule.every", "must be whole seconds"));
+                        }
+                        d.as_secs()
+                    }
+                    (None, Some(s)) => *s,
+                    (None, None) => {
+                        return Err(err(
+                            "schedule",
+                            "an interval schedule needs `every` (e.g. \"10m\") or `every_seconds`",
+                        ))
+                    }
+                };
+                if secs == 0 {
+                    return Err(err("schedule.every", "must be at least 1 second"));
+                }
+                Schedule::Interval {
+                    every_seconds: secs,
+                    start_at: *start_at,
+                    misfire: *misfire,
+                }
+            }
+            ScheduleSpec::Once { at } => Schedule::Once { at: *at },
+            ScheduleSpec::Manual => Schedule::Manual,
+        })
+    }
+
+    /// The spec form of a stored schedule (for round trips: `cnp job show --format yaml`).
+    pub fn from_schedule(s: &Schedule) -> ScheduleSpec {
+        match s.clone() {
+            Schedule::Cron {
+                expression,
+                timezone,
+                misfire,
+            } => ScheduleSpec::Cron {
+                expression,
+                timezone,
+                misfire,
+            },
+            Schedule::Interval {
+                every_seconds,
+                start_at,
+                misfire,
+            } => ScheduleSpec::Interval {
+                every: None,
+                every_seconds: Some(every_seconds),
+                start_at,
+                misfire,
+            },
+            Schedule::Once { at } => ScheduleSpec::Once { at },
+            Schedule::Manual => ScheduleSpec::Manual,
+        }
+    }
+}
+
+impl JobSpec {
+    /// The status a new job starts in.
+    pub fn initial_status(&self) -> JobStatus {
+        if !self.enabled {
+            JobStatus::Disabled
+        } else if self.paused {
+            JobStatus::Paused
+        } else {
+            JobStatus::Active
+        }
+    }
+
+    /// Checks the whole definition; returns the canonical schedule.
+    pub fn validate(&self, default_tz: chrono_tz::Tz) -> Result<Schedule, SpecError> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(err("name", "must not be empty"));
+        }
+        if name.chars().count() > 200 {
+            return Err(err("name", "must be at most 200 characters"));
+        }
+        match (&self.prompt_id, &self.prompt) {
+            (None, None) => return Err(err("prompt_id", "give `prompt_id` or `prompt`")),
+            (Some(_), Some(_)) => {
+                return Err(err("prompt", "give either `prompt_id` or `prompt`, not both"))
+            }
+            (Some(id), None) if id.trim().is_empty() => {
+                return Err(err("prompt_id", "must not be empty"))
+            }
+            (None, Some(p)) if p.trim().is_empty() => {
+                return Err(err("prompt", "must not be empty"))
+            }
+            _ => {}
+        }
+        if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&self.priority) {
+            return Err(err(
+                "priority",
+                format!("must be {PRIORITY_MIN}–{PRIORITY_MAX}, got {}", self.priority),
+            ));
+        }
+        if let Some(t) = self.tags.iter().find(|t| t.trim().is_empty()) {
+            return Err(err("tags", format!("empty tag `{t}`")));
+        }
+        let schedule = self.schedule.to_schedule()?;
+        crate::schedule::validate(&schedule, default_tz).map_err(|e| {
+            let msg = e.to_string();
+            // schedule errors already start with their field path
+            match msg.split_once(": ") {
+                Some((field, rest)) if field.starts_with("schedule") => err(field, rest),
+                _ => err("schedule", msg),
+            }
+        })?;
+        if let Schedule::Cron {
+            misfire: Some(MisfirePolicy::RunUpTo(0)),
+            ..
+        }
+        | Schedule::Interval {
+            misfire: Some(MisfirePolicy::RunUpTo(0)),
+            ..
+        } = schedule
+        {
+            return Err(err(
+                "schedule.misfire",
+                "run_up_to must be at least 1 (use `skip` to run none)",
+            ));
+        }
+        self.validate_execution()?;
+        if let Some(r) = &self.retry {
+            validate_retry(r)?;
+        }
+        if let Some(l) = &self.resource_limits {
+            if l.max_memory_mb == Some(0) {
+                return Err(err("resource_limits.max_memory_mb", "must be at least 1"));
+            }
+            if let Some(c) = l.max_cpu_percent {
+                if !(c > 0.0 && c.is_finite()) {
+                    return Err(err("resource_limits.max_cpu_percent", "must be greater than 0"));
+                }
+            }
+        }
+        Ok(schedule)
+    }
+
+    fn validate_execution(&self) -> Result<(), SpecError> {
+        let e = &self.execution;
+        if e.timeout_seconds == Some(0) {
+            return Err(err("execution.timeout_seconds", "must be at least 1"));
+        }
+        if e.max_parallel == Some(0) {
+            return Err(err("execution.max_parallel", "must be at least 1"));
+        }
+        if e.max_turns == Some(0) {
+            return Err(err("execution.max_turns", "must be at least 1"));
+        }
+        if let Some(b) = e.max_budget_usd {
+            if !(b > 0.0 && b.is_finite()) {
+                return Err(err("execution.max_budget_usd", "must be greater than 0"));
+            }
+        }
+        if let Some(m) = &e.permission_mode {
+            if !PERMISSION_MODES.contains(&m.as_str()) {
+                return Err(err(
+                    "execution.permission_mode",
+                    format!("`{m}` is not one of {}", PERMISSION_MODES.join(", ")),
+                ));
+            }
+        }
+        for k in e.environment.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(err(
+                    "execution.environment",
+                    format!("invalid variable name `{k}`"),
+                ));
+            }
+        }
+        if let Some(d) = &e.working_directory {
+            if d.trim().is_empty() {
+                return Err(err("execution.working_directory", "must not be empty"));
+            }
+        }
+        if e.resume_session.is_some() && e.continue_session {
+            return Err(err(
+                "execution.resume_session",
+                "give either `resume_session` or `continue_session`, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_retry(r: &RetryConfig) -> Result<(), SpecError> {
+    if r.max_attempts == 0 {
+        return Err(err("retry.max_attempts", "must be at least 1 (1 = no retries)"));
+    }
+    if let Some(m) = r.multiplier {
+        if !(m >= 1.0 && m.is_finite()) {
+            return Err(err("retry.multiplier", "must be at least 1.0"));
+        }
+    }
+    if let (Some(i), Some(m)) = (r.initial_interval, r.max_interval) {
+        if m < i {
+            return Err(err("retry.max_interval", "must be at least retry.initial_interval"));
+        }
+    }
+    if r.strategy == RetryStrategy::Custom && r.delays.is_empty() {
+        return Err(err("retry.delays", "the custom strategy needs a list of delays (seconds)"));
+    }
+    Ok(())
+}
+
+/// A manifest file that could not be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ManifestError {
+    pub path: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Which job and field, then what is wrong.
+    pub message: String,
+}
+
+/// Parses a manifest file's text: one job (a mapping) or several (a sequence), each validated.
+pub fn parse_manifest(
+    text: &str,
+    path: &Path,
+    default_tz: chrono_tz::Tz,
+) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
+    let yaml_err = |e: serde_yaml_ng::Error| ManifestError {
+        path: path.to_owned(),
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    };
+    let shape: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(yaml_err)?;
+    let specs: Vec<JobSpec> = match shape {
+        serde_yaml_ng::Value::Sequence(_) => serde_yaml_ng::from_str(text).map_err(yaml_err)?,
+        serde_yaml_ng::Value::Mapping(_) => vec![serde_yaml_ng::from_str(text).map_err(yaml_err)?],
+        serde_yaml_ng::Value::Null => Vec::new(),
+        _ => {
+            return Err(ManifestError {
+                path: path.to_owned(),
+                line: Some(1),
+                message: "expected a job (a mapping) or a list of jobs".into(),
+            })
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(specs.len());
+    for (i, spec) in specs.into_iter().enumerate() {
+        let label = if spec.name.trim().is_empty() {
+            format!("job #{}", i + 1)
+        } else {
+            format!("job `{}`", spec.name)
+        };
+        let schedule = spec.validate(default_tz).map_err(|e| ManifestError {
+            path: path.to_owned(),
+            line: find_line(text, &spec.name, &e.field),
+            message: format!("{label}: {e}"),
+        })?;
+        if !seen.insert(spec.name.trim().to_owned()) {
+            return Err(ManifestError {
+                path: path.to_owned(),
+                line: find_line(text, &spec.name, "name"),
+                message: format!("{label}: name: defined twice in this file"),
+            });
+        }
+        out.push((spec, schedule));
+    }
+    Ok(out)
+}
+
+/// Best-effort line of `field` (its last path segment) in the job named `name`.
+fn find_line(text: &str, name: &str, field: &str) -> Option<usize> {
+    let key = field.rsplit('.').next()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("name:") && !name.is_empty() && l.contains(name))
+        .unwrap_or(0);
+    let pat_block = format!("{key}:");
+    let pat_inline = format!("{key}: ");
+    lines
+        .iter()
+        .enumerate()
+        .skip(start)
+        .find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            t.starts_with(&pat_block) || l.contains(&format!(" {pat_inline}")) || l.contains(&format!("{{{pat_inline}"))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+/// Reads and parses one manifest file.
+pub fn load_manifest(path: &Path, default_tz: chrono_tz::Tz) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        path: path.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    parse_manifest(&text, path, default_tz)
+}
+
+/// The manifest files of a folder (`*.yaml`, `*.yml`; hidden and editor backup files ignored),
+/// sorted by name.
+pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if is_manifest_file(&path) && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub fn is_manifest_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    !name.starts_with('.')
+        && !name.ends_with('~')
+        && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+name: "Code quality check"
+prompt_id: "code-quality-check"
+schedule: { type: "cron", expression: "0 2 * * *", timezone: "Asia/Taipei" }
+execution:
+  timeout_seconds: 1800
+  max_parallel: 1
+  working_directory: "/project/src"
+  environment: { NODE_ENV: "production" }
+retry: { max_attempts: 3, strategy: "exponential_backoff", initial_interval: 60, max_interval: 3600, multiplier: 2.0 }
+notifications:
+  on_success: false
+  on_failure: true
+  channels:
+    - { type: "webhook", url: "https://hooks.example.com/..." }
+    - { type: "email", recipients: ["admin@example.com"] }
+resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
+"#;
+
+    fn parse(text: &str) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
+        parse_manifest(text, Path::new("jobs/x.yaml"), chrono_tz::UTC)
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let jobs = parse(SPEC_EXAMPLE).unwrap();
+        assert_eq!(jobs.len(), 1);
+        let (spec, schedule) = &jobs[0];
+        assert_eq!(spec.name, "Code quality check");
+        assert_eq!(spec.prompt_id.as_deref(), Some("code-quality-check"));
+        assert_eq!(
+            schedule,
+            &Schedule::Cron {
+                expression: "0 2 * * *".into(),
+                timezone: Some("Asia/Taipei".into()),
+                misfire: None
+            }
+        );
+        assert_eq!(spec.execution.timeout_seconds, Some(1800));
+        assert_eq!(spec.execution.environment["NODE_ENV"], "production");
+        assert_eq!(spec.retry.as_ref().unwrap().strategy, RetryStrategy::ExponentialBackoff);
+        assert_eq!(spec.notifications.as_ref().unwrap().channels.len(), 2);
+        assert_eq!(spec.resource_limits.as_ref().unwrap().max_memory_mb, Some(512));
+        assert_eq!(spec.priority, PRIORITY_DEFAULT);
+        assert_eq!(spec.initial_status(), JobStatus::Active);
+    }
+
+    #[test]
+    fn a_list_of_jobs_and_interval_forms() {
+        let jobs = parse(
+            r#"
+- name: a
+  prompt: "say hi"
+  schedule: { type: interval, every: "10m", misfire: skip }
+- name: b
+  prompt: "say bye"
+  schedule: { type: interval, every_seconds: 30, misfire: { run_up_to: 2 } }
+  priority: 9
+  tags: [nightly]
+"#,
+        )
+        .unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            jobs[0].1,
+            Schedule::Interval { every_seconds: 600, start_at: None, misfire: Some(MisfirePolicy::Skip) }
+        );
+        assert_eq!(
+            jobs[1].1,
+            Schedule::Interval { every_seconds: 30, start_at: None, misfire: Some(MisfirePolicy::RunUpTo(2)) }
+        );
+        assert_eq!(jobs[1].0.priority, 9);
+    }
+
+    #[test]
+    fn unknown_field_names_field_and_line() {
+        let e = parse("name: a\nprompt: hi\nexecution:\n  timeout_secs: 5\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("timeout_secs"), "{e}");
+        assert!(e.to_string().starts_with("jobs/x.yaml:4"), "{e}");
+    }
+
+    #[test]
+    fn yaml_syntax_error_names_the_line() {
+        let e = parse("name: a\nprompt: [unclosed\nschedule: {}\n").unwrap_err();
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn bad_cron_names_the_job_field_and_line() {
+        let e = parse("name: nightly\nprompt: hi\nschedule:\n  type: cron\n  expression: \"61 * * * *\"\n")
+            .unwrap_err();
+        assert!(e.message.contains("job `nightly`"), "{e}");
+        assert!(e.message.contains("schedule.expression"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn bad_zone_and_values_are_named() {
+        let e = parse("name: a\nprompt: hi\nschedule: { type: cron, expression: '0 9 * * *', timezone: Mars/Base }\n")
+            .unwrap_err();
+        assert!(e.message.contains("schedule.timezone"), "{e}");
+        let e = parse("name: a\nprompt: hi\npriority: 11\n").unwrap_err();
+        assert!(e.message.contains("priority"), "{e}");
+        assert_eq!(e.line, Some(3));
+        let e = parse("name: a\n").unwrap_err();
+        assert!(e.message.contains("prompt_id"), "{e}");
+        let e = parse("name: a\nprompt: hi\nretry: { max_attempts: 0, strategy: fixed }\n").unwrap_err();
+        assert!(e.message.contains("retry.max_attempts"), "{e}");
+        let e = parse("name: a\nprompt: hi\nexecution: { permission_mode: yolo }\n").unwrap_err();
+        assert!(e.message.contains("execution.permission_mode"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_in_one_file_are_rejected() {
+        let e = parse("- {name: a, prompt: x}\n- {name: a, prompt: y}\n").unwrap_err();
+        assert!(e.message.contains("defined twice"), "{e}");
+    }
+
+    #[test]
+    fn empty_file_defines_no_jobs_and_scalars_are_rejected() {
+        assert!(parse("").unwrap().is_empty());
+        assert!(parse("# nothing\n").unwrap().is_empty());
+        assert!(parse("42\n").is_err());
+    }
+
+    #[test]
+    fn manifest_file_names() {
+        assert!(is_manifest_file(Path::new("a/b.yaml")));
+        assert!(is_manifest_file(Path::new("b.yml")));
+        assert!(!is_manifest_file(Path::new(".b.yaml.swp")));
+        assert!(!is_manifest_file(Path::new("b.yaml~")));
+        assert!(!is_manifest_file(Path::new("b.json")));
+    }
+}

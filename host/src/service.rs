@@ -1,0 +1,350 @@
+//! `cnp serve`: wires config, store, executor, manifests and the engine together and runs until
+//! a shutdown signal.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::engine::{Clock, Engine, EngineError, EngineSettings};
+use crate::events::EventBus;
+use crate::executor::{ClaudeRunner, ExecutorSettings, Runner};
+use crate::manifest::{self, JobSpec, ManifestError, ScheduleSpec};
+use crate::model::{Job, JobStatus, Prompt};
+use crate::store::{JobFilter, Store};
+
+/// Executor settings from the config.
+pub fn executor_settings(config: &Config) -> ExecutorSettings {
+    let mut base_env = vec![("TZ".to_owned(), "UTC".to_owned())];
+    for (k, v) in &config.executor.environment {
+        base_env.retain(|(bk, _)| bk != k);
+        base_env.push((k.clone(), v.clone()));
+    }
+    ExecutorSettings {
+        command: shell_words::split(&config.executor.claude_cli_path).unwrap_or_default(),
+        kill_grace: config.executor.kill_grace,
+        max_output_bytes: config.executor.max_output_bytes,
+        max_line_bytes: config.executor.max_line_bytes,
+        base_env,
+        default_working_directory: config.executor.working_directory.clone(),
+    }
+}
+
+/// Runs the service until `shutdown` resolves, then stops gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    match crate::executor::process::raise_nofile_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::debug!(before, after, "raised the open-file limit")
+        }
+        Ok((before, _)) if before < 4096 => tracing::warn!(
+            limit = before,
+            "open-file limit is low: each running job holds several descriptors; lower \
+             job_engine.max_concurrent_jobs or raise the limit"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
+    }
+    let db_path = config.database_path();
+    let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    tracing::info!(database = %db_path.display(), "database open");
+
+    let settings = executor_settings(&config);
+    check_cli(&settings.command);
+    let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
+    let engine = Engine::start(
+        store.clone(),
+        runner,
+        EngineSettings::from_config(&config),
+        Clock::System,
+        EventBus::default(),
+    )
+    .await
+    .context("starting the engine")?;
+
+    if let Some(dir) = config.manifest_dir() {
+        // Jobs remember their file by absolute path, so the working directory does not matter.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let report = sync_manifest_dir(&engine, &dir).await;
+        report.log(&dir);
+    } else {
+        tracing::info!("no manifest folder configured ([manifests] directory)");
+    }
+    let status = engine.status();
+    tracing::info!(
+        jobs = status.jobs,
+        active = status.active_jobs,
+        max_concurrent_jobs = status.max_concurrent_jobs,
+        "cnp is running"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down: no new runs start");
+    engine.shutdown(config.job_engine.shutdown_grace).await;
+    store.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Warns early when the configured Claude CLI cannot be found (runs would fail with a clear
+/// error; the service itself keeps going).
+fn check_cli(command: &[String]) {
+    let Some(program) = command.first() else { return };
+    if program.contains('/') {
+        if !Path::new(program).exists() {
+            tracing::warn!(cli = %program, "the configured Claude CLI does not exist (executor.claude_cli_path)");
+        }
+        return;
+    }
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    if !found {
+        tracing::warn!(
+            cli = %program,
+            "the Claude CLI is not on PATH: runs will fail until it is installed \
+             (npm install -g @anthropic-ai/claude-code) or executor.claude_cli_path points at it"
+        );
+    }
+}
+
+/// What a manifest sync did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub prompts: usize,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub deleted: Vec<String>,
+    /// Files (or jobs) that could not be applied; their last good state stays in force.
+    pub errors: Vec<String>,
+}
+
+impl SyncReport {
+    pub fn log(&self, dir: &Path) {
+        for e in &self.errors {
+            tracing::error!("manifest error: {e}");
+        }
+        tracing::info!(
+            folder = %dir.display(),
+            prompts = self.prompts,
+            created = self.created.len(),
+            updated = self.updated.len(),
+            unchanged = self.unchanged.len(),
+            deleted = self.deleted.len(),
+            errors = self.errors.len(),
+            "manifests loaded"
+        );
+    }
+}
+
+/// Makes the jobs owned by manifest files match the folder: prompts from `prompts/*.md`, jobs from
+/// `*.yaml`/`*.yml`. A file that fails to parse or validate leaves its jobs as they were.
+pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
+    let mut report = SyncReport::default();
+    report.prompts = sync_prompts(engine, &dir.join("prompts"), &mut report.errors).await;
+    let files = match manifest::manifest_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            report.errors.push(format!("{}: cannot read folder: {e}", dir.display()));
+            return report;
+        }
+    };
+    let tz = engine.settings().default_timezone;
+    let mut parsed: Vec<(PathBuf, Result<Vec<JobSpec>, ManifestError>)> = Vec::new();
+    for f in files {
+        let r = manifest::load_manifest(&f, tz).map(|jobs| jobs.into_iter().map(|(s, _)| s).collect());
+        parsed.push((f, r));
+    }
+    // Jobs owned by files in this folder, by source.
+    let owned: Vec<Job> = match engine.store().list_jobs(JobFilter::default()).await {
+        Ok(j) => j
+            .into_iter()
+            .filter(|j| j.source.as_deref().is_some_and(|s| Path::new(s).parent() == Some(dir)))
+            .collect(),
+        Err(e) => {
+            report.errors.push(format!("cannot list jobs: {e}"));
+            return report;
+        }
+    };
+    let present: HashSet<String> = parsed.iter().map(|(p, _)| source_of(p)).collect();
+    for (path, result) in parsed {
+        match result {
+            Ok(specs) => apply_file(engine, &path, specs, &owned, &mut report).await,
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    for job in owned {
+        if !present.contains(job.source.as_deref().unwrap_or_default()) {
+            match engine.delete_job(&job.id).await {
+                Ok(()) => report.deleted.push(job.name),
+                Err(e) => report.errors.push(format!("cannot delete job `{}`: {e}", job.name)),
+            }
+        }
+    }
+    report
+}
+
+fn source_of(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Applies one good file: creates/updates its jobs, deletes jobs it no longer defines.
+async fn apply_file(engine: &Engine, path: &Path, specs: Vec<JobSpec>, owned: &[Job], report: &mut SyncReport) {
+    let source = source_of(path);
+    let mine: HashMap<&str, &Job> = owned
+        .iter()
+        .filter(|j| j.source.as_deref() == Some(source.as_str()))
+        .map(|j| (j.name.as_str(), j))
+        .collect();
+    let names: HashSet<String> = specs.iter().map(|s| s.name.trim().to_owned()).collect();
+    for spec in specs {
+        let name = spec.name.trim().to_owned();
+        let existing = match mine.get(name.as_str()) {
+            Some(j) => Some((*j).clone()),
+            None => match engine.store().get_job(name.clone()).await {
+                Ok(Some(j)) if j.source.as_deref() != Some(source.as_str()) => {
+                    let owner = j.source.as_deref().unwrap_or("the CLI/API");
+                    report.errors.push(format!(
+                        "{}: job `{name}`: name: already used by a job defined in {owner}",
+                        path.display()
+                    ));
+                    continue;
+                }
+                Ok(j) => j,
+                Err(e) => {
+                    report.errors.push(format!("{}: job `{name}`: {e}", path.display()));
+                    continue;
+                }
+            },
+        };
+        let result = match existing {
+            None => engine.create_job(spec, Some(source.clone())).await.map(|_| &mut report.created),
+            Some(job) if same_definition(&job, &spec) => Ok(&mut report.unchanged),
+            Some(job) => engine.update_job(&job.id, spec, Some(source.clone())).await.map(|_| &mut report.updated),
+        };
+        match result {
+            Ok(list) => list.push(name),
+            Err(e) => report.errors.push(format!("{}: job `{name}`: {}", path.display(), strip_invalid(&e))),
+        }
+    }
+    for job in mine.values() {
+        if !names.contains(&job.name) {
+            match engine.delete_job(&job.id).await {
+                Ok(()) => report.deleted.push(job.name.clone()),
+                Err(e) => report.errors.push(format!("cannot delete job `{}`: {e}", job.name)),
+            }
+        }
+    }
+}
+
+fn strip_invalid(e: &EngineError) -> String {
+    match e {
+        EngineError::Invalid(s) => s.to_string(),
+        e => e.to_string(),
+    }
+}
+
+/// Whether a stored job already matches a definition (so a restart does not touch it).
+pub fn same_definition(job: &Job, spec: &JobSpec) -> bool {
+    let Ok(schedule) = spec.schedule.to_schedule() else { return false };
+    job.name == spec.name.trim()
+        && job.prompt_id == spec.prompt_id
+        && job.prompt == spec.prompt
+        && job.schedule == schedule
+        && job.priority == spec.priority
+        && job.tags == spec.tags
+        && job.execution_options == spec.execution
+        && job.retry_config == spec.retry
+        && job.notification_config == spec.notifications
+        && job.resource_limits == spec.resource_limits
+        && status_matches(job.status, spec)
+}
+
+fn status_matches(status: JobStatus, spec: &JobSpec) -> bool {
+    // A job paused at run time stays paused while its file says it is active.
+    spec.initial_status() == status || (status == JobStatus::Paused && spec.initial_status() == JobStatus::Active)
+}
+
+/// The definition of a stored job (for `show --format yaml` and comparisons).
+pub fn spec_of(job: &Job) -> JobSpec {
+    JobSpec {
+        name: job.name.clone(),
+        prompt_id: job.prompt_id.clone(),
+        prompt: job.prompt.clone(),
+        schedule: ScheduleSpec::from_schedule(&job.schedule),
+        priority: job.priority,
+        tags: job.tags.clone(),
+        enabled: job.status != JobStatus::Disabled,
+        paused: job.status == JobStatus::Paused,
+        execution: job.execution_options.clone(),
+        retry: job.retry_config.clone(),
+        notifications: job.notification_config.clone(),
+        resource_limits: job.resource_limits.clone(),
+    }
+}
+
+/// Loads `prompts/<id>.md` (or `.txt`): the file name is the prompt id, the content the prompt; a
+/// first line `# Title` becomes the title.
+async fn sync_prompts(engine: &Engine, dir: &Path, errors: &mut Vec<String>) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if !matches!(ext, Some("md") | Some("txt")) {
+            continue;
+        }
+        let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let content = match std::fs::read_to_string(&path) {
+            Ok(c) if !c.trim().is_empty() => c,
+            Ok(_) => {
+                errors.push(format!("{}: prompt is empty", path.display()));
+                continue;
+            }
+            Err(e) => {
+                errors.push(format!("{}: cannot read: {e}", path.display()));
+                continue;
+            }
+        };
+        let title = content
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# "))
+            .map(|t| t.trim().to_owned())
+            .unwrap_or_else(|| id.clone());
+        let existing = engine.store().get_prompt(id.clone()).await.ok().flatten();
+        if existing.as_ref().is_some_and(|p| p.content == content && p.title == title) {
+            n += 1;
+            continue;
+        }
+        let now = engine.clock().now();
+        let prompt = Prompt {
+            id: id.clone(),
+            title,
+            content,
+            tags: existing.as_ref().map(|p| p.tags.clone()).unwrap_or_default(),
+            created_at: existing.as_ref().map(|p| p.created_at).unwrap_or(now),
+            updated_at: now,
+        };
+        match engine.store().upsert_prompt(prompt).await {
+            Ok(_) => n += 1,
+            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        }
+    }
+    n
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
