@@ -122,8 +122,19 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
             match crate::manifest::load_manifest(&f, tz) {
                 Ok(jobs) => {
                     println!("{}: ok ({} job(s))", f.display(), jobs.len());
+                    let now = chrono::Utc::now();
+                    let cache = crate::schedule::CronCache::new();
                     for (spec, schedule) in jobs {
-                        println!("  {} — {}", spec.name, crate::schedule::describe(&schedule, tz));
+                        let next = crate::schedule::CompiledSchedule::compile(&schedule, tz, now, &cache)
+                            .ok()
+                            .and_then(|c| c.next_after(now))
+                            .map(|t| format!("next {}", t.to_rfc3339()))
+                            .unwrap_or_else(|| "no scheduled runs".into());
+                        println!(
+                            "  {} — {} — {next}",
+                            spec.name,
+                            crate::schedule::describe(&schedule, tz)
+                        );
                     }
                 }
                 Err(e) => {
