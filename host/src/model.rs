@@ -49,7 +49,8 @@ pub struct Job {
     pub execution_count: u64,
     pub failure_count: u64,
     pub avg_execution_time_ms: f64,
-    /// Completed runs / finished runs, 0.0–1.0 (1.0 before the first run).
+    /// Completed runs / (completed + failed) runs, 0.0–1.0; 0.0 before the first finished run.
+    /// Cancelled runs count in `execution_count` but neither as success nor failure.
     pub success_rate: f64,
     pub next_run_time: Option<DateTime<Utc>>,
     pub last_run_time: Option<DateTime<Utc>>,

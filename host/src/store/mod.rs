@@ -60,6 +60,9 @@ struct Inner {
     writer: Mutex<Option<std_mpsc::Sender<WriteFn>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Mutex<Vec<Connection>>,
+    /// Bounds concurrent async reads to the pool's size, so a burst of reads queues here instead
+    /// of growing tokio's blocking pool and opening a connection per read.
+    read_slots: tokio::sync::Semaphore,
 }
 
 /// Writes grouped into one transaction at most.
@@ -103,6 +106,7 @@ impl Store {
                     writer: Mutex::new(None),
                     writer_thread: Mutex::new(None),
                     readers: Mutex::new(Vec::new()),
+                    read_slots: tokio::sync::Semaphore::new(READ_POOL),
                 }),
             });
         }
@@ -122,6 +126,7 @@ impl Store {
                 writer: Mutex::new(Some(tx)),
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
+                read_slots: tokio::sync::Semaphore::new(READ_POOL),
             }),
         })
     }
@@ -210,6 +215,7 @@ impl Store {
         if self.inner.inline.is_some() {
             return self.read_blocking(f);
         }
+        let _slot = self.inner.read_slots.acquire().await.map_err(|_| StoreError::WriterGone)?;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
