@@ -17,7 +17,7 @@ pub const DEFAULT_CONFIG_TOML: &str = include_str!("../claude-pilot.default.toml
 /// Name of the config file looked up in the working directory.
 pub const CONFIG_FILE_NAME: &str = "claude-pilot.toml";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub job_engine: JobEngineConfig,
@@ -112,7 +112,7 @@ pub struct DatabaseConfig {
     pub max_execution_history: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManifestsConfig {
     /// Folder of YAML job manifests loaded at start. Default: `<config dir>/cnp/jobs` when it
@@ -134,20 +134,6 @@ pub struct LoggingConfig {
 pub enum LogFormat {
     Text,
     Json,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            job_engine: JobEngineConfig::default(),
-            scheduler: SchedulerConfig::default(),
-            executor: ExecutorConfig::default(),
-            notifications: NotificationsConfig::default(),
-            database: DatabaseConfig::default(),
-            manifests: ManifestsConfig::default(),
-            logging: LoggingConfig::default(),
-        }
-    }
 }
 
 impl Default for JobEngineConfig {
@@ -204,12 +190,6 @@ impl Default for DatabaseConfig {
             cleanup_old_executions: true,
             max_execution_history: 1000,
         }
-    }
-}
-
-impl Default for ManifestsConfig {
-    fn default() -> Self {
-        ManifestsConfig { directory: None }
     }
 }
 

@@ -53,6 +53,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let settings = executor_settings(&config);
     check_cli(&settings.command);
+    // Also prepares cgroup v2 delegation, which must happen before the first child exists.
+    tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
     let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
     let engine = Engine::start(
         store.clone(),

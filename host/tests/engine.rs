@@ -13,9 +13,11 @@ use cnp::manifest::{JobSpec, ScheduleSpec};
 use cnp::model::{ExecutionStatus, JobStatus, LogStream, MisfirePolicy, Outcome, Trigger};
 use cnp::store::{ExecutionFilter, Store};
 
-/// What the test runner saw: (execution id, prompt, wall time at start).
+/// One run the test runner saw: (execution id, prompt, wall time at start).
+type Call = (String, String, DateTime<Utc>);
+
 #[derive(Clone, Default)]
-struct Calls(Arc<Mutex<Vec<(String, String, DateTime<Utc>)>>>);
+struct Calls(Arc<Mutex<Vec<Call>>>);
 
 /// A runner that "runs" for `duration` of (paused) tokio time and fails when the prompt says so.
 struct TestRunner {

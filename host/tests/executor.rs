@@ -744,3 +744,26 @@ async fn a_thousand_concurrent_runs() {
     }
     eprintln!("test process peak RSS {} KiB", own_peak_rss_kb());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipes_held_open_by_an_escaped_process_do_not_hang_the_run() {
+    let mut s = settings();
+    // A daemon that left the process group (new session) and kept stdout open.
+    s.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "setsid -w sh -c 'sleep 5 & exit 0'; echo started".into(),
+        "sh".into(),
+    ];
+    let (report, recorder) = run_with(&ClaudeRunner::new(s), request(&[])).await;
+    assert_eq!(report.exit_code, Some(0));
+    assert_eq!(
+        recorder.lines(LogStream::Stdout),
+        vec!["started".to_string()]
+    );
+    assert!(
+        recorder.system().contains("stopped reading output"),
+        "{}",
+        recorder.system()
+    );
+}

@@ -39,6 +39,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 pub use cgroup::describe_support as describe_limits_support;
 pub use limits::{LimitsMechanism, WATCHDOG_INTERVAL};
@@ -301,12 +302,13 @@ async fn supervise(
     };
 
     let prompt = spec.stdin;
-    let writer = tokio::spawn(async move {
+    // Every task of the run is aborted if the run's future is dropped.
+    let writer = AbortOnDropHandle::new(tokio::spawn(async move {
         let mut stdin = stdin;
         // A child that exits without reading gives EPIPE: nothing to do about it.
         let _ = stdin.write_all(&prompt).await;
         let _ = stdin.shutdown().await;
-    });
+    }));
 
     let budget = Arc::new(OutputBudget::new(spec.max_output_bytes));
     let stop_reading = CancellationToken::new();
@@ -317,21 +319,21 @@ async fn supervise(
             .saturating_add(RESULT_LINE_SLACK)
             .min(MAX_RESULT_LINE_BYTES),
     );
-    let stdout_task = tokio::spawn(read_stdout(
+    let stdout_task = AbortOnDropHandle::new(tokio::spawn(read_stdout(
         stdout,
         observer.clone(),
         budget.clone(),
         stop_reading.clone(),
         max_line,
         (parse_base, parse_extended),
-    ));
-    let stderr_task = tokio::spawn(read_stderr(
+    )));
+    let stderr_task = AbortOnDropHandle::new(tokio::spawn(read_stderr(
         stderr,
         observer.clone(),
         budget.clone(),
         stop_reading.clone(),
         max_line,
-    ));
+    )));
 
     // Wait for the exit, the timeout or a cancel.
     let waiter = ExitWaiter::new(pid);
@@ -737,12 +739,18 @@ struct ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        let cgroup = self.cgroup.take();
         if !self.armed {
+            // Reaped already; only the cgroup may be left (the future was dropped late).
+            if let Some(group) = cgroup {
+                let _ = std::thread::Builder::new()
+                    .name("cnp-cgroup-cleanup".into())
+                    .spawn(move || group.remove_blocking());
+            }
             return;
         }
         let pid = self.pid;
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        let cgroup = self.cgroup.take();
         if let Some(group) = &cgroup {
             group.kill_all();
         }
