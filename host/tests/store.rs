@@ -214,6 +214,7 @@ async fn logs_filters_and_retention() {
             .map(|seq| LogLine { execution_id: "e9".into(), seq, stream: LogStream::Stdout, timestamp: t0(), line: format!("line {seq}") })
             .collect(),
     );
+    store.flush().await.unwrap();
     let logs = store.get_logs("e9".into(), Some(1), 10).await.unwrap();
     assert_eq!(logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["line 2", "line 3", "line 4"]);
 

@@ -148,6 +148,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Waits until every write queued before this call is committed (writes are applied in
+    /// order, so an empty write is a barrier).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(|_| Ok(())).await
+    }
+
     /// Queues a write without waiting for it (log lines, heartbeat). Errors are logged.
     pub fn write_detached<F>(&self, what: &'static str, f: F)
     where
