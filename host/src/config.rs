@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::MisfirePolicy;
 
-/// The embedded defaults, as a commented TOML file (`cnp config default` prints it).
+/// The embedded defaults, as a commented TOML file (`cnp default-config` prints it).
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../claude-pilot.default.toml");
 
 /// Name of the config file looked up in the working directory.
@@ -205,7 +205,7 @@ impl Default for LoggingConfig {
 /// A config file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -267,10 +267,25 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        if self.scheduler.timezone.parse::<chrono_tz::Tz>().is_err() {
+        if let Err(e) = crate::schedule::parse_timezone(&self.scheduler.timezone) {
+            // the schedule error names its own field; keep just the message
+            let msg = e.to_string();
+            let msg = msg
+                .split_once(": ")
+                .map(|(_, m)| m.to_owned())
+                .unwrap_or(msg);
+            return Err(invalid("scheduler.timezone", msg));
+        }
+        if self.job_engine.health_check_interval.is_zero() {
             return Err(invalid(
-                "scheduler.timezone",
-                format!("unknown IANA time zone `{}` (e.g. `UTC`, `Europe/Berlin`)", self.scheduler.timezone),
+                "job_engine.health_check_interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.database.cleanup_old_executions && self.job_engine.cleanup_retention_days == 0 {
+            return Err(invalid(
+                "job_engine.cleanup_retention_days",
+                "must be at least 1 (or set database.cleanup_old_executions = false)".into(),
             ));
         }
         if self.scheduler.tick_interval.is_zero() {
@@ -310,7 +325,10 @@ impl Config {
 
     /// The database file, defaulting to the user's data directory.
     pub fn database_path(&self) -> PathBuf {
-        self.database.path.clone().unwrap_or_else(default_data_dir_file)
+        self.database
+            .path
+            .clone()
+            .unwrap_or_else(default_data_dir_file)
     }
 
     /// The manifest folder: configured, or `<config dir>/cnp/jobs` when that exists.
@@ -324,7 +342,7 @@ impl Config {
 
     /// The default zone for cron jobs (validated at load).
     pub fn default_timezone(&self) -> chrono_tz::Tz {
-        self.scheduler.timezone.parse().unwrap_or(chrono_tz::UTC)
+        crate::schedule::parse_timezone(&self.scheduler.timezone).unwrap_or(chrono_tz::UTC)
     }
 }
 
@@ -376,7 +394,10 @@ max_execution_history = 1000
         )
         .unwrap();
         assert_eq!(c.executor.default_timeout, Duration::from_secs(900));
-        assert_eq!(c.executor.claude_cli_path, "npx @anthropic-ai/claude-code@latest");
+        assert_eq!(
+            c.executor.claude_cli_path,
+            "npx @anthropic-ai/claude-code@latest"
+        );
         assert_eq!(c.scheduler.misfire_policy(), MisfirePolicy::RunUpTo(3));
     }
 
@@ -413,6 +434,18 @@ max_execution_history = 1000
             .unwrap_err()
             .to_string();
         assert!(err.contains("job_engine.max_concurrent_jobs"), "{err}");
+
+        let err = parse("[job_engine]\nhealth_check_interval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("job_engine.health_check_interval"), "{err}");
+
+        let err = parse("[job_engine]\ncleanup_retention_days = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("job_engine.cleanup_retention_days"), "{err}");
+        parse("[job_engine]\ncleanup_retention_days = 0\n[database]\ncleanup_old_executions = false\n")
+            .expect("retention off: 0 days is fine");
 
         let err = parse("[executor]\nclaude_cli_path = \"npx 'unterminated\"\n")
             .unwrap_err()

@@ -127,27 +127,26 @@ impl ScheduleSpec {
                 start_at,
                 misfire,
             } => {
-                let secs = match (every, every_seconds) {
-                    (Some(_), Some(_)) => {
-                        return Err(err(
-                            "schedule",
-                            "give either `every` or `every_seconds`, not both",
-                        ))
-                    }
-                    (Some(d), None) => {
-                        if d.subsec_nanos() != 0 {
-                            return Err(err("schedule.every", "must be whole seconds"));
+                let secs =
+                    match (every, every_seconds) {
+                        (Some(_), Some(_)) => {
+                            return Err(err(
+                                "schedule",
+                                "give either `every` or `every_seconds`, not both",
+                            ))
                         }
-                        d.as_secs()
-                    }
-                    (None, Some(s)) => *s,
-                    (None, None) => {
-                        return Err(err(
+                        (Some(d), None) => {
+                            if d.subsec_nanos() != 0 {
+                                return Err(err("schedule.every", "must be whole seconds"));
+                            }
+                            d.as_secs()
+                        }
+                        (None, Some(s)) => *s,
+                        (None, None) => return Err(err(
                             "schedule",
                             "an interval schedule needs `every` (e.g. \"10m\") or `every_seconds`",
-                        ))
-                    }
-                };
+                        )),
+                    };
                 if secs == 0 {
                     return Err(err("schedule.every", "must be at least 1 second"));
                 }
@@ -162,7 +161,7 @@ impl ScheduleSpec {
         })
     }
 
-    /// The spec form of a stored schedule (for round trips: `cnp job show --format yaml`).
+    /// The spec form of a stored schedule (for round trips and comparisons).
     pub fn from_schedule(s: &Schedule) -> ScheduleSpec {
         match s.clone() {
             Schedule::Cron {
@@ -214,7 +213,10 @@ impl JobSpec {
         match (&self.prompt_id, &self.prompt) {
             (None, None) => return Err(err("prompt_id", "give `prompt_id` or `prompt`")),
             (Some(_), Some(_)) => {
-                return Err(err("prompt", "give either `prompt_id` or `prompt`, not both"))
+                return Err(err(
+                    "prompt",
+                    "give either `prompt_id` or `prompt`, not both",
+                ))
             }
             (Some(id), None) if id.trim().is_empty() => {
                 return Err(err("prompt_id", "must not be empty"))
@@ -227,7 +229,10 @@ impl JobSpec {
         if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&self.priority) {
             return Err(err(
                 "priority",
-                format!("must be {PRIORITY_MIN}–{PRIORITY_MAX}, got {}", self.priority),
+                format!(
+                    "must be {PRIORITY_MIN}–{PRIORITY_MAX}, got {}",
+                    self.priority
+                ),
             ));
         }
         if let Some(t) = self.tags.iter().find(|t| t.trim().is_empty()) {
@@ -266,7 +271,10 @@ impl JobSpec {
             }
             if let Some(c) = l.max_cpu_percent {
                 if !(c > 0.0 && c.is_finite()) {
-                    return Err(err("resource_limits.max_cpu_percent", "must be greater than 0"));
+                    return Err(err(
+                        "resource_limits.max_cpu_percent",
+                        "must be greater than 0",
+                    ));
                 }
             }
         }
@@ -322,7 +330,10 @@ impl JobSpec {
 
 fn validate_retry(r: &RetryConfig) -> Result<(), SpecError> {
     if r.max_attempts == 0 {
-        return Err(err("retry.max_attempts", "must be at least 1 (1 = no retries)"));
+        return Err(err(
+            "retry.max_attempts",
+            "must be at least 1 (1 = no retries)",
+        ));
     }
     if let Some(m) = r.multiplier {
         if !(m >= 1.0 && m.is_finite()) {
@@ -331,11 +342,17 @@ fn validate_retry(r: &RetryConfig) -> Result<(), SpecError> {
     }
     if let (Some(i), Some(m)) = (r.initial_interval, r.max_interval) {
         if m < i {
-            return Err(err("retry.max_interval", "must be at least retry.initial_interval"));
+            return Err(err(
+                "retry.max_interval",
+                "must be at least retry.initial_interval",
+            ));
         }
     }
     if r.strategy == RetryStrategy::Custom && r.delays.is_empty() {
-        return Err(err("retry.delays", "the custom strategy needs a list of delays (seconds)"));
+        return Err(err(
+            "retry.delays",
+            "the custom strategy needs a list of delays (seconds)",
+        ));
     }
     Ok(())
 }
@@ -416,13 +433,18 @@ fn find_line(text: &str, name: &str, field: &str) -> Option<usize> {
         .skip(start)
         .find(|(_, l)| {
             let t = l.trim_start().trim_start_matches("- ");
-            t.starts_with(&pat_block) || l.contains(&format!(" {pat_inline}")) || l.contains(&format!("{{{pat_inline}"))
+            t.starts_with(&pat_block)
+                || l.contains(&format!(" {pat_inline}"))
+                || l.contains(&format!("{{{pat_inline}"))
         })
         .map(|(i, _)| i + 1)
 }
 
 /// Reads and parses one manifest file.
-pub fn load_manifest(path: &Path, default_tz: chrono_tz::Tz) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
+pub fn load_manifest(
+    path: &Path,
+    default_tz: chrono_tz::Tz,
+) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
         path: path.to_owned(),
         line: None,
@@ -498,9 +520,15 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
         );
         assert_eq!(spec.execution.timeout_seconds, Some(1800));
         assert_eq!(spec.execution.environment["NODE_ENV"], "production");
-        assert_eq!(spec.retry.as_ref().unwrap().strategy, RetryStrategy::ExponentialBackoff);
+        assert_eq!(
+            spec.retry.as_ref().unwrap().strategy,
+            RetryStrategy::ExponentialBackoff
+        );
         assert_eq!(spec.notifications.as_ref().unwrap().channels.len(), 2);
-        assert_eq!(spec.resource_limits.as_ref().unwrap().max_memory_mb, Some(512));
+        assert_eq!(
+            spec.resource_limits.as_ref().unwrap().max_memory_mb,
+            Some(512)
+        );
         assert_eq!(spec.priority, PRIORITY_DEFAULT);
         assert_eq!(spec.initial_status(), JobStatus::Active);
     }
@@ -523,11 +551,19 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
         assert_eq!(jobs.len(), 2);
         assert_eq!(
             jobs[0].1,
-            Schedule::Interval { every_seconds: 600, start_at: None, misfire: Some(MisfirePolicy::Skip) }
+            Schedule::Interval {
+                every_seconds: 600,
+                start_at: None,
+                misfire: Some(MisfirePolicy::Skip)
+            }
         );
         assert_eq!(
             jobs[1].1,
-            Schedule::Interval { every_seconds: 30, start_at: None, misfire: Some(MisfirePolicy::RunUpTo(2)) }
+            Schedule::Interval {
+                every_seconds: 30,
+                start_at: None,
+                misfire: Some(MisfirePolicy::RunUpTo(2))
+            }
         );
         assert_eq!(jobs[1].0.priority, 9);
     }
@@ -548,8 +584,10 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
 
     #[test]
     fn bad_cron_names_the_job_field_and_line() {
-        let e = parse("name: nightly\nprompt: hi\nschedule:\n  type: cron\n  expression: \"61 * * * *\"\n")
-            .unwrap_err();
+        let e = parse(
+            "name: nightly\nprompt: hi\nschedule:\n  type: cron\n  expression: \"61 * * * *\"\n",
+        )
+        .unwrap_err();
         assert!(e.message.contains("job `nightly`"), "{e}");
         assert!(e.message.contains("schedule.expression"), "{e}");
         assert_eq!(e.line, Some(5), "{e}");
@@ -565,7 +603,8 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
         assert_eq!(e.line, Some(3));
         let e = parse("name: a\n").unwrap_err();
         assert!(e.message.contains("prompt_id"), "{e}");
-        let e = parse("name: a\nprompt: hi\nretry: { max_attempts: 0, strategy: fixed }\n").unwrap_err();
+        let e = parse("name: a\nprompt: hi\nretry: { max_attempts: 0, strategy: fixed }\n")
+            .unwrap_err();
         assert!(e.message.contains("retry.max_attempts"), "{e}");
         let e = parse("name: a\nprompt: hi\nexecution: { permission_mode: yolo }\n").unwrap_err();
         assert!(e.message.contains("execution.permission_mode"), "{e}");

@@ -66,7 +66,7 @@ pub enum JobStatus {
     Active,
     /// Temporarily stopped by a user; slots passing while paused are not run on resume.
     Paused,
-    /// Switched off (e.g. a one-shot job after it fired, or by configuration).
+    /// Switched off by its definition (`enabled: false`); run-now still works.
     Disabled,
 }
 
@@ -194,7 +194,7 @@ pub struct ExecutionOptions {
     pub allowed_tools: Vec<String>,
     /// `--disallowedTools`
     pub disallowed_tools: Vec<String>,
-    /// `--permission-mode` (acceptEdits, auto, bypassPermissions, manual, dontAsk, plan)
+    /// `--permission-mode` (default, acceptEdits, auto, bypassPermissions, manual, dontAsk, plan)
     pub permission_mode: Option<String>,
     /// `--append-system-prompt`
     pub append_system_prompt: Option<String>,
@@ -478,7 +478,9 @@ impl Outcome {
             Outcome::Success => None,
             Outcome::Error { message, .. } => Some(message.clone()),
             Outcome::Timeout => Some("timed out".into()),
-            Outcome::SpawnFailed { message } => Some(format!("could not start the Claude CLI: {message}")),
+            Outcome::SpawnFailed { message } => {
+                Some(format!("could not start the Claude CLI: {message}"))
+            }
             Outcome::AuthError { message } => Some(format!("authentication failed: {message}")),
             Outcome::InvalidArguments { message } => Some(format!("invalid arguments: {message}")),
             Outcome::UsageLimit { message, .. } => Some(format!("usage limit: {message}")),
@@ -496,8 +498,8 @@ pub struct ResourceUsage {
     pub system_cpu_ms: u64,
     /// Peak resident set size of the CLI's process tree, in KiB.
     pub peak_rss_kb: u64,
-    /// How the job's `resource_limits` were enforced (`cgroup-v2`, `cgroup-v1`, `rlimit`,
-    /// `watchdog`), or why they could not be.
+    /// How the job's `resource_limits` were enforced (`cgroup-v2 …`, `cgroup-v1 …`,
+    /// `watchdog …`), and what could not be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits_enforcement: Option<String>,
 }

@@ -93,7 +93,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Warns early when the configured Claude CLI cannot be found (runs would fail with a clear
 /// error; the service itself keeps going).
 fn check_cli(command: &[String]) {
-    let Some(program) = command.first() else { return };
+    let Some(program) = command.first() else {
+        return;
+    };
     if program.contains('/') {
         if !Path::new(program).exists() {
             tracing::warn!(cli = %program, "the configured Claude CLI does not exist (executor.claude_cli_path)");
@@ -150,21 +152,28 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
     let files = match manifest::manifest_files(dir) {
         Ok(f) => f,
         Err(e) => {
-            report.errors.push(format!("{}: cannot read folder: {e}", dir.display()));
+            report
+                .errors
+                .push(format!("{}: cannot read folder: {e}", dir.display()));
             return report;
         }
     };
     let tz = engine.settings().default_timezone;
     let mut parsed: Vec<(PathBuf, Result<Vec<JobSpec>, ManifestError>)> = Vec::new();
     for f in files {
-        let r = manifest::load_manifest(&f, tz).map(|jobs| jobs.into_iter().map(|(s, _)| s).collect());
+        let r =
+            manifest::load_manifest(&f, tz).map(|jobs| jobs.into_iter().map(|(s, _)| s).collect());
         parsed.push((f, r));
     }
     // Jobs owned by files in this folder, by source.
     let owned: Vec<Job> = match engine.store().list_jobs(JobFilter::default()).await {
         Ok(j) => j
             .into_iter()
-            .filter(|j| j.source.as_deref().is_some_and(|s| Path::new(s).parent() == Some(dir)))
+            .filter(|j| {
+                j.source
+                    .as_deref()
+                    .is_some_and(|s| Path::new(s).parent() == Some(dir))
+            })
             .collect(),
         Err(e) => {
             report.errors.push(format!("cannot list jobs: {e}"));
@@ -182,7 +191,9 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
         if !present.contains(job.source.as_deref().unwrap_or_default()) {
             match engine.delete_job(&job.id).await {
                 Ok(()) => report.deleted.push(job.name),
-                Err(e) => report.errors.push(format!("cannot delete job `{}`: {e}", job.name)),
+                Err(e) => report
+                    .errors
+                    .push(format!("cannot delete job `{}`: {e}", job.name)),
             }
         }
     }
@@ -194,7 +205,13 @@ fn source_of(path: &Path) -> String {
 }
 
 /// Applies one good file: creates/updates its jobs, deletes jobs it no longer defines.
-async fn apply_file(engine: &Engine, path: &Path, specs: Vec<JobSpec>, owned: &[Job], report: &mut SyncReport) {
+async fn apply_file(
+    engine: &Engine,
+    path: &Path,
+    specs: Vec<JobSpec>,
+    owned: &[Job],
+    report: &mut SyncReport,
+) {
     let source = source_of(path);
     let mine: HashMap<&str, &Job> = owned
         .iter()
@@ -217,26 +234,40 @@ async fn apply_file(engine: &Engine, path: &Path, specs: Vec<JobSpec>, owned: &[
                 }
                 Ok(j) => j,
                 Err(e) => {
-                    report.errors.push(format!("{}: job `{name}`: {e}", path.display()));
+                    report
+                        .errors
+                        .push(format!("{}: job `{name}`: {e}", path.display()));
                     continue;
                 }
             },
         };
         let result = match existing {
-            None => engine.create_job(spec, Some(source.clone())).await.map(|_| &mut report.created),
+            None => engine
+                .create_job(spec, Some(source.clone()))
+                .await
+                .map(|_| &mut report.created),
             Some(job) if same_definition(&job, &spec) => Ok(&mut report.unchanged),
-            Some(job) => engine.update_job(&job.id, spec, Some(source.clone())).await.map(|_| &mut report.updated),
+            Some(job) => engine
+                .update_job(&job.id, spec, Some(source.clone()))
+                .await
+                .map(|_| &mut report.updated),
         };
         match result {
             Ok(list) => list.push(name),
-            Err(e) => report.errors.push(format!("{}: job `{name}`: {}", path.display(), strip_invalid(&e))),
+            Err(e) => report.errors.push(format!(
+                "{}: job `{name}`: {}",
+                path.display(),
+                strip_invalid(&e)
+            )),
         }
     }
     for job in mine.values() {
         if !names.contains(&job.name) {
             match engine.delete_job(&job.id).await {
                 Ok(()) => report.deleted.push(job.name.clone()),
-                Err(e) => report.errors.push(format!("cannot delete job `{}`: {e}", job.name)),
+                Err(e) => report
+                    .errors
+                    .push(format!("cannot delete job `{}`: {e}", job.name)),
             }
         }
     }
@@ -251,7 +282,9 @@ fn strip_invalid(e: &EngineError) -> String {
 
 /// Whether a stored job already matches a definition (so a restart does not touch it).
 pub fn same_definition(job: &Job, spec: &JobSpec) -> bool {
-    let Ok(schedule) = spec.schedule.to_schedule() else { return false };
+    let Ok(schedule) = spec.schedule.to_schedule() else {
+        return false;
+    };
     job.name == spec.name.trim()
         && job.prompt_id == spec.prompt_id
         && job.prompt == spec.prompt
@@ -267,10 +300,11 @@ pub fn same_definition(job: &Job, spec: &JobSpec) -> bool {
 
 fn status_matches(status: JobStatus, spec: &JobSpec) -> bool {
     // A job paused at run time stays paused while its file says it is active.
-    spec.initial_status() == status || (status == JobStatus::Paused && spec.initial_status() == JobStatus::Active)
+    spec.initial_status() == status
+        || (status == JobStatus::Paused && spec.initial_status() == JobStatus::Active)
 }
 
-/// The definition of a stored job (for `show --format yaml` and comparisons).
+/// The definition of a stored job (the inverse of creating it from a `JobSpec`).
 pub fn spec_of(job: &Job) -> JobSpec {
     JobSpec {
         name: job.name.clone(),
@@ -291,7 +325,9 @@ pub fn spec_of(job: &Job) -> JobSpec {
 /// Loads `prompts/<id>.md` (or `.txt`): the file name is the prompt id, the content the prompt; a
 /// first line `# Title` becomes the title.
 async fn sync_prompts(engine: &Engine, dir: &Path, errors: &mut Vec<String>) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     let mut n = 0;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
@@ -300,7 +336,9 @@ async fn sync_prompts(engine: &Engine, dir: &Path, errors: &mut Vec<String>) -> 
         if !matches!(ext, Some("md") | Some("txt")) {
             continue;
         }
-        let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else { continue };
+        let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            continue;
+        };
         let content = match std::fs::read_to_string(&path) {
             Ok(c) if !c.trim().is_empty() => c,
             Ok(_) => {
@@ -319,7 +357,10 @@ async fn sync_prompts(engine: &Engine, dir: &Path, errors: &mut Vec<String>) -> 
             .map(|t| t.trim().to_owned())
             .unwrap_or_else(|| id.clone());
         let existing = engine.store().get_prompt(id.clone()).await.ok().flatten();
-        if existing.as_ref().is_some_and(|p| p.content == content && p.title == title) {
+        if existing
+            .as_ref()
+            .is_some_and(|p| p.content == content && p.title == title)
+        {
             n += 1;
             continue;
         }
@@ -328,7 +369,10 @@ async fn sync_prompts(engine: &Engine, dir: &Path, errors: &mut Vec<String>) -> 
             id: id.clone(),
             title,
             content,
-            tags: existing.as_ref().map(|p| p.tags.clone()).unwrap_or_default(),
+            tags: existing
+                .as_ref()
+                .map(|p| p.tags.clone())
+                .unwrap_or_default(),
             created_at: existing.as_ref().map(|p| p.created_at).unwrap_or(now),
             updated_at: now,
         };

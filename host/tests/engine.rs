@@ -33,13 +33,16 @@ impl Runner for TestRunner {
         let calls = self.calls.clone();
         Box::pin(async move {
             let started = clock.now();
-            calls
-                .0
-                .lock()
-                .unwrap()
-                .push((request.execution_id.clone(), request.prompt.clone(), started));
+            calls.0.lock().unwrap().push((
+                request.execution_id.clone(),
+                request.prompt.clone(),
+                started,
+            ));
             observer.spawned(4242, started);
-            observer.line(LogStream::Stdout, "{\"type\":\"system\",\"subtype\":\"init\"}");
+            observer.line(
+                LogStream::Stdout,
+                "{\"type\":\"system\",\"subtype\":\"init\"}",
+            );
             let outcome = tokio::select! {
                 _ = tokio::time::sleep(duration) => {
                     if request.prompt.contains("fail") {
@@ -79,41 +82,75 @@ fn start_time() -> DateTime<Utc> {
 
 async fn harness(settings: EngineSettings, duration: Duration) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = harness_in(dir.path(), settings, duration, Clock::tokio_from(start_time())).await;
+    let mut h = harness_in(
+        dir.path(),
+        settings,
+        duration,
+        Clock::tokio_from(start_time()),
+    )
+    .await;
     h._dir = Some(dir);
     h
 }
 
-async fn harness_in(dir: &std::path::Path, settings: EngineSettings, duration: Duration, clock: Clock) -> Harness {
+async fn harness_in(
+    dir: &std::path::Path,
+    settings: EngineSettings,
+    duration: Duration,
+    clock: Clock,
+) -> Harness {
     let store = Store::open_inline(&dir.join("cnp.db")).unwrap();
     let calls = Calls::default();
-    let runner = Arc::new(TestRunner { clock: clock.clone(), duration, calls: calls.clone() });
+    let runner = Arc::new(TestRunner {
+        clock: clock.clone(),
+        duration,
+        calls: calls.clone(),
+    });
     let engine = Engine::start(store.clone(), runner, settings, clock, EventBus::default())
         .await
         .unwrap();
-    Harness { engine, calls, store, _dir: None }
+    Harness {
+        engine,
+        calls,
+        store,
+        _dir: None,
+    }
 }
 
 fn spec(name: &str, schedule: ScheduleSpec) -> JobSpec {
-    serde_json::from_value::<JobSpec>(serde_json::json!({ "name": name, "prompt": format!("prompt of {name}") }))
-        .map(|mut s| {
-            s.schedule = schedule;
-            s
-        })
-        .unwrap()
+    serde_json::from_value::<JobSpec>(
+        serde_json::json!({ "name": name, "prompt": format!("prompt of {name}") }),
+    )
+    .map(|mut s| {
+        s.schedule = schedule;
+        s
+    })
+    .unwrap()
 }
 
 fn cron(expr: &str, tz: Option<&str>) -> ScheduleSpec {
-    ScheduleSpec::Cron { expression: expr.into(), timezone: tz.map(Into::into), misfire: None }
+    ScheduleSpec::Cron {
+        expression: expr.into(),
+        timezone: tz.map(Into::into),
+        misfire: None,
+    }
 }
 
 fn every(secs: u64, misfire: Option<MisfirePolicy>) -> ScheduleSpec {
-    ScheduleSpec::Interval { every: None, every_seconds: Some(secs), start_at: None, misfire }
+    ScheduleSpec::Interval {
+        every: None,
+        every_seconds: Some(secs),
+        start_at: None,
+        misfire,
+    }
 }
 
 async fn executions(store: &Store, job_id: &str) -> Vec<cnp::model::JobExecution> {
     let mut v = store
-        .list_executions(ExecutionFilter { job_id: Some(job_id.into()), ..Default::default() })
+        .list_executions(ExecutionFilter {
+            job_id: Some(job_id.into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     v.reverse(); // oldest first
@@ -155,7 +192,10 @@ async fn daily_cron_job_is_stored_and_fires_at_nine_in_its_zone() {
     let h = harness(EngineSettings::default(), Duration::from_secs(5)).await;
     let job = h
         .engine
-        .create_job(spec("daily report", cron("0 9 * * *", Some("Asia/Taipei"))), None)
+        .create_job(
+            spec("daily report", cron("0 9 * * *", Some("Asia/Taipei"))),
+            None,
+        )
         .await
         .unwrap();
     // 09:00 in Taipei (+08:00) on 2026-11-24 is 01:00 UTC.
@@ -167,7 +207,10 @@ async fn daily_cron_job_is_stored_and_fires_at_nine_in_its_zone() {
     assert_eq!(stored.next_run_time, Some(nine));
 
     advance(Duration::from_secs(59 * 60)).await;
-    assert!(h.calls.0.lock().unwrap().is_empty(), "nothing runs before 09:00");
+    assert!(
+        h.calls.0.lock().unwrap().is_empty(),
+        "nothing runs before 09:00"
+    );
     advance(Duration::from_secs(61)).await;
     let store = h.store.clone();
     let id = job.id.clone();
@@ -187,7 +230,10 @@ async fn daily_cron_job_is_stored_and_fires_at_nine_in_its_zone() {
     let started = h.calls.0.lock().unwrap()[0].2;
     // (paused time moves on while the store works, so only a loose bound here; the benchmark
     // measures real start latency)
-    assert!(started >= nine && started - nine < chrono::Duration::seconds(5), "started at {started}");
+    assert!(
+        started >= nine && started - nine < chrono::Duration::seconds(5),
+        "started at {started}"
+    );
     let job = h.store.get_job(job.id.clone()).await.unwrap().unwrap();
     assert_eq!(job.execution_count, 1);
     assert_eq!(job.success_rate, 1.0);
@@ -197,7 +243,10 @@ async fn daily_cron_job_is_stored_and_fires_at_nine_in_its_zone() {
 
 #[tokio::test(start_paused = true)]
 async fn priority_order_with_one_slot() {
-    let settings = EngineSettings { max_concurrent_jobs: 1, ..Default::default() };
+    let settings = EngineSettings {
+        max_concurrent_jobs: 1,
+        ..Default::default()
+    };
     let h = harness(settings, Duration::from_secs(1)).await;
     let at = start_time() + chrono::Duration::seconds(10);
     for (name, prio) in [("low", 1u8), ("high", 10), ("mid", 5), ("high2", 10)] {
@@ -212,9 +261,20 @@ async fn priority_order_with_one_slot() {
         async move { calls.0.lock().unwrap().len() == 4 }
     })
     .await;
-    let order: Vec<String> = h.calls.0.lock().unwrap().iter().map(|c| c.1.replace("prompt of ", "")).collect();
+    let order: Vec<String> = h
+        .calls
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.1.replace("prompt of ", ""))
+        .collect();
     // most urgent first; FIFO among equals (creation order decides the fire order)
-    assert_eq!(order[..2].iter().filter(|n| n.starts_with("high")).count(), 2, "{order:?}");
+    assert_eq!(
+        order[..2].iter().filter(|n| n.starts_with("high")).count(),
+        2,
+        "{order:?}"
+    );
     assert_eq!(&order[2..], ["mid", "low"], "{order:?}");
 }
 
@@ -234,20 +294,41 @@ async fn overlap_skip_records_the_skipped_slot() {
     eventually("a skipped run is recorded", || {
         let store = store.clone();
         let id = id.clone();
-        async move { executions(&store, &id).await.iter().any(|e| e.status == ExecutionStatus::Skipped) }
+        async move {
+            executions(&store, &id)
+                .await
+                .iter()
+                .any(|e| e.status == ExecutionStatus::Skipped)
+        }
     })
     .await;
     let e = executions(&h.store, &job.id).await;
-    let skipped: Vec<_> = e.iter().filter(|e| e.status == ExecutionStatus::Skipped).collect();
-    assert!(skipped[0].error.as_deref().unwrap().contains("overlap"), "{:?}", skipped[0].error);
+    let skipped: Vec<_> = e
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Skipped)
+        .collect();
+    assert!(
+        skipped[0].error.as_deref().unwrap().contains("overlap"),
+        "{:?}",
+        skipped[0].error
+    );
     // never two running at once
-    assert!(e.iter().filter(|e| e.status == ExecutionStatus::Running).count() <= 1);
+    assert!(
+        e.iter()
+            .filter(|e| e.status == ExecutionStatus::Running)
+            .count()
+            <= 1
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn max_parallel_queues_runs_of_a_busy_job() {
     let h = harness(EngineSettings::default(), Duration::from_secs(15)).await;
-    let job = h.engine.create_job(spec("queued", every(10, None)), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("queued", every(10, None)), None)
+        .await
+        .unwrap();
     advance(Duration::from_secs(10)).await;
     std::thread::sleep(Duration::from_millis(30));
     advance(Duration::from_secs(10)).await; // second slot while the first runs
@@ -260,7 +341,11 @@ async fn max_parallel_queues_runs_of_a_busy_job() {
     })
     .await;
     let e = executions(&h.store, &job.id).await;
-    assert_eq!(e[1].status, ExecutionStatus::Queued, "the second waits for the first: {e:?}");
+    assert_eq!(
+        e[1].status,
+        ExecutionStatus::Queued,
+        "the second waits for the first: {e:?}"
+    );
     advance(Duration::from_secs(10)).await;
     eventually("the queued run started after the first finished", || {
         let calls = h.calls.clone();
@@ -268,13 +353,20 @@ async fn max_parallel_queues_runs_of_a_busy_job() {
     })
     .await;
     let calls = h.calls.0.lock().unwrap().clone();
-    assert!(calls[1].2 - calls[0].2 >= chrono::Duration::seconds(15), "{calls:?}");
+    assert!(
+        calls[1].2 - calls[0].2 >= chrono::Duration::seconds(15),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn pause_stops_fires_and_resume_does_not_catch_up() {
     let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
-    let job = h.engine.create_job(spec("p", every(60, None)), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("p", every(60, None)), None)
+        .await
+        .unwrap();
     h.engine.pause_job(&job.id).await.unwrap();
     advance(Duration::from_secs(200)).await;
     std::thread::sleep(Duration::from_millis(50));
@@ -292,27 +384,48 @@ async fn pause_stops_fires_and_resume_does_not_catch_up() {
     })
     .await;
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(executions(&h.store, &job.id).await.len(), 1, "paused slots are not caught up");
+    assert_eq!(
+        executions(&h.store, &job.id).await.len(),
+        1,
+        "paused slots are not caught up"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn run_now_and_delayed_runs() {
     let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
-    let job = h.engine.create_job(spec("manual", ScheduleSpec::Manual), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("manual", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
     assert_eq!(job.next_run_time, None);
     let now_id = h.engine.run_now(&job.id).await.unwrap();
-    let later_id = h.engine.run_after(&job.id, Duration::from_secs(300)).await.unwrap();
+    let later_id = h
+        .engine
+        .run_after(&job.id, Duration::from_secs(300))
+        .await
+        .unwrap();
     let store = h.store.clone();
     let nid = now_id.clone();
     eventually("run-now completes", || {
         let store = store.clone();
         let nid = nid.clone();
         async move {
-            store.get_execution(nid).await.unwrap().is_some_and(|e| e.status == ExecutionStatus::Completed)
+            store
+                .get_execution(nid)
+                .await
+                .unwrap()
+                .is_some_and(|e| e.status == ExecutionStatus::Completed)
         }
     })
     .await;
-    let later = h.store.get_execution(later_id.clone()).await.unwrap().unwrap();
+    let later = h
+        .store
+        .get_execution(later_id.clone())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(later.status, ExecutionStatus::Queued);
     assert_eq!(later.trigger, Trigger::Delayed);
     advance(Duration::from_secs(301)).await;
@@ -321,7 +434,11 @@ async fn run_now_and_delayed_runs() {
         let store = store.clone();
         let lid = lid.clone();
         async move {
-            store.get_execution(lid).await.unwrap().is_some_and(|e| e.status == ExecutionStatus::Completed)
+            store
+                .get_execution(lid)
+                .await
+                .unwrap()
+                .is_some_and(|e| e.status == ExecutionStatus::Completed)
         }
     })
     .await;
@@ -331,9 +448,16 @@ async fn run_now_and_delayed_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_a_running_and_a_queued_run() {
-    let settings = EngineSettings { max_concurrent_jobs: 1, ..Default::default() };
+    let settings = EngineSettings {
+        max_concurrent_jobs: 1,
+        ..Default::default()
+    };
     let h = harness(settings, Duration::from_secs(3600)).await;
-    let job = h.engine.create_job(spec("long", ScheduleSpec::Manual), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("long", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
     let running = h.engine.run_now(&job.id).await.unwrap();
     let queued = h.engine.run_now(&job.id).await.unwrap();
     eventually("first run starts", || {
@@ -350,20 +474,38 @@ async fn cancel_a_running_and_a_queued_run() {
             let store = store.clone();
             let id = id.clone();
             async move {
-                store.get_execution(id).await.unwrap().is_some_and(|e| e.status == ExecutionStatus::Cancelled)
+                store
+                    .get_execution(id)
+                    .await
+                    .unwrap()
+                    .is_some_and(|e| e.status == ExecutionStatus::Cancelled)
             }
         })
         .await;
     }
-    assert_eq!(h.calls.0.lock().unwrap().len(), 1, "the queued run never started");
-    assert!(!h.engine.cancel_execution(&running).await.unwrap(), "already finished");
+    assert_eq!(
+        h.calls.0.lock().unwrap().len(),
+        1,
+        "the queued run never started"
+    );
+    assert!(
+        !h.engine.cancel_execution(&running).await.unwrap(),
+        "already finished"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn statistics_stay_exact_under_concurrency() {
-    let settings = EngineSettings { max_concurrent_jobs: 50, ..Default::default() };
+    let settings = EngineSettings {
+        max_concurrent_jobs: 50,
+        ..Default::default()
+    };
     let h = harness(settings, Duration::from_secs(1)).await;
-    let ok = h.engine.create_job(spec("ok", ScheduleSpec::Manual), None).await.unwrap();
+    let ok = h
+        .engine
+        .create_job(spec("ok", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
     let mut bad = spec("bad", ScheduleSpec::Manual);
     bad.prompt = Some("please fail".into());
     let bad = h.engine.create_job(bad, None).await.unwrap();
@@ -393,7 +535,11 @@ async fn statistics_stay_exact_under_concurrency() {
     let b = h.store.get_job(bad.id.clone()).await.unwrap().unwrap();
     assert_eq!((a.failure_count, a.success_rate), (0, 1.0));
     assert_eq!((b.failure_count, b.success_rate), (30, 0.0));
-    assert!((a.avg_execution_time_ms - 1000.0).abs() < 50.0, "{}", a.avg_execution_time_ms);
+    assert!(
+        (a.avg_execution_time_ms - 1000.0).abs() < 50.0,
+        "{}",
+        a.avg_execution_time_ms
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,16 +547,42 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();
     let clock = Clock::tokio_from(start_time());
-    let h = harness_in(&path, EngineSettings::default(), Duration::from_millis(10), clock).await;
-    let latest = h.engine.create_job(spec("latest", every(60, Some(MisfirePolicy::RunLatest))), None).await.unwrap();
-    let skip = h.engine.create_job(spec("skip", every(60, Some(MisfirePolicy::Skip))), None).await.unwrap();
-    let upto = h.engine.create_job(spec("upto", every(60, None)), None).await.unwrap(); // default: up to 3
+    let h = harness_in(
+        &path,
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        clock,
+    )
+    .await;
+    let latest = h
+        .engine
+        .create_job(
+            spec("latest", every(60, Some(MisfirePolicy::RunLatest))),
+            None,
+        )
+        .await
+        .unwrap();
+    let skip = h
+        .engine
+        .create_job(spec("skip", every(60, Some(MisfirePolicy::Skip))), None)
+        .await
+        .unwrap();
+    let upto = h
+        .engine
+        .create_job(spec("upto", every(60, None)), None)
+        .await
+        .unwrap(); // default: up to 3
     advance(Duration::from_secs(61)).await;
     let store = h.store.clone();
     eventually("the first slot ran for all three", || {
         let store = store.clone();
         async move {
-            store.execution_counts().await.unwrap().iter().any(|(s, n)| *s == ExecutionStatus::Completed && *n == 3)
+            store
+                .execution_counts()
+                .await
+                .unwrap()
+                .iter()
+                .any(|(s, n)| *s == ExecutionStatus::Completed && *n == 3)
         }
     })
     .await;
@@ -423,10 +595,20 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
     let store = Store::open_inline(&path.join("cnp.db")).unwrap();
     let calls = Calls::default();
     let clock = Clock::tokio_from(restart_at);
-    let runner = Arc::new(TestRunner { clock: clock.clone(), duration: Duration::from_millis(10), calls: calls.clone() });
-    let engine = Engine::start(store.clone(), runner, EngineSettings::default(), clock, EventBus::default())
-        .await
-        .unwrap();
+    let runner = Arc::new(TestRunner {
+        clock: clock.clone(),
+        duration: Duration::from_millis(10),
+        calls: calls.clone(),
+    });
+    let engine = Engine::start(
+        store.clone(),
+        runner,
+        EngineSettings::default(),
+        clock,
+        EventBus::default(),
+    )
+    .await
+    .unwrap();
     advance(Duration::from_secs(1)).await;
     let s2 = store.clone();
     let (lid, sid, uid) = (latest.id.clone(), skip.id.clone(), upto.id.clone());
@@ -436,7 +618,12 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
         async move {
             executions(&s2, &lid).await.len() == 3
                 && executions(&s2, &sid).await.len() == 2
-                && executions(&s2, &uid).await.iter().filter(|e| e.status == ExecutionStatus::Completed).count() == 4
+                && executions(&s2, &uid)
+                    .await
+                    .iter()
+                    .filter(|e| e.status == ExecutionStatus::Completed)
+                    .count()
+                    == 4
         }
     })
     .await;
@@ -444,20 +631,44 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
 
     let l = executions(&store, &latest.id).await;
     assert_eq!(l[1].status, ExecutionStatus::Skipped);
-    assert!(l[1].error.as_deref().unwrap().contains("9 missed slot(s)"), "{:?}", l[1].error);
+    assert!(
+        l[1].error.as_deref().unwrap().contains("9 missed slot(s)"),
+        "{:?}",
+        l[1].error
+    );
     assert_eq!(l[2].scheduled_for, Some(minute(11)));
     // 30 s late is within misfire_grace (60 s): a regular run
     assert_eq!(l[2].trigger, Trigger::Schedule);
 
     let s = executions(&store, &skip.id).await;
     assert_eq!(s[1].status, ExecutionStatus::Skipped);
-    assert!(s[1].error.as_deref().unwrap().contains("10 missed slot(s)"), "{:?}", s[1].error);
+    assert!(
+        s[1].error.as_deref().unwrap().contains("10 missed slot(s)"),
+        "{:?}",
+        s[1].error
+    );
 
     let u = executions(&store, &upto.id).await;
-    let ran: Vec<_> = u.iter().filter(|e| e.status == ExecutionStatus::Completed).map(|e| e.scheduled_for.unwrap()).collect();
+    let ran: Vec<_> = u
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Completed)
+        .map(|e| e.scheduled_for.unwrap())
+        .collect();
     assert_eq!(ran, [minute(1), minute(9), minute(10), minute(11)]);
-    let triggers: Vec<_> = u.iter().filter(|e| e.status == ExecutionStatus::Completed).map(|e| e.trigger).collect();
-    assert_eq!(triggers, [Trigger::Schedule, Trigger::Catchup, Trigger::Catchup, Trigger::Schedule]);
+    let triggers: Vec<_> = u
+        .iter()
+        .filter(|e| e.status == ExecutionStatus::Completed)
+        .map(|e| e.trigger)
+        .collect();
+    assert_eq!(
+        triggers,
+        [
+            Trigger::Schedule,
+            Trigger::Catchup,
+            Trigger::Catchup,
+            Trigger::Schedule
+        ]
+    );
     assert!(u.iter().any(|e| e.status == ExecutionStatus::Skipped
         && e.error.as_deref().unwrap().contains("7 missed slot(s)")));
 
@@ -481,7 +692,12 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
 #[tokio::test(start_paused = true)]
 async fn invalid_definitions_name_the_field() {
     let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
-    let e = h.engine.create_job(spec("x", cron("0 25 * * *", None)), None).await.unwrap_err().to_string();
+    let e = h
+        .engine
+        .create_job(spec("x", cron("0 25 * * *", None)), None)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("schedule.expression"), "{e}");
     let e = h
         .engine
@@ -495,15 +711,27 @@ async fn invalid_definitions_name_the_field() {
     s.prompt_id = Some("missing".into());
     let e = h.engine.create_job(s, None).await.unwrap_err().to_string();
     assert!(e.contains("prompt_id") && e.contains("missing"), "{e}");
-    h.engine.create_job(spec("dup", ScheduleSpec::Manual), None).await.unwrap();
-    let e = h.engine.create_job(spec("dup", ScheduleSpec::Manual), None).await.unwrap_err().to_string();
+    h.engine
+        .create_job(spec("dup", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
+    let e = h
+        .engine
+        .create_job(spec("dup", ScheduleSpec::Manual), None)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already exists"), "{e}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_runs_within_the_grace() {
     let h = harness(EngineSettings::default(), Duration::from_secs(2)).await;
-    let job = h.engine.create_job(spec("short", ScheduleSpec::Manual), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("short", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
     let id = h.engine.run_now(&job.id).await.unwrap();
     eventually("run starts", || {
         let calls = h.calls.clone();
@@ -518,7 +746,11 @@ async fn shutdown_waits_for_runs_within_the_grace() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_interrupts_runs_past_the_grace() {
     let h = harness(EngineSettings::default(), Duration::from_secs(3600)).await;
-    let job = h.engine.create_job(spec("long", ScheduleSpec::Manual), None).await.unwrap();
+    let job = h
+        .engine
+        .create_job(spec("long", ScheduleSpec::Manual), None)
+        .await
+        .unwrap();
     let id = h.engine.run_now(&job.id).await.unwrap();
     eventually("run starts", || {
         let calls = h.calls.clone();
@@ -529,4 +761,26 @@ async fn shutdown_interrupts_runs_past_the_grace() {
     let e = h.store.get_execution(id).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Interrupted, "{e:?}");
     assert!(e.error.unwrap().contains("shut down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn definition_decides_status_but_a_runtime_pause_survives() {
+    let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
+    let mut s = spec("toggle", every(60, None));
+    s.enabled = false;
+    let job = h.engine.create_job(s.clone(), None).await.unwrap();
+    assert_eq!(job.status, JobStatus::Disabled);
+    s.enabled = true;
+    let job = h.engine.update_job(&job.id, s.clone(), None).await.unwrap();
+    assert_eq!(job.status, JobStatus::Active, "enabled: true re-enables");
+    assert!(job.next_run_time.is_some());
+    h.engine.pause_job(&job.id).await.unwrap();
+    s.priority = 9;
+    let job = h.engine.update_job(&job.id, s.clone(), None).await.unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Paused,
+        "a pause made at run time survives an edit"
+    );
+    assert_eq!(job.next_run_time, None);
 }

@@ -2,8 +2,13 @@
 //! retention.
 
 use chrono::{Duration, TimeZone, Utc};
-use cnp::model::{ExecutionOptions, ExecutionStatus, Job, JobStatus, JobType, LogLine, LogStream, Outcome, Schedule, Trigger};
-use cnp::store::{ExecutionFilter, FinishedRun, JobFilter, NewExecution, Store, StoreError, SCHEMA_VERSION};
+use cnp::model::{
+    ExecutionOptions, ExecutionStatus, Job, JobStatus, JobType, LogLine, LogStream, Outcome,
+    Schedule, Trigger,
+};
+use cnp::store::{
+    ExecutionFilter, FinishedRun, JobFilter, NewExecution, Store, StoreError, SCHEMA_VERSION,
+};
 
 fn t0() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap()
@@ -84,9 +89,13 @@ async fn migrates_and_reopens() {
     store.close();
     drop(store);
     let store = Store::open(&dir.path().join("sub/dir/cnp.db")).unwrap();
-    let v: u32 = store.read_blocking(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).unwrap();
+    let v: u32 = store
+        .read_blocking(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+        .unwrap();
     assert_eq!(v, SCHEMA_VERSION);
-    let mode: String = store.read_blocking(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?)).unwrap();
+    let mode: String = store
+        .read_blocking(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+        .unwrap();
     assert_eq!(mode, "wal");
     assert_eq!(store.get_job("a".into()).await.unwrap().unwrap().id, "id-a");
 }
@@ -107,12 +116,28 @@ async fn a_newer_schema_is_refused_with_a_clear_error() {
 async fn a_slot_is_recorded_once() {
     let (_d, store) = open();
     store.insert_job(job("a")).await.unwrap();
-    let r = store.record_fires(vec![fire("id-a", "e1", t0()), fire("id-a", "e2", t0() + Duration::minutes(1))]).await.unwrap();
+    let r = store
+        .record_fires(vec![
+            fire("id-a", "e1", t0()),
+            fire("id-a", "e2", t0() + Duration::minutes(1)),
+        ])
+        .await
+        .unwrap();
     assert_eq!(r, [true, true]);
     // the same slot again (e.g. a restart re-deciding it) is not recorded a second time
-    let r = store.record_fires(vec![fire("id-a", "e3", t0()), fire("id-gone", "e4", t0())]).await.unwrap();
-    assert_eq!(r, [false, false], "duplicate slot and deleted job are both refused");
-    let all = store.list_executions(ExecutionFilter::default()).await.unwrap();
+    let r = store
+        .record_fires(vec![fire("id-a", "e3", t0()), fire("id-gone", "e4", t0())])
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        [false, false],
+        "duplicate slot and deleted job are both refused"
+    );
+    let all = store
+        .list_executions(ExecutionFilter::default())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 2);
 }
 
@@ -128,19 +153,29 @@ async fn concurrent_writes_are_grouped_and_isolated() {
             if i == 250 {
                 store.insert_job(job("a")).await.map(|_| ())
             } else {
-                store.insert_execution(fire("id-a", &format!("e{i}"), t0() + Duration::seconds(i))).await.map(|_| ())
+                store
+                    .insert_execution(fire("id-a", &format!("e{i}"), t0() + Duration::seconds(i)))
+                    .await
+                    .map(|_| ())
             }
         }));
     }
     let mut failures = 0;
     for h in handles {
         if let Err(e) = h.await.unwrap() {
-            assert!(matches!(e, StoreError::Conflict(ref m) if m.contains("already exists")), "{e}");
+            assert!(
+                matches!(e, StoreError::Conflict(ref m) if m.contains("already exists")),
+                "{e}"
+            );
             failures += 1;
         }
     }
     assert_eq!(failures, 1);
-    let n = store.list_executions(ExecutionFilter::default()).await.unwrap().len();
+    let n = store
+        .list_executions(ExecutionFilter::default())
+        .await
+        .unwrap()
+        .len();
     assert_eq!(n, 499);
 }
 
@@ -148,16 +183,33 @@ async fn concurrent_writes_are_grouped_and_isolated() {
 async fn statistics_count_each_finished_run_once() {
     let (_d, store) = open();
     store.insert_job(job("a")).await.unwrap();
-    for (i, status) in [ExecutionStatus::Completed, ExecutionStatus::Failed, ExecutionStatus::Completed, ExecutionStatus::TimedOut]
-        .into_iter()
-        .enumerate()
+    for (i, status) in [
+        ExecutionStatus::Completed,
+        ExecutionStatus::Failed,
+        ExecutionStatus::Completed,
+        ExecutionStatus::TimedOut,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let id = format!("e{i}");
-        store.insert_execution(fire("id-a", &id, t0() + Duration::seconds(i as i64))).await.unwrap();
-        assert!(store.mark_started(id.clone(), t0(), Some("hi".into())).await.unwrap());
-        assert!(store.finish_execution(finished(&id, status, 1000 * (i as i64 + 1))).await.unwrap());
+        store
+            .insert_execution(fire("id-a", &id, t0() + Duration::seconds(i as i64)))
+            .await
+            .unwrap();
+        assert!(store
+            .mark_started(id.clone(), t0(), Some("hi".into()))
+            .await
+            .unwrap());
+        assert!(store
+            .finish_execution(finished(&id, status, 1000 * (i as i64 + 1)))
+            .await
+            .unwrap());
         // a second report of the same end is ignored
-        assert!(!store.finish_execution(finished(&id, status, 1)).await.unwrap());
+        assert!(!store
+            .finish_execution(finished(&id, status, 1))
+            .await
+            .unwrap());
     }
     let j = store.get_job("id-a".into()).await.unwrap().unwrap();
     assert_eq!(j.execution_count, 4);
@@ -171,18 +223,33 @@ async fn statistics_count_each_finished_run_once() {
 async fn running_rows_become_interrupted_and_queued_rows_stay_pending() {
     let (_d, store) = open();
     store.insert_job(job("a")).await.unwrap();
-    store.insert_execution(fire("id-a", "run", t0())).await.unwrap();
-    store.insert_execution(fire("id-a", "wait", t0() + Duration::minutes(1))).await.unwrap();
+    store
+        .insert_execution(fire("id-a", "run", t0()))
+        .await
+        .unwrap();
+    store
+        .insert_execution(fire("id-a", "wait", t0() + Duration::minutes(1)))
+        .await
+        .unwrap();
     assert!(store.mark_started("run".into(), t0(), None).await.unwrap());
-    let found = store.recover_interrupted(t0() + Duration::minutes(5)).await.unwrap();
+    let found = store
+        .recover_interrupted(t0() + Duration::minutes(5))
+        .await
+        .unwrap();
     assert_eq!(found.len(), 1);
     let e = store.get_execution("run".into()).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Interrupted);
     assert!(e.error.unwrap().contains("cnp stopped"));
     let pending = store.pending_executions().await.unwrap();
-    assert_eq!(pending.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["wait"]);
+    assert_eq!(
+        pending.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["wait"]
+    );
     // a cancelled pending run cannot be claimed any more
-    assert!(store.set_pending_status("wait".into(), ExecutionStatus::Cancelled, None, t0()).await.unwrap());
+    assert!(store
+        .set_pending_status("wait".into(), ExecutionStatus::Cancelled, None, t0())
+        .await
+        .unwrap());
     assert!(!store.mark_started("wait".into(), t0(), None).await.unwrap());
     let j = store.get_job("a".into()).await.unwrap().unwrap();
     assert_eq!((j.execution_count, j.failure_count), (1, 1));
@@ -196,14 +263,36 @@ async fn logs_filters_and_retention() {
     b.tags = vec!["weekly".into()];
     b.status = JobStatus::Paused;
     store.insert_job(b).await.unwrap();
-    let by_tag = store.list_jobs(JobFilter { tag: Some("weekly".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(by_tag.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["b"]);
-    let paused = store.list_jobs(JobFilter { status: Some(JobStatus::Paused), ..Default::default() }).await.unwrap();
+    let by_tag = store
+        .list_jobs(JobFilter {
+            tag: Some("weekly".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        by_tag.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let paused = store
+        .list_jobs(JobFilter {
+            status: Some(JobStatus::Paused),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(paused.len(), 1);
 
     for i in 0..10 {
         let id = format!("e{i}");
-        store.insert_execution(fire("id-a", &id, t0() - Duration::days(40) + Duration::days(i * 5))).await.unwrap();
+        store
+            .insert_execution(fire(
+                "id-a",
+                &id,
+                t0() - Duration::days(40) + Duration::days(i * 5),
+            ))
+            .await
+            .unwrap();
         store.mark_started(id.clone(), t0(), None).await.unwrap();
         let mut f = finished(&id, ExecutionStatus::Completed, 10);
         f.completed_at = t0() - Duration::days(40) + Duration::days(i * 5);
@@ -211,32 +300,64 @@ async fn logs_filters_and_retention() {
     }
     store.append_logs_detached(
         (0..5)
-            .map(|seq| LogLine { execution_id: "e9".into(), seq, stream: LogStream::Stdout, timestamp: t0(), line: format!("line {seq}") })
+            .map(|seq| LogLine {
+                execution_id: "e9".into(),
+                seq,
+                stream: LogStream::Stdout,
+                timestamp: t0(),
+                line: format!("line {seq}"),
+            })
             .collect(),
     );
     store.flush().await.unwrap();
     let logs = store.get_logs("e9".into(), Some(1), 10).await.unwrap();
-    assert_eq!(logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["line 2", "line 3", "line 4"]);
+    assert_eq!(
+        logs.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["line 2", "line 3", "line 4"]
+    );
 
     // older than 30 days: e0..e2 (completed 40, 35, 30+ days ago), then keep the newest 4
-    let deleted = store.cleanup_executions(Some(t0() - Duration::days(30)), 4).await.unwrap();
+    let deleted = store
+        .cleanup_executions(Some(t0() - Duration::days(30)), 4)
+        .await
+        .unwrap();
     assert_eq!(deleted, 6);
-    let left: Vec<String> = store.list_executions(ExecutionFilter::default()).await.unwrap().into_iter().map(|e| e.id).collect();
+    let left: Vec<String> = store
+        .list_executions(ExecutionFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     assert_eq!(left, ["e9", "e8", "e7", "e6"]);
     // logs of deleted executions go with them; kept ones stay
-    assert_eq!(store.get_logs("e9".into(), None, 10).await.unwrap().len(), 5);
+    assert_eq!(
+        store.get_logs("e9".into(), None, 10).await.unwrap().len(),
+        5
+    );
 }
 
 #[tokio::test]
 async fn prompts_in_use_cannot_be_deleted() {
     let (_d, store) = open();
-    let p = cnp::model::Prompt { id: "review".into(), title: "Review".into(), content: "Review it".into(), tags: vec![], created_at: t0(), updated_at: t0() };
+    let p = cnp::model::Prompt {
+        id: "review".into(),
+        title: "Review".into(),
+        content: "Review it".into(),
+        tags: vec![],
+        created_at: t0(),
+        updated_at: t0(),
+    };
     store.upsert_prompt(p).await.unwrap();
     let mut j = job("a");
     j.prompt = None;
     j.prompt_id = Some("review".into());
     store.insert_job(j).await.unwrap();
-    let err = store.delete_prompt("review".into()).await.unwrap_err().to_string();
+    let err = store
+        .delete_prompt("review".into())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("used by 1 job"), "{err}");
     let mut bad = job("b");
     bad.prompt = None;

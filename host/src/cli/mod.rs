@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG_TOML};
 
 #[derive(Debug, Parser)]
-#[command(name = "cnp", version, about = "Runs Claude Code CLI jobs on schedules, unattended")]
+#[command(
+    name = "cnp",
+    version,
+    about = "Runs Claude Code CLI jobs on schedules, unattended"
+)]
 pub struct Cli {
     /// Config file (default: $CNP_CONFIG, ./claude-pilot.toml, ~/.config/cnp/claude-pilot.toml,
     /// else the embedded defaults).
@@ -80,7 +84,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             Ok(check_manifests(&targets, config.default_timezone()))
         }
-        Command::Serve { db, jobs_dir, claude_cli } => {
+        Command::Serve {
+            db,
+            jobs_dir,
+            claude_cli,
+        } => {
             let (mut config, path) = load_config(cli.config.as_deref())?;
             if let Some(db) = db {
                 config.database.path = Some(db);
@@ -96,8 +104,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
                 None => tracing::info!("no config file: using the embedded defaults"),
             }
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(crate::service::run(config, crate::service::shutdown_signal()))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::service::run(
+                config,
+                crate::service::shutdown_signal(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -125,11 +138,12 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
                     let now = chrono::Utc::now();
                     let cache = crate::schedule::CronCache::new();
                     for (spec, schedule) in jobs {
-                        let next = crate::schedule::CompiledSchedule::compile(&schedule, tz, now, &cache)
-                            .ok()
-                            .and_then(|c| c.next_after(now))
-                            .map(|t| format!("next {}", t.to_rfc3339()))
-                            .unwrap_or_else(|| "no scheduled runs".into());
+                        let next =
+                            crate::schedule::CompiledSchedule::compile(&schedule, tz, now, &cache)
+                                .ok()
+                                .and_then(|c| c.next_after(now))
+                                .map(|t| format!("next {}", t.to_rfc3339()))
+                                .unwrap_or_else(|| "no scheduled runs".into());
                         println!(
                             "  {} — {} — {next}",
                             spec.name,

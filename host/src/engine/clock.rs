@@ -12,7 +12,10 @@ pub enum Clock {
     /// Wall time that advances with tokio's clock from a fixed start: with
     /// `tokio::time::pause()` tests move through days of schedule in microseconds, and every
     /// sleep and "now" stay consistent.
-    Tokio { base_utc: DateTime<Utc>, base: Instant },
+    Tokio {
+        base_utc: DateTime<Utc>,
+        base: Instant,
+    },
 }
 
 impl Clock {

@@ -251,7 +251,10 @@ impl Engine {
         }
         let pending = s.store.pending_executions().await?;
         if !pending.is_empty() {
-            tracing::info!(count = pending.len(), "re-dispatching runs recorded before the restart");
+            tracing::info!(
+                count = pending.len(),
+                "re-dispatching runs recorded before the restart"
+            );
         }
         for e in pending {
             let priority = {
@@ -268,7 +271,11 @@ impl Engine {
                 retry_count: e.retry_count,
             };
             match e.scheduled_for {
-                Some(t) if t > now && e.trigger != Trigger::Schedule && e.trigger != Trigger::Catchup => {
+                Some(t)
+                    if t > now
+                        && e.trigger != Trigger::Schedule
+                        && e.trigger != Trigger::Catchup =>
+                {
                     self.timer(t, TimerKey::Delayed(run))
                 }
                 _ => self.enqueue(run),
@@ -306,7 +313,13 @@ impl Engine {
             generation
         };
         if let (true, Some(due)) = (active, due) {
-            self.timer(due, TimerKey::Slot { job_id: id, generation });
+            self.timer(
+                due,
+                TimerKey::Slot {
+                    job_id: id,
+                    generation,
+                },
+            );
         }
         Ok(())
     }
@@ -347,7 +360,11 @@ impl Engine {
     }
 
     /// Creates a job from a definition.
-    pub async fn create_job(&self, spec: JobSpec, source: Option<String>) -> Result<Job, EngineError> {
+    pub async fn create_job(
+        &self,
+        spec: JobSpec,
+        source: Option<String>,
+    ) -> Result<Job, EngineError> {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
         let now = self.shared.clock.now();
@@ -389,17 +406,22 @@ impl Engine {
 
     /// Replaces a job's definition, keeping its id, statistics and history. A changed schedule
     /// starts counting from now (slots of the old schedule are not caught up on).
-    pub async fn update_job(&self, id: &str, spec: JobSpec, source: Option<String>) -> Result<Job, EngineError> {
+    pub async fn update_job(
+        &self,
+        id: &str,
+        spec: JobSpec,
+        source: Option<String>,
+    ) -> Result<Job, EngineError> {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
         let old = self.job(id).await?;
         let now = self.shared.clock.now();
         let schedule_changed = old.schedule != schedule;
-        let status = if old.status == JobStatus::Active || old.status == spec.initial_status() {
-            spec.initial_status()
-        } else {
-            // a paused/disabled job stays so unless the definition itself pauses/disables it
-            old.status
+        // The definition decides, except that a pause made at run time (pause_job) survives a
+        // definition that says "active".
+        let status = match (old.status, spec.initial_status()) {
+            (JobStatus::Paused, JobStatus::Active) => JobStatus::Paused,
+            (_, declared) => declared,
         };
         let mut job = Job {
             name: spec.name.trim().to_owned(),
@@ -423,7 +445,11 @@ impl Engine {
             let st = self.shared.state.lock().unwrap();
             st.jobs.get(&job.id).and_then(|e| e.last_slot)
         };
-        let base = if schedule_changed { Some(now) } else { last_slot };
+        let base = if schedule_changed {
+            Some(now)
+        } else {
+            last_slot
+        };
         job.next_run_time = if job.status == JobStatus::Active {
             compiled.next_after(base.unwrap_or(now))
         } else {
@@ -510,7 +536,11 @@ impl Engine {
             id: uuid::Uuid::now_v7().to_string(),
             job_id: job.id.clone(),
             status: ExecutionStatus::Queued,
-            trigger: if delay.is_some() { Trigger::Delayed } else { Trigger::Manual },
+            trigger: if delay.is_some() {
+                Trigger::Delayed
+            } else {
+                Trigger::Manual
+            },
             slot: None,
             scheduled_for: Some(due.unwrap_or(now)),
             queued_at: now,
@@ -528,7 +558,12 @@ impl Engine {
             scheduled_for: Some(due.unwrap_or(now)),
             retry_count: 0,
         };
-        self.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Queued, None);
+        self.publish_exec(
+            &run.execution_id,
+            &run.job_id,
+            ExecutionStatus::Queued,
+            None,
+        );
         match due {
             Some(t) => self.timer(t, TimerKey::Delayed(run)),
             None => self.enqueue(run),
@@ -636,7 +671,10 @@ impl Engine {
             s.tasks.wait().await;
         }
         // Committed before the writer stops.
-        let _ = s.store.set_state("heartbeat", s.clock.now().to_rfc3339()).await;
+        let _ = s
+            .store
+            .set_state("heartbeat", s.clock.now().to_rfc3339())
+            .await;
     }
 
     fn enqueue(&self, run: QueuedRun) {
@@ -652,7 +690,13 @@ impl Engine {
         });
     }
 
-    fn publish_exec(&self, execution_id: &str, job_id: &str, status: ExecutionStatus, message: Option<String>) {
+    fn publish_exec(
+        &self,
+        execution_id: &str,
+        job_id: &str,
+        status: ExecutionStatus,
+        message: Option<String>,
+    ) {
         self.shared.events.publish(Event::Execution {
             execution_id: execution_id.to_owned(),
             job_id: job_id.to_owned(),

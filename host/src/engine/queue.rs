@@ -63,7 +63,10 @@ impl DispatchQueue {
             if can_start(&run.job_id) {
                 return Some(run);
             }
-            self.held.entry(run.job_id.clone()).or_default().push_back(run);
+            self.held
+                .entry(run.job_id.clone())
+                .or_default()
+                .push_back(run);
         }
         None
     }
@@ -77,7 +80,11 @@ impl DispatchQueue {
 
     /// Removes a run that has not started. Returns whether it was queued.
     pub fn remove(&mut self, execution_id: &str) -> Option<QueuedRun> {
-        if let Some(pos) = self.ready.iter().position(|r| r.execution_id == execution_id) {
+        if let Some(pos) = self
+            .ready
+            .iter()
+            .position(|r| r.execution_id == execution_id)
+        {
             let mut v = std::mem::take(&mut self.ready).into_vec();
             let run = v.swap_remove(pos);
             self.ready = v.into();

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::{ExecutionStatus, Job, LogLine, LogStream, OverlapPolicy, Outcome};
+use crate::model::{ExecutionStatus, Job, LogLine, LogStream, Outcome, OverlapPolicy};
 use crate::store::FinishedRun;
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
@@ -124,7 +124,8 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 let st = &mut *st;
                 let jobs = &st.jobs;
                 let run = st.queue.pop(|job_id| {
-                    jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel())
+                    jobs.get(job_id)
+                        .is_none_or(|e| e.running < e.max_parallel())
                 });
                 run.map(|run| {
                     let job = st.jobs.get_mut(&run.job_id).map(|e| {
@@ -152,7 +153,10 @@ pub(super) async fn run_dispatcher(engine: Engine) {
         };
         s.state.lock().unwrap().running.insert(
             run.execution_id.clone(),
-            RunningRun { job_id: run.job_id.clone(), cancel: cancel.clone() },
+            RunningRun {
+                job_id: run.job_id.clone(),
+                cancel: cancel.clone(),
+            },
         );
         let engine2 = engine.clone();
         s.tasks.spawn(async move {
@@ -179,11 +183,17 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
     let prompt = match resolve_prompt(engine, &job).await {
         Ok(p) => p,
         Err(message) => {
-            finish(engine, &run, None, failed_report(now, message)).await;
+            let report = failed_report(now, message);
+            let status = report.outcome.status();
+            finish(engine, &run, None, report, status).await;
             return;
         }
     };
-    match s.store.mark_started(run.execution_id.clone(), now, Some(prompt.clone())).await {
+    match s
+        .store
+        .mark_started(run.execution_id.clone(), now, Some(prompt.clone()))
+        .await
+    {
         Ok(true) => {}
         Ok(false) => return, // cancelled while queued
         Err(e) => {
@@ -191,7 +201,12 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
             return;
         }
     }
-    engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Running, None);
+    engine.publish_exec(
+        &run.execution_id,
+        &run.job_id,
+        ExecutionStatus::Running,
+        None,
+    );
 
     let observer = Arc::new(Observer {
         engine: engine.clone(),
@@ -208,8 +223,12 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
     let kill = cancel.clone();
     let shutdown_kill = s.kill.clone();
     let mut options = job.execution_options.clone();
-    options.environment.insert(EXECUTION_ID_ENV.into(), run.execution_id.clone());
-    options.environment.insert(JOB_ID_ENV.into(), run.job_id.clone());
+    options
+        .environment
+        .insert(EXECUTION_ID_ENV.into(), run.execution_id.clone());
+    options
+        .environment
+        .insert(JOB_ID_ENV.into(), run.job_id.clone());
     let request = RunRequest {
         execution_id: run.execution_id.clone(),
         prompt: prompt.clone(),
@@ -230,6 +249,7 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
     };
     observer.flush();
     let mut report = report;
+    let mut status = report.outcome.status();
     if shutdown_kill.is_cancelled() && report.outcome == Outcome::Cancelled {
         // Not a user's cancel: cnp stopped the run at shutdown.
         report.outcome = Outcome::Error {
@@ -237,23 +257,9 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
             api_status: None,
             message: "cnp shut down: the run was stopped after the shutdown grace".into(),
         };
-        finish(engine, &run, Some(prompt), report).await;
-        let _ = s
-            .store
-            .write({
-                let id = run.execution_id.clone();
-                move |c| {
-                    c.execute(
-                        "UPDATE executions SET status = 'interrupted' WHERE id = ?1",
-                        [id],
-                    )?;
-                    Ok(())
-                }
-            })
-            .await;
-        return;
+        status = ExecutionStatus::Interrupted;
     }
-    finish(engine, &run, Some(prompt), report).await;
+    finish(engine, &run, Some(prompt), report, status).await;
 }
 
 async fn resolve_prompt(engine: &Engine, job: &Job) -> Result<String, String> {
@@ -270,7 +276,11 @@ async fn resolve_prompt(engine: &Engine, job: &Job) -> Result<String, String> {
 
 fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
     RunReport {
-        outcome: Outcome::Error { subtype: Some("prompt".into()), api_status: None, message },
+        outcome: Outcome::Error {
+            subtype: Some("prompt".into()),
+            api_status: None,
+            message,
+        },
         exit_code: None,
         started_at: None,
         finished_at: now,
@@ -283,9 +293,16 @@ fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
     }
 }
 
-async fn finish(engine: &Engine, run: &QueuedRun, prompt: Option<String>, report: RunReport) {
+/// Records a run's end: its status (normally the outcome's), stats, log line and event, in one
+/// write.
+async fn finish(
+    engine: &Engine,
+    run: &QueuedRun,
+    prompt: Option<String>,
+    report: RunReport,
+    status: ExecutionStatus,
+) {
     let s = &engine.shared;
-    let status = report.outcome.status();
     let error = report.outcome.error_message();
     let finished = FinishedRun {
         id: run.execution_id.clone(),
@@ -308,7 +325,9 @@ async fn finish(engine: &Engine, run: &QueuedRun, prompt: Option<String>, report
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
             engine.publish_exec(&run.execution_id, &run.job_id, status, error);
         }
-        Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run"),
+        Err(e) => {
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run")
+        }
     }
 }
 
@@ -331,7 +350,10 @@ impl Observer {
 
 impl RunObserver for Observer {
     fn spawned(&self, pid: u32, at: DateTime<Utc>) {
-        self.engine.shared.store.set_pid_detached(self.execution_id.clone(), pid, at);
+        self.engine
+            .shared
+            .store
+            .set_pid_detached(self.execution_id.clone(), pid, at);
     }
 
     fn line(&self, stream: LogStream, line: &str) {
@@ -388,17 +410,35 @@ pub(super) async fn run_housekeeping(engine: Engine) {
 
 /// A run interrupted by a crash may have left its CLI process group running (children live in
 /// their own group). Stop that group — only if the process is provably the run's: every run's
-/// environment carries `CNP_EXECUTION_ID`, so a recycled pid is never signalled.
+/// environment carries `CNP_EXECUTION_ID`, so a recycled pid is never signalled. When the pid
+/// was not recorded (a crash right after the spawn), `/proc` is searched for the marker.
 pub(super) fn kill_leftover(pid: Option<u32>, execution_id: &str) {
-    let Some(pid) = pid else { return };
-    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return };
     let marker = format!("{EXECUTION_ID_ENV}={execution_id}");
-    if !environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
-        return;
+    let carries_marker = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
+    };
+    let mut targets: Vec<u32> = pid.filter(|p| carries_marker(*p)).into_iter().collect();
+    if targets.is_empty() {
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            targets = dir
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| *p != std::process::id() && carries_marker(*p))
+                .collect();
+        }
     }
-    let group = nix::unistd::Pid::from_raw(pid as i32);
-    if nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok() {
-        tracing::warn!(pid, execution = execution_id, "killed the process group a crashed run left behind");
+    for pid in targets {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        // The group (its children too); the process alone if it is not a group leader.
+        let killed = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL).is_ok()
+            || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok();
+        if killed {
+            tracing::warn!(
+                pid = pid.as_raw(),
+                execution = execution_id,
+                "killed the process group a crashed run left behind"
+            );
+        }
     }
 }
 

@@ -55,7 +55,9 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
         while heap.peek().is_some_and(|e| e.0.due <= now) {
             let Reverse(e) = heap.pop().expect("peeked");
             match e.key {
-                TimerKey::Slot { job_id, generation } => due_slots.push((job_id, generation, e.due)),
+                TimerKey::Slot { job_id, generation } => {
+                    due_slots.push((job_id, generation, e.due))
+                }
                 TimerKey::Delayed(run) => engine.enqueue(run),
             }
         }
@@ -96,7 +98,9 @@ fn release(
     {
         let mut st = s.state.lock().unwrap();
         for (job_id, generation, slot) in due_slots {
-            let Some(entry) = st.jobs.get_mut(&job_id) else { continue };
+            let Some(entry) = st.jobs.get_mut(&job_id) else {
+                continue;
+            };
             if entry.generation != generation || entry.job.status != JobStatus::Active {
                 continue;
             }
@@ -117,7 +121,10 @@ fn release(
                 let (slots, total) = entry.schedule.slots_between(after, now, keep + 1);
                 let total = total as usize;
                 let (skipped_latest, to_run) = if total > keep {
-                    (slots.first().copied(), &slots[slots.len().saturating_sub(keep)..])
+                    (
+                        slots.first().copied(),
+                        &slots[slots.len().saturating_sub(keep)..],
+                    )
                 } else {
                     (None, &slots[..])
                 };
@@ -131,10 +138,21 @@ fn release(
                         policy_name(policy),
                     );
                     tracing::warn!(job = %entry.job.name, skipped, "missed slots skipped per misfire policy");
-                    fires.push(fire(&job_id, skip_slot, Trigger::Catchup, priority, Some(reason), now));
+                    fires.push(fire(
+                        &job_id,
+                        skip_slot,
+                        Trigger::Catchup,
+                        priority,
+                        Some(reason),
+                        now,
+                    ));
                 }
                 for &t in to_run {
-                    let trigger = if now - t <= grace { Trigger::Schedule } else { Trigger::Catchup };
+                    let trigger = if now - t <= grace {
+                        Trigger::Schedule
+                    } else {
+                        Trigger::Catchup
+                    };
                     fires.push(fire(&job_id, t, trigger, priority, None, now));
                 }
                 if total > 0 {
@@ -155,7 +173,9 @@ fn release(
     {
         let st = s.state.lock().unwrap();
         for (job_id, generation, _slot) in valid {
-            let Some(entry) = st.jobs.get(&job_id) else { continue };
+            let Some(entry) = st.jobs.get(&job_id) else {
+                continue;
+            };
             let from = entry.last_slot.unwrap_or(now);
             let next = entry.schedule.next_after(from);
             next_times.push((job_id.clone(), next));
@@ -180,7 +200,11 @@ fn fire(
         execution: NewExecution {
             id: uuid::Uuid::now_v7().to_string(),
             job_id: job_id.to_owned(),
-            status: if skipped.is_some() { ExecutionStatus::Skipped } else { ExecutionStatus::Queued },
+            status: if skipped.is_some() {
+                ExecutionStatus::Skipped
+            } else {
+                ExecutionStatus::Queued
+            },
             trigger,
             slot: Some(slot),
             scheduled_for: Some(slot),

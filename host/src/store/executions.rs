@@ -3,8 +3,10 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, Row};
 
-use super::{opt_json, from_ms, opt_from_ms, to_json, to_ms, Store, StoreError};
-use crate::model::{ExecutionStatus, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger};
+use super::{from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
+use crate::model::{
+    ExecutionStatus, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger,
+};
 
 /// An execution about to be recorded.
 #[derive(Debug, Clone)]
@@ -231,7 +233,10 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn list_executions(&self, f: ExecutionFilter) -> Result<Vec<JobExecution>, StoreError> {
+    pub async fn list_executions(
+        &self,
+        f: ExecutionFilter,
+    ) -> Result<Vec<JobExecution>, StoreError> {
         self.read(move |c| {
             let mut sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE 1=1");
             let mut args: Vec<String> = Vec::new();
@@ -280,7 +285,10 @@ impl Store {
 
     /// Marks runs a previous process left `running` as `interrupted` (counted as failures).
     /// Returns them, so their leftover processes can be dealt with.
-    pub async fn recover_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<JobExecution>, StoreError> {
+    pub async fn recover_interrupted(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobExecution>, StoreError> {
         self.write(move |c| {
             let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
             let mut stmt = c.prepare(&sql)?;
@@ -343,13 +351,22 @@ impl Store {
     }
 
     /// Log lines of an execution with `seq > after`, in order.
-    pub async fn get_logs(&self, execution_id: String, after: Option<u64>, limit: u32) -> Result<Vec<LogLine>, StoreError> {
+    pub async fn get_logs(
+        &self,
+        execution_id: String,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, stream, ts, line FROM execution_logs
                  WHERE execution_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
             )?;
-            let mut rows = stmt.query(params![execution_id, after.map(|a| a as i64).unwrap_or(-1), limit])?;
+            let mut rows = stmt.query(params![
+                execution_id,
+                after.map(|a| a as i64).unwrap_or(-1),
+                limit
+            ])?;
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 let stream: String = r.get(1)?;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{opt_json, atomic, from_json, from_ms, opt_from_ms, to_json, to_ms, Store, StoreError};
+use super::{atomic, from_json, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{Job, JobStatus, Prompt};
 
 const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
@@ -116,7 +116,10 @@ fn map_constraint(r: rusqlite::Result<usize>, job: &Job) -> Result<usize, StoreE
         {
             let msg = msg.unwrap_or_default();
             if msg.contains("jobs.name") {
-                Err(StoreError::Conflict(format!("a job named `{}` already exists", job.name)))
+                Err(StoreError::Conflict(format!(
+                    "a job named `{}` already exists",
+                    job.name
+                )))
             } else if msg.contains("FOREIGN KEY") {
                 Err(StoreError::Conflict(format!(
                     "prompt_id: no prompt `{}`",
@@ -141,7 +144,11 @@ impl Store {
 
     /// Replaces a job's definition (not its statistics or history). `reset_slot`: the schedule
     /// changed, so catch-up starts from now rather than from the old schedule's last slot.
-    pub async fn update_job(&self, job: Job, reset_slot: Option<DateTime<Utc>>) -> Result<Job, StoreError> {
+    pub async fn update_job(
+        &self,
+        job: Job,
+        reset_slot: Option<DateTime<Utc>>,
+    ) -> Result<Job, StoreError> {
         self.write(move |c| {
             let r = c.execute(
                 "UPDATE jobs SET name = ?2, prompt_id = ?3, prompt = ?4, schedule = ?5, status = ?6,
@@ -170,9 +177,15 @@ impl Store {
                 ],
             );
             if map_constraint(r, &job)? == 0 {
-                return Err(StoreError::NotFound { what: "job", id: job.id });
+                return Err(StoreError::NotFound {
+                    what: "job",
+                    id: job.id,
+                });
             }
-            get_job_conn(c, &job.id)?.ok_or(StoreError::NotFound { what: "job", id: job.id })
+            get_job_conn(c, &job.id)?.ok_or(StoreError::NotFound {
+                what: "job",
+                id: job.id,
+            })
         })
         .await
     }
@@ -218,7 +231,9 @@ impl Store {
     }
 
     /// Every job with the slot after which it still owes runs (for start-up catch-up).
-    pub async fn jobs_with_last_slot(&self) -> Result<Vec<(Job, Option<DateTime<Utc>>)>, StoreError> {
+    pub async fn jobs_with_last_slot(
+        &self,
+    ) -> Result<Vec<(Job, Option<DateTime<Utc>>)>, StoreError> {
         self.read(|c| {
             let sql = format!("SELECT {JOB_COLUMNS}, last_slot FROM jobs ORDER BY created_at");
             let mut stmt = c.prepare(&sql)?;
@@ -280,8 +295,11 @@ impl Store {
     pub async fn delete_prompt(&self, id: String) -> Result<(), StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let used: i64 =
-                    c.query_row("SELECT COUNT(*) FROM jobs WHERE prompt_id = ?1", [&id], |r| r.get(0))?;
+                let used: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM jobs WHERE prompt_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )?;
                 if used > 0 {
                     return Err(StoreError::Conflict(format!(
                         "prompt `{id}` is used by {used} job(s)"
@@ -316,7 +334,11 @@ fn list_jobs_conn(c: &Connection, f: &JobFilter) -> Result<Vec<Job>, StoreError>
         sql.push_str(&format!(" AND source = ?{}", args.len()));
     }
     sql.push_str(" ORDER BY name");
-    sql.push_str(&format!(" LIMIT {} OFFSET {}", f.limit.map(i64::from).unwrap_or(-1), f.offset));
+    sql.push_str(&format!(
+        " LIMIT {} OFFSET {}",
+        f.limit.map(i64::from).unwrap_or(-1),
+        f.offset
+    ));
     let mut stmt = c.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))?;
     let mut out = Vec::new();

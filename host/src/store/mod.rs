@@ -187,7 +187,9 @@ impl Store {
             };
             drop(conn);
             done(match result {
-                Ok(_) if !committed => Err(StoreError::Schema("transaction failed to commit".into())),
+                Ok(_) if !committed => {
+                    Err(StoreError::Schema("transaction failed to commit".into()))
+                }
                 r => r,
             });
             return Ok(());
@@ -197,7 +199,9 @@ impl Store {
             let ok = result.is_ok();
             let reply: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
                 let result = match result {
-                    Ok(_) if !committed => Err(StoreError::Schema("transaction failed to commit".into())),
+                    Ok(_) if !committed => {
+                        Err(StoreError::Schema("transaction failed to commit".into()))
+                    }
                     r => r,
                 };
                 done(result)
@@ -221,7 +225,12 @@ impl Store {
         if self.inner.inline.is_some() {
             return self.read_blocking(f);
         }
-        let _slot = self.inner.read_slots.acquire().await.map_err(|_| StoreError::WriterGone)?;
+        let _slot = self
+            .inner
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
@@ -252,7 +261,13 @@ impl Store {
     /// Stops the writer after it has committed everything queued so far.
     pub fn close(&self) {
         self.inner.writer.lock().expect("writer lock").take();
-        if let Some(t) = self.inner.writer_thread.lock().expect("writer thread").take() {
+        if let Some(t) = self
+            .inner
+            .writer_thread
+            .lock()
+            .expect("writer thread")
+            .take()
+        {
             let _ = t.join();
         }
     }
@@ -305,7 +320,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )?;
     configure(&conn)?;
     Ok(conn)
@@ -328,7 +345,11 @@ fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
             let (ok, reply) = op(&conn);
             // A failed op rolls back to its savepoint; its reply already carries the error.
             if sp {
-                let sql = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+                let sql = if ok {
+                    "RELEASE op"
+                } else {
+                    "ROLLBACK TO op; RELEASE op"
+                };
                 let _ = conn.execute_batch(sql);
             }
             done.push(reply);
