@@ -496,7 +496,8 @@ pub struct ResourceUsage {
     pub wall_time_ms: u64,
     pub user_cpu_ms: u64,
     pub system_cpu_ms: u64,
-    /// Peak resident set size of the CLI's process tree, in KiB.
+    /// Peak resident set size of the CLI's process group, in KiB: sampled every 250 ms from
+    /// `/proc` (or the cgroup's own peak where limits use one); 0 for a run too short to sample.
     pub peak_rss_kb: u64,
     /// How the job's `resource_limits` were enforced (`cgroup-v2 …`, `cgroup-v1 …`,
     /// `watchdog …`), and what could not be.

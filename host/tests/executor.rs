@@ -179,9 +179,26 @@ async fn success_reports_result_session_and_usage() {
         usage.wall_time_ms > 0 || usage.user_cpu_ms + usage.system_cpu_ms > 0,
         "{usage:?}"
     );
-    assert!(usage.peak_rss_kb > 0, "{usage:?}");
+    // too short to be sampled: no peak rather than a wrong one (cnp's own size)
+    assert_eq!(usage.peak_rss_kb, 0, "{usage:?}");
     assert_eq!(usage.limits_enforcement, None);
     assert!(report.finished_at >= report.started_at.unwrap());
+}
+
+#[tokio::test]
+async fn peak_rss_is_the_cli_s_own_not_cnp_s() {
+    // cnp (this test process) holds 64 MiB; the CLI allocates 20 MiB and runs long enough to be
+    // sampled. Its reported peak must reflect the 20 MiB, not cnp's memory at fork time.
+    let ballast = vec![1u8; 64 << 20];
+    std::hint::black_box(&ballast);
+    let (report, _) = run(request(&[
+        ("FAKE_CLAUDE_ALLOC_MB", "20"),
+        ("FAKE_CLAUDE_SLEEP_MS", "800"),
+    ]))
+    .await;
+    assert_eq!(report.outcome, Outcome::Success);
+    let peak = report.resource_usage.unwrap().peak_rss_kb;
+    assert!(peak >= 18 * 1024 && peak < 48 * 1024, "peak {peak} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -752,7 +769,7 @@ async fn pipes_held_open_by_an_escaped_process_do_not_hang_the_run() {
     s.command = vec![
         "sh".into(),
         "-c".into(),
-        "setsid -w sh -c 'sleep 5 & exit 0'; echo started".into(),
+        "setsid -w sh -c 'sleep 12 & exit 0'; echo started".into(),
         "sh".into(),
     ];
     let (report, recorder) = run_with(&ClaudeRunner::new(s), request(&[])).await;

@@ -60,7 +60,7 @@ const RESULT_LINE_SLACK: usize = 256 * 1024;
 const MAX_RESULT_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// How long the pipes may stay open after the child exited and its group was killed (a process
 /// that left the group may hold them) before reading stops.
-const DRAIN_GRACE: Duration = Duration::from_secs(2);
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// One process to run.
 #[derive(Debug, Clone)]
@@ -272,9 +272,11 @@ async fn supervise(
         armed: true,
     };
     observer.spawned(pid, started_at);
-    let watchdog = enforcement
-        .watchdog_limit
-        .map(|limit| watchdog::WatchdogGuard::watch(pid as i32, limit));
+    // Every run is sampled (that is where its peak RSS comes from); only a limit kills.
+    let watchdog = Some(watchdog::WatchdogGuard::watch(
+        pid as i32,
+        enforcement.watchdog_limit.unwrap_or(u64::MAX),
+    ));
 
     let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
     drop(child); // std's Child neither kills nor reaps on drop; we reap with wait4.
@@ -388,14 +390,26 @@ async fn supervise(
     // Let the readers see the end of the pipes; give up on pipes held open from elsewhere.
     let readers = async { (stdout_task.await, stderr_task.await) };
     tokio::pin!(readers);
-    let (parser, stderr_tail) = match tokio::time::timeout(DRAIN_GRACE, &mut readers).await {
-        Ok(done) => done,
-        Err(_) => {
+    // The grace counts only while no line arrives: under heavy load the readers may simply not
+    // have been scheduled yet, and a run that is still delivering output is never cut short.
+    let drained = async {
+        let mut seen = budget.seen();
+        loop {
+            match tokio::time::timeout(DRAIN_GRACE, &mut readers).await {
+                Ok(done) => break Some(done),
+                Err(_) if budget.seen() != seen => seen = budget.seen(),
+                Err(_) => break None,
+            }
+        }
+    };
+    let (parser, stderr_tail) = match drained.await {
+        Some(done) => done,
+        None => {
             stop_reading.cancel();
             observer.line(
                 LogStream::System,
                 &format!(
-                    "stopped reading output {} after the CLI exited: a process outside its group keeps the pipes open",
+                    "stopped reading output: nothing arrived for {} after the CLI exited, yet a process outside its group keeps the pipes open",
                     humantime::format_duration(DRAIN_GRACE)
                 ),
             );
@@ -427,8 +441,10 @@ async fn supervise(
     exit.timed_out = stop == Some(Stop::Timeout);
     exit.cancelled = stop == Some(Stop::Cancel);
 
-    let mut peak_kb = rusage.as_ref().map_or(0, |r| r.ru_maxrss.max(0) as u64);
-    peak_kb = peak_kb.max(watched.peak_bytes / 1024);
+    // Not `ru_maxrss`: the child starts as a copy of cnp (fork/vfork shares cnp's memory until
+    // exec), and the kernel counts that high-water mark as the child's. The sampled group RSS
+    // (and the cgroup's peak, where there is one) measure the CLI alone.
+    let mut peak_kb = watched.peak_bytes / 1024;
     exit.limit_kill = watched.kill_message;
     if let Some(group) = guard.cgroup.take() {
         let stats = group.stats();

@@ -151,6 +151,9 @@ pub(crate) struct OutputBudget {
     used: AtomicUsize,
     max: usize,
     exhausted: AtomicBool,
+    /// Lines offered so far, forwarded or not: tells whether the readers are still making
+    /// progress.
+    seen: AtomicUsize,
 }
 
 /// What to do with a line, according to the budget.
@@ -168,10 +171,12 @@ impl OutputBudget {
             used: AtomicUsize::new(0),
             max,
             exhausted: AtomicBool::new(false),
+            seen: AtomicUsize::new(0),
         }
     }
 
     pub(crate) fn admit(&self, len: usize) -> Admit {
+        self.seen.fetch_add(1, Ordering::Relaxed);
         if self.exhausted.load(Ordering::Acquire) {
             return Admit::Drop;
         }
@@ -188,6 +193,11 @@ impl OutputBudget {
 
     pub(crate) fn max(&self) -> usize {
         self.max
+    }
+
+    /// Lines offered so far.
+    pub(crate) fn seen(&self) -> usize {
+        self.seen.load(Ordering::Relaxed)
     }
 }
 
