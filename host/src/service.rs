@@ -35,16 +35,25 @@ pub fn executor_settings(config: &Config) -> ExecutorSettings {
 
 /// Runs the service until `shutdown` resolves, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut engine_settings = EngineSettings::from_config(&config);
     match crate::executor::process::raise_nofile_limit() {
-        Ok((before, after)) if after > before => {
-            tracing::debug!(before, after, "raised the open-file limit")
+        Ok((before, after)) => {
+            if after > before {
+                tracing::debug!(before, after, "raised the open-file limit");
+            }
+            let cap = concurrency_cap(after);
+            if engine_settings.max_concurrent_jobs > cap {
+                tracing::warn!(
+                    configured = engine_settings.max_concurrent_jobs,
+                    effective = cap,
+                    open_file_limit = after,
+                    "job_engine.max_concurrent_jobs exceeds what the open-file limit allows \
+                     (each running CLI holds about {FDS_PER_RUN} descriptors): runs beyond it \
+                     would fail with \"too many open files\"; using the lower value"
+                );
+                engine_settings.max_concurrent_jobs = cap;
+            }
         }
-        Ok((before, _)) if before < 4096 => tracing::warn!(
-            limit = before,
-            "open-file limit is low: each running job holds several descriptors; lower \
-             job_engine.max_concurrent_jobs or raise the limit"
-        ),
-        Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
     }
     let db_path = config.database_path();
@@ -59,7 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let engine = Engine::start(
         store.clone(),
         runner,
-        EngineSettings::from_config(&config),
+        engine_settings,
         Clock::System,
         EventBus::default(),
     )
@@ -88,6 +97,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors one running CLI holds in cnp (three pipes, its pidfd) — rounded up.
+const FDS_PER_RUN: u64 = 5;
+/// Descriptors kept for everything else (database, logs, listeners).
+const FDS_RESERVED: u64 = 256;
+
+/// How many runs the open-file limit `nofile` allows at once.
+pub fn concurrency_cap(nofile: u64) -> usize {
+    (nofile.saturating_sub(FDS_RESERVED) / FDS_PER_RUN).max(1) as usize
 }
 
 /// Warns early when the configured Claude CLI cannot be found (runs would fail with a clear
@@ -392,5 +411,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_is_capped_by_the_open_file_limit() {
+        assert_eq!(concurrency_cap(1024), 153);
+        assert_eq!(concurrency_cap(20_000), 3_948);
+        assert_eq!(concurrency_cap(100), 1, "never zero");
     }
 }

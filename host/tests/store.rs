@@ -7,7 +7,7 @@ use cnp::model::{
     Schedule, Trigger,
 };
 use cnp::store::{
-    ExecutionFilter, FinishedRun, JobFilter, NewExecution, Store, StoreError, SCHEMA_VERSION,
+    Claim, ExecutionFilter, FinishedRun, JobFilter, NewExecution, Store, StoreError, SCHEMA_VERSION,
 };
 
 fn t0() -> chrono::DateTime<Utc> {
@@ -74,6 +74,13 @@ fn finished(id: &str, status: ExecutionStatus, ms: i64) -> FinishedRun {
         resource_usage: None,
         pid: Some(1),
     }
+}
+
+async fn claimed(store: &Store, id: impl Into<String>) -> bool {
+    matches!(
+        store.claim_execution(id.into(), t0()).await.unwrap(),
+        Claim::Started { .. }
+    )
 }
 
 fn open() -> (tempfile::TempDir, Store) {
@@ -197,10 +204,7 @@ async fn statistics_count_each_finished_run_once() {
             .insert_execution(fire("id-a", &id, t0() + Duration::seconds(i as i64)))
             .await
             .unwrap();
-        assert!(store
-            .mark_started(id.clone(), t0(), Some("hi".into()))
-            .await
-            .unwrap());
+        assert!(claimed(&store, id.clone()).await);
         assert!(store
             .finish_execution(finished(&id, status, 1000 * (i as i64 + 1)))
             .await
@@ -231,7 +235,7 @@ async fn running_rows_become_interrupted_and_queued_rows_stay_pending() {
         .insert_execution(fire("id-a", "wait", t0() + Duration::minutes(1)))
         .await
         .unwrap();
-    assert!(store.mark_started("run".into(), t0(), None).await.unwrap());
+    assert!(claimed(&store, "run").await);
     let found = store
         .recover_interrupted(t0() + Duration::minutes(5))
         .await
@@ -250,7 +254,7 @@ async fn running_rows_become_interrupted_and_queued_rows_stay_pending() {
         .set_pending_status("wait".into(), ExecutionStatus::Cancelled, None, t0())
         .await
         .unwrap());
-    assert!(!store.mark_started("wait".into(), t0(), None).await.unwrap());
+    assert!(!claimed(&store, "wait").await);
     let j = store.get_job("a".into()).await.unwrap().unwrap();
     assert_eq!((j.execution_count, j.failure_count), (1, 1));
 }
@@ -293,7 +297,7 @@ async fn logs_filters_and_retention() {
             ))
             .await
             .unwrap();
-        store.mark_started(id.clone(), t0(), None).await.unwrap();
+        claimed(&store, id.clone()).await;
         let mut f = finished(&id, ExecutionStatus::Completed, 10);
         f.completed_at = t0() - Duration::days(40) + Duration::days(i * 5);
         store.finish_execution(f).await.unwrap();

@@ -105,9 +105,10 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// A job as the engine holds it in memory.
+/// A job as the engine holds it in memory: only what scheduling and dispatch decide on (100,000
+/// jobs must fit in a few tens of MiB). The full definition is read when a run starts.
 struct JobEntry {
-    job: Arc<Job>,
+    meta: JobMeta,
     schedule: CompiledSchedule,
     /// Bumped on every change; timer entries of older generations are ignored.
     generation: u64,
@@ -117,9 +118,32 @@ struct JobEntry {
     queued: u32,
 }
 
+/// The scheduling-relevant part of a job's definition.
+struct JobMeta {
+    name: Box<str>,
+    status: JobStatus,
+    priority: u8,
+    max_parallel: u32,
+    overlap: crate::model::OverlapPolicy,
+    misfire: Option<MisfirePolicy>,
+}
+
+impl JobMeta {
+    fn of(job: &Job) -> Self {
+        JobMeta {
+            name: job.name.as_str().into(),
+            status: job.status,
+            priority: job.priority,
+            max_parallel: job.execution_options.max_parallel.unwrap_or(1).max(1),
+            overlap: job.execution_options.overlap,
+            misfire: job.schedule.misfire(),
+        }
+    }
+}
+
 impl JobEntry {
     fn max_parallel(&self) -> u32 {
-        self.job.execution_options.max_parallel.unwrap_or(1).max(1)
+        self.meta.max_parallel
     }
 }
 
@@ -141,8 +165,8 @@ struct RunningRun {
 enum TimerKey {
     /// The job's next schedule slot.
     Slot { job_id: String, generation: u64 },
-    /// A recorded execution whose start is delayed.
-    Delayed(QueuedRun),
+    /// A recorded execution whose start is delayed (boxed: most entries are slots).
+    Delayed(Box<QueuedRun>),
 }
 
 enum TimerCmd {
@@ -259,7 +283,7 @@ impl Engine {
         for e in pending {
             let priority = {
                 let st = s.state.lock().unwrap();
-                st.jobs.get(&e.job_id).map(|j| j.job.priority)
+                st.jobs.get(&e.job_id).map(|j| j.meta.priority)
             };
             let Some(priority) = priority else { continue };
             let run = QueuedRun {
@@ -276,7 +300,7 @@ impl Engine {
                         && e.trigger != Trigger::Schedule
                         && e.trigger != Trigger::Catchup =>
                 {
-                    self.timer(t, TimerKey::Delayed(run))
+                    self.timer(t, TimerKey::Delayed(Box::new(run)))
                 }
                 _ => self.enqueue(run),
             }
@@ -302,7 +326,7 @@ impl Engine {
             st.jobs.insert(
                 id.clone(),
                 JobEntry {
-                    job: Arc::new(job),
+                    meta: JobMeta::of(&job),
                     schedule: compiled,
                     generation,
                     last_slot: Some(base),
@@ -565,7 +589,7 @@ impl Engine {
             None,
         );
         match due {
-            Some(t) => self.timer(t, TimerKey::Delayed(run)),
+            Some(t) => self.timer(t, TimerKey::Delayed(Box::new(run))),
             None => self.enqueue(run),
         }
         Ok(exec_id)
@@ -646,7 +670,7 @@ impl Engine {
             active_jobs: st
                 .jobs
                 .values()
-                .filter(|e| e.job.status == JobStatus::Active)
+                .filter(|e| e.meta.status == JobStatus::Active)
                 .count(),
             queued: st.queue.len(),
             running: st.running.len(),

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::{ExecutionStatus, Job, LogLine, LogStream, Outcome, OverlapPolicy};
-use crate::store::FinishedRun;
+use crate::model::{ExecutionStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::store::{Claim, FinishedRun};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
 /// policy says so.
@@ -25,9 +25,7 @@ pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
             None => Some("the job was deleted before the run started".to_owned()),
             Some(entry) => {
                 let busy = entry.running + entry.queued;
-                if entry.job.execution_options.overlap == OverlapPolicy::Skip
-                    && busy >= entry.max_parallel()
-                {
+                if entry.meta.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel() {
                     Some(format!(
                         "skipped: {busy} run(s) of this job already running or queued \
                          (max_parallel {}, overlap: skip)",
@@ -75,34 +73,48 @@ pub(super) async fn run_recorder(engine: Engine, mut rx: mpsc::UnboundedReceiver
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
-        let executions: Vec<_> = batch.iter().map(|f| f.execution.clone()).collect();
-        match s.store.record_fires(executions).await {
-            Ok(inserted) => {
-                for (fire, new) in batch.into_iter().zip(inserted) {
-                    let e = fire.execution;
-                    if !new {
-                        tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded: not run twice");
-                        continue;
-                    }
-                    engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
-                    if e.status == ExecutionStatus::Queued {
-                        enqueue(
-                            &engine,
-                            QueuedRun {
-                                execution_id: e.id,
-                                job_id: e.job_id,
-                                priority: fire.priority,
-                                seq: 0,
-                                scheduled_for: e.scheduled_for,
-                                retry_count: e.retry_count,
-                            },
-                        );
-                    }
+        // Most urgent first, then in chunks: the first runs of a 10,000-fire burst are recorded
+        // (and dispatched) after one small transaction instead of after all of them.
+        batch.sort_by_key(|f| std::cmp::Reverse(f.priority));
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let chunk: Vec<Fire> = batch.by_ref().take(RECORD_CHUNK).collect();
+            record_chunk(&engine, chunk).await;
+        }
+    }
+}
+
+/// Fires recorded per transaction.
+const RECORD_CHUNK: usize = 256;
+
+async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
+    let executions: Vec<_> = chunk.iter().map(|f| f.execution.clone()).collect();
+    match engine.shared.store.record_fires(executions).await {
+        Ok(inserted) => {
+            for (fire, new) in chunk.into_iter().zip(inserted) {
+                let e = fire.execution;
+                if !new {
+                    tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded: not run twice");
+                    continue;
+                }
+                engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
+                if e.status == ExecutionStatus::Queued {
+                    enqueue(
+                        engine,
+                        QueuedRun {
+                            execution_id: e.id,
+                            job_id: e.job_id,
+                            priority: fire.priority,
+                            seq: 0,
+                            scheduled_for: e.scheduled_for,
+                            retry_count: e.retry_count,
+                        },
+                    );
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, fires = batch.len(), "cannot record schedule fires: these slots did not run");
-            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, fires = chunk.len(), "cannot record schedule fires: these slots did not run");
         }
     }
 }
@@ -117,7 +129,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
             _ = s.stop.cancelled() => break,
             p = s.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (run, job) = loop {
+        let (run, known) = loop {
             let notified = s.dispatch.notified();
             let next = {
                 let mut st = s.state.lock().unwrap();
@@ -128,12 +140,11 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                         .is_none_or(|e| e.running < e.max_parallel())
                 });
                 run.map(|run| {
-                    let job = st.jobs.get_mut(&run.job_id).map(|e| {
+                    let known = st.jobs.get_mut(&run.job_id).map(|e| {
                         e.queued = e.queued.saturating_sub(1);
                         e.running += 1;
-                        e.job.clone()
                     });
-                    (run, job)
+                    (run, known)
                 })
             };
             if let Some(next) = next {
@@ -146,7 +157,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
             }
         };
         let cancel = CancellationToken::new();
-        let Some(job) = job else {
+        let Some(()) = known else {
             // Deleted while queued.
             drop(permit);
             continue;
@@ -160,7 +171,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
         );
         let engine2 = engine.clone();
         s.tasks.spawn(async move {
-            execute(&engine2, run.clone(), job, cancel).await;
+            execute(&engine2, run.clone(), cancel).await;
             drop(permit);
             let s = &engine2.shared;
             {
@@ -177,30 +188,24 @@ pub(super) async fn run_dispatcher(engine: Engine) {
 }
 
 /// One run, from claiming it in the store to recording its end.
-async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: CancellationToken) {
+async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
     let s = &engine.shared;
     let now = s.clock.now();
-    let prompt = match resolve_prompt(engine, &job).await {
-        Ok(p) => p,
-        Err(message) => {
+    // One write claims the run and reads the job's current definition and prompt.
+    let (job, prompt) = match s.store.claim_execution(run.execution_id.clone(), now).await {
+        Ok(Claim::Started { job, prompt }) => (job, prompt),
+        Ok(Claim::NotPending) => return, // cancelled (or the job deleted) while queued
+        Ok(Claim::PromptMissing { message }) => {
             let report = failed_report(now, message);
             let status = report.outcome.status();
             finish(engine, &run, None, report, status).await;
             return;
         }
-    };
-    match s
-        .store
-        .mark_started(run.execution_id.clone(), now, Some(prompt.clone()))
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return, // cancelled while queued
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot mark run started: not run");
             return;
         }
-    }
+    };
     engine.publish_exec(
         &run.execution_id,
         &run.job_id,
@@ -260,18 +265,6 @@ async fn execute(engine: &Engine, run: QueuedRun, job: Arc<Job>, cancel: Cancell
         status = ExecutionStatus::Interrupted;
     }
     finish(engine, &run, Some(prompt), report, status).await;
-}
-
-async fn resolve_prompt(engine: &Engine, job: &Job) -> Result<String, String> {
-    if let Some(p) = &job.prompt {
-        return Ok(p.clone());
-    }
-    let id = job.prompt_id.clone().unwrap_or_default();
-    match engine.shared.store.get_prompt(id.clone()).await {
-        Ok(Some(p)) => Ok(p.content),
-        Ok(None) => Err(format!("prompt `{id}` not found (it was deleted?)")),
-        Err(e) => Err(format!("cannot read prompt `{id}`: {e}")),
-    }
 }
 
 fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {

@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Engine, Fire, TimerCmd, TimerKey};
+use super::{Clock, Engine, Fire, TimerCmd, TimerKey};
+
+/// How early the timer asks tokio to wake it (then sleeps the rest precisely).
+const PRECISE_WAKE: std::time::Duration = std::time::Duration::from_millis(2);
 use crate::model::{ExecutionStatus, JobStatus, Trigger};
 use crate::store::NewExecution;
 
@@ -50,6 +53,15 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
         while let Ok(cmd) = rx.try_recv() {
             push(&mut heap, cmd);
         }
+        // tokio's timer has millisecond granularity and wakes up to a tick late; it is asked to
+        // wake a little early, and the last stretch is slept precisely here (at most
+        // PRECISE_WAKE, on this task's thread).
+        if let (Clock::System, Some(e)) = (&s.clock, heap.peek()) {
+            let left = (e.0.due - s.clock.now()).to_std().unwrap_or_default();
+            if !left.is_zero() && left <= PRECISE_WAKE {
+                std::thread::sleep(left);
+            }
+        }
         let now = s.clock.now();
         let mut due_slots = Vec::new();
         while heap.peek().is_some_and(|e| e.0.due <= now) {
@@ -58,7 +70,7 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
                 TimerKey::Slot { job_id, generation } => {
                     due_slots.push((job_id, generation, e.due))
                 }
-                TimerKey::Delayed(run) => engine.enqueue(run),
+                TimerKey::Delayed(run) => engine.enqueue(*run),
             }
         }
         if !due_slots.is_empty() {
@@ -70,7 +82,14 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
         let tick = Instant::now() + s.settings.tick_interval;
         let wake = heap
             .peek()
-            .map(|e| s.clock.instant_at(e.0.due).min(tick))
+            .map(|e| {
+                let at = s.clock.instant_at(e.0.due);
+                let early = match s.clock {
+                    Clock::System => at.checked_sub(PRECISE_WAKE).unwrap_or(at),
+                    Clock::Tokio { .. } => at,
+                };
+                early.min(tick)
+            })
             .unwrap_or(tick);
         tokio::select! {
             biased;
@@ -101,7 +120,7 @@ fn release(
             let Some(entry) = st.jobs.get_mut(&job_id) else {
                 continue;
             };
-            if entry.generation != generation || entry.job.status != JobStatus::Active {
+            if entry.generation != generation || entry.meta.status != JobStatus::Active {
                 continue;
             }
             if entry.last_slot.is_some_and(|l| l >= slot) {
@@ -109,13 +128,13 @@ fn release(
                 valid.push((job_id, generation, slot));
                 continue;
             }
-            let priority = entry.job.priority;
+            let priority = entry.meta.priority;
             if now - slot <= grace {
                 fires.push(fire(&job_id, slot, Trigger::Schedule, priority, None, now));
                 entry.last_slot = Some(slot);
             } else {
                 // Late beyond the grace: the slots missed while down or stalled.
-                let policy = entry.job.schedule.misfire_or(s.settings.misfire_policy);
+                let policy = entry.meta.misfire.unwrap_or(s.settings.misfire_policy);
                 let keep = policy.runs() as usize;
                 let after = slot - chrono::Duration::milliseconds(1);
                 let (slots, total) = entry.schedule.slots_between(after, now, keep + 1);
@@ -137,7 +156,7 @@ fn release(
                         skip_slot.to_rfc3339(),
                         policy_name(policy),
                     );
-                    tracing::warn!(job = %entry.job.name, skipped, "missed slots skipped per misfire policy");
+                    tracing::warn!(job = %entry.meta.name, skipped, "missed slots skipped per misfire policy");
                     fires.push(fire(
                         &job_id,
                         skip_slot,
@@ -156,7 +175,7 @@ fn release(
                     fires.push(fire(&job_id, t, trigger, priority, None, now));
                 }
                 if total > 0 {
-                    tracing::info!(job = %entry.job.name, missed = total, running = to_run.len(), "catching up on missed slots");
+                    tracing::info!(job = %entry.meta.name, missed = total, running = to_run.len(), "catching up on missed slots");
                 }
                 entry.last_slot = Some(now.max(slot));
             }

@@ -1,11 +1,12 @@
 //! Executions (runs), their logs, recovery and retention.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
+use super::jobs::{get_job_conn, get_prompt_conn};
+use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
-    ExecutionStatus, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger,
+    ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger,
 };
 
 /// An execution about to be recorded.
@@ -24,6 +25,17 @@ pub struct NewExecution {
     pub prompt: Option<String>,
     /// Why it was skipped, for skipped ones.
     pub error: Option<String>,
+}
+
+/// What claiming a pending execution found.
+#[derive(Debug)]
+pub enum Claim {
+    /// Now `running`: the job as currently defined and the prompt text to send.
+    Started { job: Box<Job>, prompt: String },
+    /// No longer pending (cancelled, finished, or its job deleted).
+    NotPending,
+    /// Its stored prompt is gone: the run fails with this message.
+    PromptMissing { message: String },
 }
 
 /// How a run ended, to be recorded with the job's statistics.
@@ -162,23 +174,47 @@ impl Store {
         self.write(move |c| insert_execution_conn(c, &e)).await
     }
 
-    /// Claims a pending execution for running, before its process is spawned: a crash after this
-    /// point leaves it `running`, which the next start marks `interrupted` instead of running the
-    /// slot a second time. Returns `false` if it is no longer pending (cancelled meanwhile).
-    pub async fn mark_started(
+    /// Claims a pending execution for running, before its process is spawned, and reads its
+    /// job's current definition and prompt text — one write. A crash after this point leaves the
+    /// run `running`, which the next start marks `interrupted` instead of running the slot a
+    /// second time.
+    pub async fn claim_execution(
         &self,
         id: String,
         at: DateTime<Utc>,
-        prompt: Option<String>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claim, StoreError> {
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3
-                     WHERE id = ?1 AND status IN ('queued', 'deferred')",
+            atomic(c, |c| {
+                let job_id: Option<String> = c
+                    .query_row(
+                        "SELECT job_id FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
+                        [&id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let Some(job) = job_id.map(|j| get_job_conn(c, &j)).transpose()?.flatten() else {
+                    return Ok(Claim::NotPending);
+                };
+                let prompt = match (&job.prompt, &job.prompt_id) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(pid)) => match get_prompt_conn(c, pid)? {
+                        Some(p) => p.content,
+                        None => {
+                            return Ok(Claim::PromptMissing {
+                                message: format!("prompt `{pid}` not found (it was deleted?)"),
+                            })
+                        }
+                    },
+                    (None, None) => {
+                        return Ok(Claim::PromptMissing { message: "the job has no prompt".into() })
+                    }
+                };
+                c.prepare_cached(
+                    "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, to_ms(at), prompt])?;
-            Ok(n == 1)
+                Ok(Claim::Started { job: Box::new(job), prompt })
+            })
         })
         .await
     }

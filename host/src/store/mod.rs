@@ -20,7 +20,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
-pub use executions::{ExecutionFilter, FinishedRun, NewExecution};
+pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution};
 pub use jobs::JobFilter;
 pub use schema::SCHEMA_VERSION;
 
