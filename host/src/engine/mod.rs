@@ -149,7 +149,8 @@ impl JobEntry {
 
 #[derive(Default)]
 struct State {
-    jobs: HashMap<String, JobEntry>,
+    /// By job id; the same `Arc<str>` is shared by the job's timer entries.
+    jobs: HashMap<Arc<str>, JobEntry>,
     queue: DispatchQueue,
     /// Running executions and how to stop them.
     running: HashMap<String, RunningRun>,
@@ -164,7 +165,7 @@ struct RunningRun {
 #[derive(Debug, Clone)]
 enum TimerKey {
     /// The job's next schedule slot.
-    Slot { job_id: String, generation: u64 },
+    Slot { job_id: Arc<str>, generation: u64 },
     /// A recorded execution whose start is delayed (boxed: most entries are slots).
     Delayed(Box<QueuedRun>),
 }
@@ -283,7 +284,7 @@ impl Engine {
         for e in pending {
             let priority = {
                 let st = s.state.lock().unwrap();
-                st.jobs.get(&e.job_id).map(|j| j.meta.priority)
+                st.jobs.get(e.job_id.as_str()).map(|j| j.meta.priority)
             };
             let Some(priority) = priority else { continue };
             let run = QueuedRun {
@@ -316,15 +317,20 @@ impl Engine {
         let active = job.status == JobStatus::Active;
         let base = last_slot.unwrap_or(job.created_at);
         let due = compiled.next_after(base);
-        let generation = {
+        let (key, generation) = {
             let mut st = s.state.lock().unwrap();
             let (running, queued, generation) = st
                 .jobs
-                .get(&id)
+                .get(id.as_str())
                 .map(|e| (e.running, e.queued, e.generation + 1))
                 .unwrap_or((0, 0, 0));
+            let key: Arc<str> = st
+                .jobs
+                .get_key_value(id.as_str())
+                .map(|(k, _)| k.clone())
+                .unwrap_or_else(|| Arc::from(id.as_str()));
             st.jobs.insert(
-                id.clone(),
+                key.clone(),
                 JobEntry {
                     meta: JobMeta::of(&job),
                     schedule: compiled,
@@ -334,13 +340,13 @@ impl Engine {
                     queued,
                 },
             );
-            generation
+            (key, generation)
         };
         if let (true, Some(due)) = (active, due) {
             self.timer(
                 due,
                 TimerKey::Slot {
-                    job_id: id,
+                    job_id: key,
                     generation,
                 },
             );
@@ -467,7 +473,7 @@ impl Engine {
         let compiled = self.compile(&job)?;
         let last_slot = {
             let st = self.shared.state.lock().unwrap();
-            st.jobs.get(&job.id).and_then(|e| e.last_slot)
+            st.jobs.get(job.id.as_str()).and_then(|e| e.last_slot)
         };
         let base = if schedule_changed {
             Some(now)
@@ -491,7 +497,7 @@ impl Engine {
         let job = self.job(id).await?;
         {
             let mut st = self.shared.state.lock().unwrap();
-            st.jobs.remove(&job.id);
+            st.jobs.remove(job.id.as_str());
             for r in st.running.values() {
                 if r.job_id == job.id {
                     r.cancel.cancel();
@@ -531,7 +537,7 @@ impl Engine {
             Some(t) => Some(t),
             None => {
                 let st = self.shared.state.lock().unwrap();
-                st.jobs.get(&job.id).and_then(|e| e.last_slot)
+                st.jobs.get(job.id.as_str()).and_then(|e| e.last_slot)
             }
         };
         self.install(job.clone(), last_slot)?;
@@ -613,7 +619,7 @@ impl Engine {
                 return Ok(true);
             }
             if st.queue.remove(execution_id).is_some() {
-                if let Some(e) = st.jobs.get_mut(&exec.job_id) {
+                if let Some(e) = st.jobs.get_mut(exec.job_id.as_str()) {
                     e.queued = e.queued.saturating_sub(1);
                 }
             }

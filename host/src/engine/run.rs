@@ -21,7 +21,7 @@ pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
     let skip_reason = {
         let mut st = s.state.lock().unwrap();
         let st = &mut *st;
-        match st.jobs.get_mut(&run.job_id) {
+        match st.jobs.get_mut(run.job_id.as_str()) {
             None => Some("the job was deleted before the run started".to_owned()),
             Some(entry) => {
                 let busy = entry.running + entry.queued;
@@ -73,18 +73,19 @@ pub(super) async fn run_recorder(engine: Engine, mut rx: mpsc::UnboundedReceiver
         while let Ok(more) = rx.try_recv() {
             batch.extend(more);
         }
-        // Most urgent first, then in chunks: the first runs of a 10,000-fire burst are recorded
-        // (and dispatched) after one small transaction instead of after all of them.
+        // Most urgent first, and the head of a large burst on its own: the first runs of a
+        // 10,000-fire burst are recorded (and dispatched) after one small transaction, the rest
+        // in one more (smaller transactions would compete with the started runs' writes).
         batch.sort_by_key(|f| std::cmp::Reverse(f.priority));
-        let mut batch = batch.into_iter().peekable();
-        while batch.peek().is_some() {
-            let chunk: Vec<Fire> = batch.by_ref().take(RECORD_CHUNK).collect();
-            record_chunk(&engine, chunk).await;
+        let rest = batch.split_off(batch.len().min(RECORD_CHUNK));
+        record_chunk(&engine, batch).await;
+        if !rest.is_empty() {
+            record_chunk(&engine, rest).await;
         }
     }
 }
 
-/// Fires recorded per transaction.
+/// Fires recorded in the first transaction of a burst.
 const RECORD_CHUNK: usize = 256;
 
 async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
@@ -140,7 +141,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                         .is_none_or(|e| e.running < e.max_parallel())
                 });
                 run.map(|run| {
-                    let known = st.jobs.get_mut(&run.job_id).map(|e| {
+                    let known = st.jobs.get_mut(run.job_id.as_str()).map(|e| {
                         e.queued = e.queued.saturating_sub(1);
                         e.running += 1;
                     });
@@ -177,7 +178,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
             {
                 let mut st = s.state.lock().unwrap();
                 st.running.remove(&run.execution_id);
-                if let Some(e) = st.jobs.get_mut(&run.job_id) {
+                if let Some(e) = st.jobs.get_mut(run.job_id.as_str()) {
                     e.running = e.running.saturating_sub(1);
                 }
                 st.queue.release(&run.job_id);

@@ -4,6 +4,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -107,7 +108,7 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
 /// rescheduling work), then computes each job's next slot. Returns the new timer entries.
 fn release(
     engine: &Engine,
-    due_slots: Vec<(String, u64, DateTime<Utc>)>,
+    due_slots: Vec<(Arc<str>, u64, DateTime<Utc>)>,
     now: DateTime<Utc>,
 ) -> Vec<(DateTime<Utc>, TimerKey)> {
     let s = &engine.shared;
@@ -197,7 +198,7 @@ fn release(
             };
             let from = entry.last_slot.unwrap_or(now);
             let next = entry.schedule.next_after(from);
-            next_times.push((job_id.clone(), next));
+            next_times.push((job_id.to_string(), next));
             if let Some(n) = next {
                 next_entries.push((n, TimerKey::Slot { job_id, generation }));
             }
