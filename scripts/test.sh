@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs cnp's whole test suite on a fresh machine: builds every binary the tests drive (the `cnp`
-# service and the fake `claude` CLI), then runs unit, integration and end-to-end tests.
+# service and the fake `claude` CLI), then runs unit, integration and end-to-end tests, and ends
+# with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,4 +9,11 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "==> building binaries"
 cargo build --workspace --bins --locked
 echo "==> running tests"
-cargo test --workspace --locked -- --test-threads="${CNP_TEST_THREADS:-4}"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+# pipefail: cargo's own exit status decides
+cargo test --workspace --locked -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
