@@ -724,12 +724,12 @@ async fn invalid_definitions_name_the_field() {
     assert!(e.contains("already exists"), "{e}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn shutdown_waits_for_runs_within_the_grace() {
-    let h = harness(EngineSettings::default(), Duration::from_secs(2)).await;
+/// Starts one run that takes `run_for`, shuts down with `grace`, returns the run's record.
+async fn shutdown_during_a_run(run_for: Duration, grace: Duration) -> cnp::model::JobExecution {
+    let h = harness(EngineSettings::default(), run_for).await;
     let job = h
         .engine
-        .create_job(spec("short", ScheduleSpec::Manual), None)
+        .create_job(spec("running", ScheduleSpec::Manual), None)
         .await
         .unwrap();
     let id = h.engine.run_now(&job.id).await.unwrap();
@@ -738,27 +738,19 @@ async fn shutdown_waits_for_runs_within_the_grace() {
         async move { calls.0.lock().unwrap().len() == 1 }
     })
     .await;
-    h.engine.shutdown(Duration::from_secs(10)).await;
-    let e = h.store.get_execution(id).await.unwrap().unwrap();
+    h.engine.shutdown(grace).await;
+    h.store.get_execution(id).await.unwrap().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_runs_within_the_grace() {
+    let e = shutdown_during_a_run(Duration::from_secs(2), Duration::from_secs(10)).await;
     assert_eq!(e.status, ExecutionStatus::Completed);
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_interrupts_runs_past_the_grace() {
-    let h = harness(EngineSettings::default(), Duration::from_secs(3600)).await;
-    let job = h
-        .engine
-        .create_job(spec("long", ScheduleSpec::Manual), None)
-        .await
-        .unwrap();
-    let id = h.engine.run_now(&job.id).await.unwrap();
-    eventually("run starts", || {
-        let calls = h.calls.clone();
-        async move { calls.0.lock().unwrap().len() == 1 }
-    })
-    .await;
-    h.engine.shutdown(Duration::from_secs(5)).await;
-    let e = h.store.get_execution(id).await.unwrap().unwrap();
+    let e = shutdown_during_a_run(Duration::from_secs(3600), Duration::from_secs(5)).await;
     assert_eq!(e.status, ExecutionStatus::Interrupted, "{e:?}");
     assert!(e.error.unwrap().contains("shut down"));
 }

@@ -398,21 +398,22 @@ impl Engine {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
         let now = self.shared.clock.now();
-        let mut job = Job {
+        let status = spec.initial_status();
+        let job = Job {
             id: uuid::Uuid::now_v7().to_string(),
-            name: spec.name.trim().to_owned(),
-            prompt_id: spec.prompt_id.clone(),
-            prompt: spec.prompt.clone(),
+            name: String::new(),
+            prompt_id: None,
+            prompt: None,
             cron_expression: None,
             job_type: schedule.job_type(),
-            schedule,
-            status: spec.initial_status(),
+            schedule: Schedule::Manual,
+            status,
             priority: spec.priority,
-            execution_options: spec.execution.clone(),
-            retry_config: spec.retry.clone(),
-            notification_config: spec.notifications.clone(),
-            resource_limits: spec.resource_limits.clone(),
-            tags: spec.tags.clone(),
+            execution_options: Default::default(),
+            retry_config: None,
+            notification_config: None,
+            resource_limits: None,
+            tags: Vec::new(),
             source,
             execution_count: 0,
             failure_count: 0,
@@ -423,6 +424,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
         };
+        let mut job = with_definition(job, spec, schedule);
         let compiled = self.compile(&job)?;
         if job.status == JobStatus::Active {
             job.next_run_time = compiled.next_after(now);
@@ -453,23 +455,13 @@ impl Engine {
             (JobStatus::Paused, JobStatus::Active) => JobStatus::Paused,
             (_, declared) => declared,
         };
-        let mut job = Job {
-            name: spec.name.trim().to_owned(),
-            prompt_id: spec.prompt_id.clone(),
-            prompt: spec.prompt.clone(),
-            job_type: schedule.job_type(),
-            schedule,
+        let base = Job {
             status,
-            priority: spec.priority,
-            execution_options: spec.execution.clone(),
-            retry_config: spec.retry.clone(),
-            notification_config: spec.notifications.clone(),
-            resource_limits: spec.resource_limits.clone(),
-            tags: spec.tags.clone(),
             source: source.or(old.source.clone()),
             updated_at: now,
             ..old.clone()
         };
+        let mut job = with_definition(base, spec, schedule);
         let compiled = self.compile(&job)?;
         let last_slot = {
             let st = self.shared.state.lock().unwrap();
@@ -734,6 +726,28 @@ impl Engine {
             message,
             timestamp: self.shared.clock.now(),
         });
+    }
+}
+
+/// `job` with the definition fields of `spec` (validated, with its canonical `schedule`).
+fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
+    Job {
+        name: spec.name.trim().to_owned(),
+        prompt_id: spec.prompt_id,
+        prompt: spec.prompt,
+        cron_expression: match &schedule {
+            Schedule::Cron { expression, .. } => Some(expression.clone()),
+            _ => None,
+        },
+        job_type: schedule.job_type(),
+        schedule,
+        priority: spec.priority,
+        execution_options: spec.execution,
+        retry_config: spec.retry,
+        notification_config: spec.notifications,
+        resource_limits: spec.resource_limits,
+        tags: spec.tags,
+        ..job
     }
 }
 

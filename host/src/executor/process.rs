@@ -513,6 +513,32 @@ fn forward(observer: &dyn RunObserver, budget: &OutputBudget, stream: LogStream,
     }
 }
 
+/// Calls `on_line` for each line of `pipe` until EOF, an error or `stop`.
+async fn each_line<R: AsyncRead + Unpin>(
+    pipe: R,
+    caps: &Caps<'_>,
+    stop: &CancellationToken,
+    what: &str,
+    mut on_line: impl FnMut(lines::Line),
+) {
+    let mut reader = BufReader::with_capacity(16 * 1024, pipe);
+    loop {
+        let line = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            line = lines::read_line(&mut reader, caps) => line,
+        };
+        match line {
+            Ok(Some(line)) => on_line(line),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the claude CLI's {what} failed");
+                break;
+            }
+        }
+    }
+}
+
 async fn read_stdout<R: AsyncRead + Unpin>(
     pipe: R,
     observer: Arc<dyn RunObserver>,
@@ -522,49 +548,32 @@ async fn read_stdout<R: AsyncRead + Unpin>(
     (parse_base, parse_extended): (usize, usize),
 ) -> StreamParser {
     let mut parser = StreamParser::default();
-    let mut reader = BufReader::with_capacity(16 * 1024, pipe);
     let caps = Caps {
         base: parse_base,
         extended: parse_extended,
         extend_if: &looks_like_result,
     };
-    loop {
-        let line = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            line = lines::read_line(&mut reader, &caps) => line,
-        };
-        let line = match line {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the claude CLI's stdout failed");
-                break;
+    each_line(pipe, &caps, &stop, "stdout", |line| {
+        // The whole line (for the parser) when it was read whole; the observer gets at most
+        // `max_line` bytes of it.
+        let whole = line
+            .is_complete()
+            .then(|| String::from_utf8_lossy(&line.bytes));
+        match &whole {
+            Some(text) if line.total_len <= max_line => {
+                forward(&*observer, &budget, LogStream::Stdout, text)
             }
-        };
-        if line.is_complete() {
-            let text = String::from_utf8_lossy(&line.bytes);
-            if line.total_len <= max_line {
-                forward(&*observer, &budget, LogStream::Stdout, &text);
-            } else {
-                forward(
-                    &*observer,
-                    &budget,
-                    LogStream::Stdout,
-                    &lines::bounded_text(&line.bytes, line.total_len, max_line),
-                );
+            _ => {
+                let cut = lines::bounded_text(&line.bytes, line.total_len, max_line);
+                forward(&*observer, &budget, LogStream::Stdout, &cut);
             }
-            parser.feed_line(&text);
-        } else {
-            forward(
-                &*observer,
-                &budget,
-                LogStream::Stdout,
-                &lines::bounded_text(&line.bytes, line.total_len, max_line),
-            );
-            tracing::debug!(bytes = line.total_len, "stdout line too long to parse");
         }
-    }
+        match whole {
+            Some(text) => parser.feed_line(&text),
+            None => tracing::debug!(bytes = line.total_len, "stdout line too long to parse"),
+        }
+    })
+    .await;
     parser
 }
 
@@ -576,31 +585,18 @@ async fn read_stderr<R: AsyncRead + Unpin>(
     max_line: usize,
 ) -> String {
     let mut tail = Tail::new(STDERR_TAIL_BYTES);
-    let mut reader = BufReader::with_capacity(16 * 1024, pipe);
     let never = |_: &[u8]| false;
     let caps = Caps {
         base: max_line,
         extended: max_line,
         extend_if: &never,
     };
-    loop {
-        let line = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            line = lines::read_line(&mut reader, &caps) => line,
-        };
-        let line = match line {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the claude CLI's stderr failed");
-                break;
-            }
-        };
+    each_line(pipe, &caps, &stop, "stderr", |line| {
         let text = lines::bounded_text(&line.bytes, line.total_len, max_line);
         tail.push_line(&text);
         forward(&*observer, &budget, LogStream::Stderr, &text);
-    }
+    })
+    .await;
     tail.into_string()
 }
 
