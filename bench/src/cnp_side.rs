@@ -512,33 +512,16 @@ pub async fn run(p: &Params, dir: &Path, record: &Path) -> anyhow::Result<Worker
                 bail!("creating the jobs took {took:?}, past the due instant: raise --lead-secs (was {})", p.lead());
             }
             r.rss_jobs_kib = Some(rss_kib().0);
-            sleep_until_wall(due - chrono::Duration::milliseconds(200)).await;
-            let sampler = RssSampler::start();
-            let (cpu0, children0, t0) = (cpu_time(), cpu_times().1, Instant::now());
-            let n = wait_for_invocations(
+            measure_burst(
+                p,
                 record,
-                p.jobs,
                 due,
-                Duration::from_secs(2),
-                Duration::from_secs(20),
-                due + chrono::Duration::seconds(900),
+                "cnp",
+                &s.in_flight,
+                wait_idle(&s, Duration::from_secs(600)),
+                &mut r,
             )
             .await;
-            progress(format!(
-                "cnp: {n} of {} runs started; waiting for them to finish",
-                p.jobs
-            ));
-            wait_idle(&s, Duration::from_secs(600)).await;
-            let (cpu1, children1) = cpu_times();
-            r.run_window_secs = Some(t0.elapsed().as_secs_f64());
-            r.host_cpu_secs = Some((cpu1 - cpu0).as_secs_f64());
-            r.children_cpu_secs = Some((children1 - children0).as_secs_f64());
-            r.rss_peak_sampled_kib = Some(sampler.finish().await);
-            r.peak_in_flight = Some(s.in_flight.peak());
-            r.last_run_ended_ms = s
-                .in_flight
-                .last_end()
-                .map(|t| (t - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             if p.scenario == Scenario::Burst {
                 record_cost(&s, &ids, due, &mut r).await?;
             }

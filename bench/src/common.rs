@@ -491,3 +491,42 @@ pub fn progress(msg: impl AsRef<str>) {
         msg.as_ref()
     );
 }
+
+/// Waits through a burst (or in-flight) run from just before its due instant until `idle`
+/// resolves, recording CPU, RSS, peak in flight and when the last run ended.
+pub async fn measure_burst(
+    p: &Params,
+    record: &Path,
+    due: DateTime<Utc>,
+    who: &str,
+    in_flight: &InFlight,
+    idle: impl std::future::Future<Output = ()>,
+    r: &mut WorkerResult,
+) {
+    sleep_until_wall(due - chrono::Duration::milliseconds(200)).await;
+    let sampler = RssSampler::start();
+    let (cpu0, children0, t0) = (cpu_time(), cpu_times().1, std::time::Instant::now());
+    let n = wait_for_invocations(
+        record,
+        p.jobs,
+        due,
+        Duration::from_secs(2),
+        Duration::from_secs(20),
+        due + chrono::Duration::seconds(900),
+    )
+    .await;
+    progress(format!(
+        "{who}: {n} runs started for {} jobs; waiting for them to finish",
+        p.jobs
+    ));
+    idle.await;
+    let (cpu1, children1) = cpu_times();
+    r.run_window_secs = Some(t0.elapsed().as_secs_f64());
+    r.host_cpu_secs = Some((cpu1 - cpu0).as_secs_f64());
+    r.children_cpu_secs = Some((children1 - children0).as_secs_f64());
+    r.rss_peak_sampled_kib = Some(sampler.finish().await);
+    r.peak_in_flight = Some(in_flight.peak());
+    r.last_run_ended_ms = in_flight
+        .last_end()
+        .map(|t| (t - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+}

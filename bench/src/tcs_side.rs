@@ -212,43 +212,6 @@ fn analyze(
 }
 
 /// Waits for a burst's runs (all due at `due`) to start and finish, sampling RSS and CPU.
-async fn measure_burst(
-    ctx: &Ctx,
-    p: &Params,
-    record: &Path,
-    due: DateTime<Utc>,
-    who: &str,
-    r: &mut WorkerResult,
-) {
-    sleep_until_wall(due - chrono::Duration::milliseconds(200)).await;
-    let sampler = RssSampler::start();
-    let (cpu0, children0, t0) = (cpu_time(), cpu_times().1, Instant::now());
-    let n = wait_for_invocations(
-        record,
-        p.jobs,
-        due,
-        Duration::from_secs(2),
-        Duration::from_secs(20),
-        due + chrono::Duration::seconds(900),
-    )
-    .await;
-    progress(format!(
-        "{who}: {n} runs started for {} jobs; waiting for them to finish",
-        p.jobs
-    ));
-    wait_idle(ctx, Duration::from_secs(600)).await;
-    let (cpu1, children1) = cpu_times();
-    r.run_window_secs = Some(t0.elapsed().as_secs_f64());
-    r.host_cpu_secs = Some((cpu1 - cpu0).as_secs_f64());
-    r.children_cpu_secs = Some((children1 - children0).as_secs_f64());
-    r.rss_peak_sampled_kib = Some(sampler.finish().await);
-    r.peak_in_flight = Some(ctx.in_flight.peak());
-    r.last_run_ended_ms = ctx
-        .in_flight
-        .last_end()
-        .map(|t| (t - due).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-}
-
 /// The floor: no scheduler, one loop spawning every run at the due instant (each run does the
 /// same work as a baseline job's closure).
 pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result<WorkerResult> {
@@ -290,7 +253,16 @@ pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result
             }
         })
     };
-    measure_burst(&ctx, p, record, due, "floor", &mut r).await;
+    measure_burst(
+        p,
+        record,
+        due,
+        "floor",
+        &ctx.in_flight,
+        wait_idle(&ctx, Duration::from_secs(600)),
+        &mut r,
+    )
+    .await;
     spawner.await?;
     let window_end = due + chrono::Duration::seconds(3600);
     let slot_of =
@@ -361,7 +333,16 @@ pub async fn run(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result<Worke
                 bail!("adding the jobs took {took:?}, past the due instant: raise --lead-secs (was {})", p.lead());
             }
             r.rss_jobs_kib = Some(rss_kib().0);
-            measure_burst(&ctx, p, record, due, "tcs", &mut r).await;
+            measure_burst(
+                p,
+                record,
+                due,
+                "tcs",
+                &ctx.in_flight,
+                wait_idle(&ctx, Duration::from_secs(600)),
+                &mut r,
+            )
+            .await;
             stop(sched).await;
             // Every job fires once in the window, at `due`.
             let window_end = due + chrono::Duration::seconds(3600);
