@@ -430,7 +430,6 @@ impl Engine {
             job.next_run_time = compiled.next_after(now);
         }
         let job = self.shared.store.insert_job(job).await?;
-        let job = self.reload(&job.id).await?;
         self.install(job.clone(), Some(now))?;
         self.publish_job(&job, "created");
         Ok(job)
