@@ -365,6 +365,23 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), String> {
         .map_err(|e| format!("writing {value:?} to {}: {e}", dir.join(file).display()))
 }
 
+/// Creates the v1 group `base/name`, records it in `dirs` at once (so it is removed whatever
+/// happens next), and writes `files` (name, value) into it in order.
+fn make_v1_dir(
+    dirs: &mut Vec<PathBuf>,
+    base: &Path,
+    name: &str,
+    files: &[(&str, String)],
+) -> Result<PathBuf, String> {
+    let dir = base.join(name);
+    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    dirs.push(dir.clone());
+    for (file, value) in files {
+        write(&dir, file, value)?;
+    }
+    Ok(dir)
+}
+
 impl RunCgroup {
     pub(crate) fn create_v2(
         base: &V2Base,
@@ -425,15 +442,9 @@ impl RunCgroup {
         if let Some(bytes) = memory {
             match &support.v1_memory {
                 Ok(base) => {
-                    let dir = base.join(&name);
-                    let made = std::fs::create_dir(&dir)
-                        .map_err(|e| format!("creating {}: {e}", dir.display()))
-                        .and_then(|()| {
-                            group.dirs.push(dir.clone());
-                            write(&dir, "memory.limit_in_bytes", &bytes.to_string())
-                        });
-                    match made {
-                        Ok(()) => {
+                    let limit = [("memory.limit_in_bytes", bytes.to_string())];
+                    match make_v1_dir(&mut group.dirs, base, &name, &limit) {
+                        Ok(dir) => {
                             // Swap counts too where swap accounting is on (the file is missing otherwise).
                             if dir.join("memory.memsw.limit_in_bytes").exists() {
                                 let _ =
@@ -451,16 +462,12 @@ impl RunCgroup {
         if let Some(quota) = cpu {
             match &support.v1_cpu {
                 Ok(base) => {
-                    let dir = base.join(&name);
-                    let made = std::fs::create_dir(&dir)
-                        .map_err(|e| format!("creating {}: {e}", dir.display()))
-                        .and_then(|()| {
-                            group.dirs.push(dir.clone());
-                            write(&dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-                            write(&dir, "cpu.cfs_quota_us", &quota.to_string())
-                        });
-                    match made {
-                        Ok(()) => group.cpu_quota = Some(quota),
+                    let quota_files = [
+                        ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                        ("cpu.cfs_quota_us", quota.to_string()),
+                    ];
+                    match make_v1_dir(&mut group.dirs, base, &name, &quota_files) {
+                        Ok(_) => group.cpu_quota = Some(quota),
                         Err(e) => errors.push(e),
                     }
                 }
