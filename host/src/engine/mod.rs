@@ -749,10 +749,3 @@ fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
         ..job
     }
 }
-
-impl Schedule {
-    /// The job's own misfire policy, or the configured default.
-    pub fn misfire_or(&self, default: MisfirePolicy) -> MisfirePolicy {
-        self.misfire().unwrap_or(default)
-    }
-}

@@ -380,15 +380,7 @@ pub(super) async fn run_housekeeping(engine: Engine) {
             biased;
             _ = s.stop.cancelled() => break,
             _ = heartbeat.tick() => {
-                let now = s.clock.now().to_rfc3339();
-                s.store.write_detached("heartbeat", move |c| {
-                    c.execute(
-                        "INSERT INTO service_state(key, value) VALUES ('heartbeat', ?1)
-                         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        [now],
-                    )?;
-                    Ok(())
-                });
+                s.store.set_state_detached("heartbeat", s.clock.now().to_rfc3339());
             }
             _ = cleanup.tick() => {
                 let cutoff = s.settings.retention_days.map(|d| s.clock.now() - chrono::Duration::days(d.into()));

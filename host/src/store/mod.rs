@@ -287,15 +287,12 @@ impl Store {
     }
 
     pub async fn set_state(&self, key: &'static str, value: String) -> Result<(), StoreError> {
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO service_state(key, value) VALUES (?1, ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| put_state(c, key, &value)).await
+    }
+
+    /// [`Store::set_state`] without waiting (the periodic heartbeat).
+    pub fn set_state_detached(&self, key: &'static str, value: String) {
+        self.write_detached("service state", move |c| put_state(c, key, &value));
     }
 }
 
@@ -308,6 +305,15 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+fn put_state(c: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO service_state(key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )?;
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
