@@ -471,6 +471,20 @@ fn check_every_slot_accounted_for(env: &Env, name: &str, rows: &[ExecRow]) {
 // ---------------------------------------------------------------------------------------------
 // 4. Graceful shutdown
 
+/// The job's running execution once the fake CLI has recorded its start, with that pid.
+fn running_with_record(env: &Env, job: &str) -> Option<(ExecRow, u32)> {
+    let e = env
+        .executions(job)
+        .into_iter()
+        .find(|e| e.status == "running")?;
+    let pid = env
+        .records()
+        .iter()
+        .find(|r| r.execution_id() == Some(e.id.as_str()))?
+        .pid;
+    Some((e, pid))
+}
+
 #[test]
 fn sigterm_waits_for_a_running_job_within_the_grace() {
     let env = Env::new(ConfigOpts {
@@ -486,16 +500,7 @@ fn sigterm_waits_for_a_running_job_within_the_grace() {
         ),
     );
     let mut cnp = env.start();
-    let exec = cnp.wait_for("the run to be going", || {
-        let e = env
-            .executions("once")
-            .into_iter()
-            .find(|e| e.status == "running")?;
-        env.records()
-            .iter()
-            .any(|r| r.execution_id() == Some(e.id.as_str()))
-            .then_some(e)
-    });
+    let (exec, _) = cnp.wait_for("the run to be going", || running_with_record(&env, "once"));
     let t0 = Instant::now();
     cnp.signal(Signal::SIGTERM);
     let status = cnp.wait_exit(Duration::from_secs(20));
@@ -542,18 +547,7 @@ fn sigterm_kills_a_run_that_outlasts_the_grace_and_records_it_interrupted() {
         ),
     );
     let mut cnp = env.start();
-    let (exec, pid) = cnp.wait_for("the run to be going", || {
-        let e = env
-            .executions("long")
-            .into_iter()
-            .find(|e| e.status == "running")?;
-        let pid = env
-            .records()
-            .iter()
-            .find(|r| r.execution_id() == Some(e.id.as_str()))?
-            .pid;
-        Some((e, pid))
-    });
+    let (exec, pid) = cnp.wait_for("the run to be going", || running_with_record(&env, "long"));
     let t0 = Instant::now();
     cnp.signal(Signal::SIGTERM);
     let status = cnp.wait_exit(Duration::from_secs(20));
