@@ -14,6 +14,7 @@ use crate::events::EventBus;
 use crate::executor::{ClaudeRunner, ExecutorSettings, Runner};
 use crate::manifest::{self, JobSpec, ManifestError, ScheduleSpec};
 use crate::model::{Job, JobStatus, Prompt};
+use crate::plugins::PluginHost;
 use crate::store::{JobFilter, Store};
 
 /// Executor settings from the config.
@@ -65,15 +66,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Also prepares cgroup v2 delegation, which must happen before the first child exists.
     tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
     let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
-    let engine = Engine::start(
+    let plugins = start_plugins(&config).await;
+    let engine = Engine::start_with_plugins(
         store.clone(),
         runner,
         engine_settings,
         Clock::System,
         EventBus::default(),
+        plugins.clone(),
     )
     .await
     .context("starting the engine")?;
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    if let Some(p) = &plugins {
+        if let Err(e) = p.watch(stop_watching.clone()) {
+            tracing::warn!(error = %e, "cannot watch the plugins folder: drop-in changes need a restart");
+        }
+    }
 
     if let Some(dir) = config.manifest_dir() {
         // Jobs remember their file by absolute path, so the working directory does not matter.
@@ -92,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
 
     shutdown.await;
+    stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
     store.close();
@@ -131,6 +141,35 @@ fn check_cli(command: &[String]) {
              (npm install -g @anthropic-ai/claude-code) or executor.claude_cli_path points at it"
         );
     }
+}
+
+/// The plugin runtime with the plugins folder loaded, or `None` when plugins are disabled or
+/// the runtime cannot start (the service runs on without them, built-in behaviour only).
+async fn start_plugins(config: &Config) -> Option<PluginHost> {
+    if !config.plugins.enabled {
+        tracing::info!("plugins are disabled ([plugins] enabled = false)");
+        return None;
+    }
+    let dir = config.plugin_dir();
+    let host = match PluginHost::new(
+        &config.plugins,
+        dir.clone(),
+        config.plugin_cache_dir(),
+        Clock::System,
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("plugins unavailable: {e:#}");
+            return None;
+        }
+    };
+    let loaded = host.load_all().await;
+    let failed = host.load_errors().len();
+    tracing::info!(
+        dir = %dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        loaded, failed, "plugins loaded"
+    );
+    Some(host)
 }
 
 /// What a manifest sync did.
@@ -338,6 +377,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         retry: job.retry_config.clone(),
         notifications: job.notification_config.clone(),
         resource_limits: job.resource_limits.clone(),
+        conditions: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! become `interrupted` on the next start.
 
 mod clock;
+mod hooks;
 mod queue;
 mod run;
 mod timer;
@@ -197,6 +198,8 @@ struct Shared {
     /// Kills running runs (after the shutdown grace).
     kill: CancellationToken,
     tasks: TaskTracker,
+    /// The plugin runtime, when plugins are enabled ([`Engine::start_with_plugins`]).
+    plugins: std::sync::OnceLock<crate::plugins::PluginHost>,
 }
 
 /// The engine; cheap to clone.
@@ -226,6 +229,18 @@ impl Engine {
         clock: Clock,
         events: EventBus,
     ) -> Result<Engine, EngineError> {
+        Self::start_with_plugins(store, runner, settings, clock, events, None).await
+    }
+
+    /// [`Engine::start`] with a plugin runtime in place before the first run is dispatched.
+    pub async fn start_with_plugins(
+        store: Store,
+        runner: Arc<dyn Runner>,
+        settings: EngineSettings,
+        clock: Clock,
+        events: EventBus,
+        plugins: Option<crate::plugins::PluginHost>,
+    ) -> Result<Engine, EngineError> {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (fires_tx, fires_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -243,6 +258,7 @@ impl Engine {
             stop: CancellationToken::new(),
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            plugins: plugins.map(std::sync::OnceLock::from).unwrap_or_default(),
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -373,6 +389,11 @@ impl Engine {
         let _ = self.shared.timer_tx.send(TimerCmd::Add { due, key });
     }
 
+    /// The plugin runtime, if set.
+    pub fn plugins(&self) -> Option<&crate::plugins::PluginHost> {
+        self.shared.plugins.get()
+    }
+
     pub fn store(&self) -> &Store {
         &self.shared.store
     }
@@ -431,6 +452,7 @@ impl Engine {
         }
         let job = self.shared.store.insert_job(job).await?;
         self.install(job.clone(), Some(now))?;
+        hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "created");
         Ok(job)
     }
@@ -479,6 +501,7 @@ impl Engine {
         let reset = schedule_changed.then_some(now);
         let job = self.shared.store.update_job(job, reset).await?;
         self.install(job.clone(), base)?;
+        hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "updated");
         Ok(job)
     }
@@ -730,6 +753,7 @@ impl Engine {
 
 /// `job` with the definition fields of `spec` (validated, with its canonical `schedule`).
 fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
+    let spec = spec.normalized();
     Job {
         name: spec.name.trim().to_owned(),
         prompt_id: spec.prompt_id,
