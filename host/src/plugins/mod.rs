@@ -306,7 +306,11 @@ impl PluginHost {
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(16)
-            .max_memory_size((settings.memory_limit_mb as usize) << 20);
+            .max_memory_size((settings.memory_limit_mb as usize) << 20)
+            // Reused slots keep their first pages resident instead of being decommitted and
+            // faulted in again on every call (a fresh instance per call is the common case).
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config)
             .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))?;
