@@ -84,11 +84,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
+    let manifests = SharedManifestStatus::default();
     if let Some(dir) = config.manifest_dir() {
         // Jobs remember their file by absolute path, so the working directory does not matter.
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let report = sync_manifest_dir(&engine, &dir).await;
         report.log(&dir);
+        manifests.record(&dir, &report, engine.clock().now());
+        if let Err(e) = watch_manifest_dir(
+            engine.clone(),
+            dir.clone(),
+            manifests.clone(),
+            stop_watching.clone(),
+        ) {
+            tracing::warn!(folder = %dir.display(), error = %e, "cannot watch the manifest folder: edits need a restart");
+        }
     } else {
         tracing::info!("no manifest folder configured ([manifests] directory)");
     }
@@ -172,6 +182,85 @@ async fn start_plugins(config: &Config) -> Option<PluginHost> {
     Some(host)
 }
 
+/// The manifest folder as status displays show it: the last sync and the files whose last
+/// version could not be applied (their previous version stays in force).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ManifestStatus {
+    pub directory: Option<PathBuf>,
+    pub last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    /// Jobs defined by the folder's files after the last sync.
+    pub jobs: usize,
+    pub prompts: usize,
+    /// One message per problem: `file:line: job `x`: field: what is wrong`.
+    pub errors: Vec<String>,
+}
+
+/// [`ManifestStatus`], shared between the watcher and readers.
+#[derive(Debug, Clone, Default)]
+pub struct SharedManifestStatus(Arc<std::sync::RwLock<ManifestStatus>>);
+
+impl SharedManifestStatus {
+    pub fn get(&self) -> ManifestStatus {
+        self.0.read().unwrap().clone()
+    }
+
+    fn record(&self, dir: &Path, report: &SyncReport, at: chrono::DateTime<chrono::Utc>) {
+        *self.0.write().unwrap() = ManifestStatus {
+            directory: Some(dir.to_owned()),
+            last_sync: Some(at),
+            jobs: report.created.len() + report.updated.len() + report.unchanged.len(),
+            prompts: report.prompts,
+            errors: report.errors.clone(),
+        };
+    }
+}
+
+/// How long the manifest folder must be quiet before a change is applied (editors write a file
+/// in several steps: truncate, write, rename).
+const MANIFEST_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Follows the manifest folder (and its `prompts/`): after each burst of changes the folder is
+/// synced again — new files create jobs, edited files update them in place (their history
+/// stays), deleted files remove their jobs, and a file that fails keeps its last good version.
+pub fn watch_manifest_dir(
+    engine: Engine,
+    dir: PathBuf,
+    status: SharedManifestStatus,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    tracing::info!(folder = %dir.display(), "watching the manifest folder");
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = rx.recv() => if ev.is_none() { return },
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = rx.recv() => if ev.is_none() { return },
+                    _ = tokio::time::sleep(MANIFEST_DEBOUNCE) => break,
+                }
+            }
+            let report = sync_manifest_dir(&engine, &dir).await;
+            report.log_changes(&dir);
+            status.record(&dir, &report, engine.clock().now());
+        }
+    });
+    Ok(())
+}
+
 /// What a manifest sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -185,6 +274,23 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    /// Logs a re-sync: what changed, and every error (each sync repeats standing errors, so the
+    /// log always shows why a file is not in force).
+    pub fn log_changes(&self, dir: &Path) {
+        for e in &self.errors {
+            tracing::error!("manifest error: {e}");
+        }
+        for (what, names) in [
+            ("created", &self.created),
+            ("updated", &self.updated),
+            ("deleted", &self.deleted),
+        ] {
+            for n in names {
+                tracing::info!(folder = %dir.display(), job = %n, "manifest job {what}");
+            }
+        }
+    }
+
     pub fn log(&self, dir: &Path) {
         for e in &self.errors {
             tracing::error!("manifest error: {e}");
