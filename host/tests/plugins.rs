@@ -147,8 +147,13 @@ fn fixed_clock() -> Clock {
 }
 
 fn host_in(folder: &Folder, clock: Clock) -> PluginHost {
-    PluginHost::new(&settings(), Some(folder.path()), Some(shared_cache()), clock)
-        .expect("plugin host")
+    PluginHost::new(
+        &settings(),
+        Some(folder.path()),
+        Some(shared_cache()),
+        clock,
+    )
+    .expect("plugin host")
 }
 
 /// A host over a folder holding `plugins` (name, package, sidecar), all loaded.
@@ -242,7 +247,11 @@ async fn assert_healthy(host: &PluginHost, after: &str) {
             &context(ConditionTrigger::Schedule, "UTC"),
         )
         .await;
-    assert_dbg!(r, Ok(Verdict::Run), "a good plugin call right after {after}");
+    assert_dbg!(
+        r,
+        Ok(Verdict::Run),
+        "a good plugin call right after {after}"
+    );
 }
 
 async fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -450,8 +459,16 @@ async fn example_plugins_load_with_their_kinds_and_bad_files_are_reported() {
     folder.install(CONDITION, CONDITION, None);
     let garbage = folder.write("garbage.wasm", b"this is not WebAssembly at all");
     let core = folder.write("core-module.wasm", b"\0asm\x01\0\0\0");
-    let bad_toml = folder.install("bad-toml", CONDITION, Some("kind = \"condition-hook\"\n[config\nstart = 1\n"));
-    let unknown_key = folder.install("unknown-key", CONDITION, Some("[limits]\ntimeout_ms = 100\nspeed = 3\n"));
+    let bad_toml = folder.install(
+        "bad-toml",
+        CONDITION,
+        Some("kind = \"condition-hook\"\n[config\nstart = 1\n"),
+    );
+    let unknown_key = folder.install(
+        "unknown-key",
+        CONDITION,
+        Some("[limits]\ntimeout_ms = 100\nspeed = 3\n"),
+    );
     let bad_host = folder.install(
         "bad-host",
         NOTIFIER,
@@ -462,9 +479,15 @@ async fn example_plugins_load_with_their_kinds_and_bad_files_are_reported() {
 
     let host = host_in(&folder, fixed_clock());
     let loaded = host.load_all().await;
-    assert_eq!(loaded, 3, "only the three good plugins load; errors: {:?}", host.load_errors());
+    assert_eq!(
+        loaded,
+        3,
+        "only the three good plugins load; errors: {:?}",
+        host.load_errors()
+    );
 
-    let kinds: Vec<(String, PluginKind)> = host.list().into_iter().map(|p| (p.name, p.kind)).collect();
+    let kinds: Vec<(String, PluginKind)> =
+        host.list().into_iter().map(|p| (p.name, p.kind)).collect();
     assert_eq!(
         kinds,
         vec![
@@ -476,8 +499,15 @@ async fn example_plugins_load_with_their_kinds_and_bad_files_are_reported() {
     for name in [RETRY, NOTIFIER, CONDITION] {
         let p = host.get(name).unwrap();
         assert_eq!(p.path, folder.wasm(name));
-        assert_eq!(p.sidecar.timeout, settings().call_timeout, "no sidecar: the host's default limit");
-        assert!(p.sidecar.allowed_hosts.is_empty(), "nothing granted without a sidecar");
+        assert_eq!(
+            p.sidecar.timeout,
+            settings().call_timeout,
+            "no sidecar: the host's default limit"
+        );
+        assert!(
+            p.sidecar.allowed_hosts.is_empty(),
+            "nothing granted without a sidecar"
+        );
     }
 
     let errors: HashMap<PathBuf, String> = host
@@ -501,29 +531,67 @@ async fn example_plugins_load_with_their_kinds_and_bad_files_are_reported() {
     expect(&core, &["core WebAssembly module, not a component"]);
     expect(&bad_toml, &["bad-toml.toml"]);
     expect(&unknown_key, &["unknown-key.toml", "speed"]);
-    expect(&bad_host, &["bad-host.toml", "grants.allowed_hosts", "https://hooks.example.com/path"]);
-    expect(&wrong_kind, &["wrong-kind.toml", "notifier", "condition-hook"]);
+    expect(
+        &bad_host,
+        &[
+            "bad-host.toml",
+            "grants.allowed_hosts",
+            "https://hooks.example.com/path",
+        ],
+    );
+    expect(
+        &wrong_kind,
+        &["wrong-kind.toml", "notifier", "condition-hook"],
+    );
     expect(&too_much_memory, &["greedy.toml", "memory_mb"]);
     assert_eq!(errors.len(), 7, "exactly the seven bad files: {errors:#?}");
 
-    for bad in ["garbage", "core-module", "bad-toml", "unknown-key", "bad-host", "wrong-kind", "greedy"] {
+    for bad in [
+        "garbage",
+        "core-module",
+        "bad-toml",
+        "unknown-key",
+        "bad-host",
+        "wrong-kind",
+        "greedy",
+    ] {
         assert!(host.get(bad).is_none(), "{bad} must not be loaded");
     }
     // A call to a plugin that failed to load says why.
     match host
-        .evaluate("unknown-key", None, &context(ConditionTrigger::Schedule, "UTC"))
+        .evaluate(
+            "unknown-key",
+            None,
+            &context(ConditionTrigger::Schedule, "UTC"),
+        )
         .await
     {
         Err(PluginFailure::NotLoaded { name, reason }) => {
             assert_eq!(name, "unknown-key");
-            assert!(reason.as_deref().is_some_and(|r| r.contains("speed")), "{reason:?}");
+            assert!(
+                reason.as_deref().is_some_and(|r| r.contains("speed")),
+                "{reason:?}"
+            );
         }
         other => panic!("expected NotLoaded, got {other:?}"),
     }
     // Kinds are checked per call.
-    match host.next_retry(CONDITION, None, &job("j", "UTC"), &failed(OutcomeKind::Failure, 1, 3)).await {
-        Err(PluginFailure::WrongKind { expected, actual, .. }) => {
-            assert_eq!((expected, actual), (PluginKind::RetryStrategy, PluginKind::ConditionHook))
+    match host
+        .next_retry(
+            CONDITION,
+            None,
+            &job("j", "UTC"),
+            &failed(OutcomeKind::Failure, 1, 3),
+        )
+        .await
+    {
+        Err(PluginFailure::WrongKind {
+            expected, actual, ..
+        }) => {
+            assert_eq!(
+                (expected, actual),
+                (PluginKind::RetryStrategy, PluginKind::ConditionHook)
+            )
         }
         other => panic!("expected WrongKind, got {other:?}"),
     }
@@ -535,11 +603,21 @@ async fn example_plugins_load_with_their_kinds_and_bad_files_are_reported() {
     // The good plugins keep serving.
     assert_healthy(&host, "loading bad files").await;
     delay_of(
-        retry(&host, json!({}), &job("j", "UTC"), &failed(OutcomeKind::Failure, 1, 3)).await,
+        retry(
+            &host,
+            json!({}),
+            &job("j", "UTC"),
+            &failed(OutcomeKind::Failure, 1, 3),
+        )
+        .await,
     );
     assert_eq!(
-        host.validate_use(NOTIFIER, PluginKind::Notifier, Some(&json!({"url": "https://hooks.example.com/x"})))
-            .await,
+        host.validate_use(
+            NOTIFIER,
+            PluginKind::Notifier,
+            Some(&json!({"url": "https://hooks.example.com/x"}))
+        )
+        .await,
         Ok(())
     );
 }
@@ -553,8 +631,13 @@ async fn a_second_host_loads_the_compiled_component_from_the_cache() {
     folder.install(RETRY, RETRY, None);
     let cache = tempfile::tempdir().unwrap();
     let make = || {
-        PluginHost::new(&settings(), Some(folder.path()), Some(cache.path().to_owned()), fixed_clock())
-            .unwrap()
+        PluginHost::new(
+            &settings(),
+            Some(folder.path()),
+            Some(cache.path().to_owned()),
+            fixed_clock(),
+        )
+        .unwrap()
     };
     let args = (job("j", "UTC"), failed(OutcomeKind::Failure, 1, 3));
 
@@ -568,11 +651,19 @@ async fn a_second_host_loads_the_compiled_component_from_the_cache() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(cached.len(), 1, "one compiled artifact in the cache: {cached:?}");
+    assert_eq!(
+        cached.len(),
+        1,
+        "one compiled artifact in the cache: {cached:?}"
+    );
 
     let second = make();
     assert_eq!(second.load_all().await, 1, "{:?}", second.load_errors());
-    assert_eq!(second.compile_count(), 0, "nothing compiled: the cache served it");
+    assert_eq!(
+        second.compile_count(),
+        0,
+        "nothing compiled: the cache served it"
+    );
     assert!(second.get(RETRY).unwrap().from_cache);
     assert!(second.list()[0].from_cache);
     assert_eq!(
@@ -591,7 +682,10 @@ async fn a_second_host_loads_the_compiled_component_from_the_cache() {
     assert_eq!(third.load_all().await, 1, "{:?}", third.load_errors());
     assert_eq!(third.compile_count(), 1);
     assert!(!third.get(RETRY).unwrap().from_cache);
-    assert_eq!(delay_of(retry(&third, json!({}), &args.0, &args.1).await), expected);
+    assert_eq!(
+        delay_of(retry(&third, json!({}), &args.0, &args.1).await),
+        expected
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,7 +702,10 @@ async fn the_watched_folder_follows_drop_in_bad_replacement_and_removal() {
 
     // Drop-in.
     let wasm = folder.install(CONDITION, CONDITION, None);
-    let loaded = poll_until("the dropped-in plugin to load", deadline, || host.get(CONDITION)).await;
+    let loaded = poll_until("the dropped-in plugin to load", deadline, || {
+        host.get(CONDITION)
+    })
+    .await;
     assert_eq!(loaded.kind, PluginKind::ConditionHook);
     assert_healthy(&host, "the drop-in").await;
 
@@ -618,8 +715,14 @@ async fn the_watched_folder_follows_drop_in_bad_replacement_and_removal() {
         host.load_errors().into_iter().find(|e| e.path == wasm)
     })
     .await;
-    assert!(error.message.contains("not a WebAssembly file"), "{}", error.message);
-    let still = host.get(CONDITION).expect("the previous version stays loaded");
+    assert!(
+        error.message.contains("not a WebAssembly file"),
+        "{}",
+        error.message
+    );
+    let still = host
+        .get(CONDITION)
+        .expect("the previous version stays loaded");
     assert_eq!(still.digest, loaded.digest, "it is the previous version");
     assert_healthy(&host, "a bad replacement").await;
 
@@ -632,16 +735,22 @@ async fn the_watched_folder_follows_drop_in_bad_replacement_and_removal() {
     std::fs::copy(artifact(CONDITION), &wasm).unwrap();
     poll_until("the good replacement to load", deadline, || {
         host.get(CONDITION)
-            .filter(|p| p.sidecar.timeout == Duration::from_millis(1500) && p.loaded_at >= loaded.loaded_at)
+            .filter(|p| {
+                p.sidecar.timeout == Duration::from_millis(1500) && p.loaded_at >= loaded.loaded_at
+            })
             .filter(|_| host.load_errors().is_empty())
     })
     .await;
 
     // Removal.
     std::fs::remove_file(&wasm).unwrap();
-    poll_until("the removed plugin to go", deadline, || host.get(CONDITION).is_none().then_some(())).await;
+    poll_until("the removed plugin to go", deadline, || {
+        host.get(CONDITION).is_none().then_some(())
+    })
+    .await;
     assert!(matches!(
-        host.evaluate(CONDITION, None, &context(ConditionTrigger::Schedule, "UTC")).await,
+        host.evaluate(CONDITION, None, &context(ConditionTrigger::Schedule, "UTC"))
+            .await,
         Err(PluginFailure::NotLoaded { .. })
     ));
     assert!(host.list().is_empty());
@@ -651,7 +760,10 @@ async fn the_watched_folder_follows_drop_in_bad_replacement_and_removal() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     folder.install(CONDITION, CONDITION, None);
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(host.get(CONDITION).is_none(), "a stopped watcher loads nothing");
+    assert!(
+        host.get(CONDITION).is_none(),
+        "a stopped watcher loads nothing"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,7 +780,11 @@ async fn decorrelated_jitter_delays_are_deterministic_bounded_and_growing() {
         for attempt in [1u32, 5] {
             let info = failed(OutcomeKind::Failure, attempt, 10);
             let d = delay_of(retry(&host, config.clone(), &job, &info).await);
-            assert!((100..=60_000).contains(&d), "{} attempt {attempt}: {d} ms out of [base, cap]", job.id);
+            assert!(
+                (100..=60_000).contains(&d),
+                "{} attempt {attempt}: {d} ms out of [base, cap]",
+                job.id
+            );
             let again = delay_of(retry(&host, config.clone(), &job, &info).await);
             assert_eq!(d, again, "same job, slot and attempt: same delay");
             if attempt == 1 {
@@ -694,7 +810,15 @@ async fn decorrelated_jitter_delays_are_deterministic_bounded_and_growing() {
     // The cap holds for late attempts.
     let job1 = job("job-1", "UTC");
     for attempt in 10..14 {
-        let d = delay_of(retry(&host, json!({"base_ms": 100, "cap_ms": 300}), &job1, &failed(OutcomeKind::Timeout, attempt, 20)).await);
+        let d = delay_of(
+            retry(
+                &host,
+                json!({"base_ms": 100, "cap_ms": 300}),
+                &job1,
+                &failed(OutcomeKind::Timeout, attempt, 20),
+            )
+            .await,
+        );
         assert!((100..=300).contains(&d), "attempt {attempt}: {d}");
     }
     // Sidecar-less default configuration works too (base 1 s).
@@ -706,7 +830,10 @@ async fn decorrelated_jitter_delays_are_deterministic_bounded_and_growing() {
 async fn decorrelated_jitter_waits_out_usage_limits_and_gives_up_when_hopeless() {
     let (host, _folder) = loaded_host(&[(RETRY, RETRY, None)], fixed_clock()).await;
     let j = job("job-u", "UTC");
-    let now = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap().timestamp_millis();
+    let now = Utc
+        .with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+        .unwrap()
+        .timestamp_millis();
 
     let mut limited = failed(OutcomeKind::UsageLimit, 1, 3);
     let reset = now + 3_600_000;
@@ -732,7 +859,13 @@ async fn decorrelated_jitter_waits_out_usage_limits_and_gives_up_when_hopeless()
         other => panic!("auth errors give up, got {other:?}"),
     }
     assert!(matches!(
-        retry(&host, json!({}), &j, &failed(OutcomeKind::CliNotFound, 1, 3)).await,
+        retry(
+            &host,
+            json!({}),
+            &j,
+            &failed(OutcomeKind::CliNotFound, 1, 3)
+        )
+        .await,
         Ok(RetryDecision::GiveUp(_))
     ));
     match retry(&host, json!({}), &j, &failed(OutcomeKind::Failure, 3, 3)).await {
@@ -759,7 +892,10 @@ async fn decorrelated_jitter_waits_out_usage_limits_and_gives_up_when_hopeless()
         match retry(&host, config.clone(), &j, &info).await {
             Err(PluginFailure::Error { name, message }) => {
                 assert_eq!(name, RETRY);
-                assert!(message.contains(field), "{config}: the error should name `{field}`: {message}");
+                assert!(
+                    message.contains(field),
+                    "{config}: the error should name `{field}`: {message}"
+                );
                 assert!(message.contains("invalid configuration"), "{message}");
             }
             other => panic!("{config}: expected an error, got {other:?}"),
@@ -773,8 +909,12 @@ async fn decorrelated_jitter_waits_out_usage_limits_and_gives_up_when_hopeless()
         );
     }
     assert_eq!(
-        host.validate_use(RETRY, PluginKind::RetryStrategy, Some(&json!({"base_ms": 100, "cap_ms": 300})))
-            .await,
+        host.validate_use(
+            RETRY,
+            PluginKind::RetryStrategy,
+            Some(&json!({"base_ms": 100, "cap_ms": 300}))
+        )
+        .await,
         Ok(())
     );
     let counts = host.list()[0].calls.clone();
@@ -784,7 +924,11 @@ async fn decorrelated_jitter_waits_out_usage_limits_and_gives_up_when_hopeless()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_config_defaults_merge_under_the_jobs_config() {
     let (host, _folder) = loaded_host(
-        &[(RETRY, RETRY, Some("[config]\nbase_ms = 200\ncap_ms = 200\nusage_limit_margin_ms = 7000\n"))],
+        &[(
+            RETRY,
+            RETRY,
+            Some("[config]\nbase_ms = 200\ncap_ms = 200\nusage_limit_margin_ms = 7000\n"),
+        )],
         fixed_clock(),
     )
     .await;
@@ -795,12 +939,19 @@ async fn sidecar_config_defaults_merge_under_the_jobs_config() {
         Ok(RetryDecision::RetryAfterMs(200))
     );
     assert_dbg!(
-        host.next_retry(RETRY, None, &j, &failed(OutcomeKind::Failure, 2, 5)).await,
+        host.next_retry(RETRY, None, &j, &failed(OutcomeKind::Failure, 2, 5))
+            .await,
         Ok(RetryDecision::RetryAfterMs(200))
     );
     // The job's keys win over the sidecar's.
     assert_dbg!(
-        retry(&host, json!({"base_ms": 50, "cap_ms": 50}), &j, &failed(OutcomeKind::Failure, 2, 5)).await,
+        retry(
+            &host,
+            json!({"base_ms": 50, "cap_ms": 50}),
+            &j,
+            &failed(OutcomeKind::Failure, 2, 5)
+        )
+        .await,
         Ok(RetryDecision::RetryAfterMs(50))
     );
     let mut limited = failed(OutcomeKind::UsageLimit, 1, 3);
@@ -832,7 +983,10 @@ fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
 
 fn defer_until(r: Result<Verdict, PluginFailure>) -> (DateTime<Utc>, String) {
     match r {
-        Ok(Verdict::DeferUntil(d)) => (DateTime::<Utc>::from_timestamp_millis(d.until).unwrap(), d.reason),
+        Ok(Verdict::DeferUntil(d)) => (
+            DateTime::<Utc>::from_timestamp_millis(d.until).unwrap(),
+            d.reason,
+        ),
         other => panic!("expected a deferral, got {other:?}"),
     }
 }
@@ -850,43 +1004,87 @@ async fn business_hours_runs_inside_and_defers_or_skips_outside() {
     );
     // The same instant is 04:00 in New York: deferred to 09:00 there (14:00 UTC).
     let (until, reason) = defer_until(
-        evaluate_at(monday_10_berlin, json!({"timezone": "America/New_York"}), schedule, BERLIN).await,
+        evaluate_at(
+            monday_10_berlin,
+            json!({"timezone": "America/New_York"}),
+            schedule,
+            BERLIN,
+        )
+        .await,
     );
     assert_eq!(until, utc(2026, 3, 2, 14, 0), "{reason}");
 
     // Saturday 2026-03-07 12:00 Berlin -> Monday 2026-03-09 09:00 Berlin (08:00 UTC).
     let saturday_noon_berlin = utc(2026, 3, 7, 11, 0);
-    let (until, reason) = defer_until(evaluate_at(saturday_noon_berlin, json!({}), schedule, BERLIN).await);
+    let (until, reason) =
+        defer_until(evaluate_at(saturday_noon_berlin, json!({}), schedule, BERLIN).await);
     assert_eq!(until, utc(2026, 3, 9, 8, 0), "{reason}");
     assert!(reason.contains("outside business hours"), "{reason}");
 
-    match evaluate_at(saturday_noon_berlin, json!({"outside": "skip"}), schedule, BERLIN).await {
+    match evaluate_at(
+        saturday_noon_berlin,
+        json!({"outside": "skip"}),
+        schedule,
+        BERLIN,
+    )
+    .await
+    {
         Ok(Verdict::Skip(reason)) => assert!(reason.contains("outside business hours"), "{reason}"),
         other => panic!("outside: skip skips, got {other:?}"),
     }
 
     // Manual runs bypass the check unless told not to.
     assert_dbg!(
-        evaluate_at(saturday_noon_berlin, json!({}), ConditionTrigger::Manual, BERLIN).await,
+        evaluate_at(
+            saturday_noon_berlin,
+            json!({}),
+            ConditionTrigger::Manual,
+            BERLIN
+        )
+        .await,
         Ok(Verdict::Run)
     );
     let (until, _) = defer_until(
-        evaluate_at(saturday_noon_berlin, json!({"manual_bypass": false}), ConditionTrigger::Manual, BERLIN).await,
+        evaluate_at(
+            saturday_noon_berlin,
+            json!({"manual_bypass": false}),
+            ConditionTrigger::Manual,
+            BERLIN,
+        )
+        .await,
     );
     assert_eq!(until, utc(2026, 3, 9, 8, 0));
     // Retries are checked like scheduled runs.
-    defer_until(evaluate_at(saturday_noon_berlin, json!({}), ConditionTrigger::Retry, BERLIN).await);
+    defer_until(
+        evaluate_at(
+            saturday_noon_berlin,
+            json!({}),
+            ConditionTrigger::Retry,
+            BERLIN,
+        )
+        .await,
+    );
 
     // Holidays: Monday 2026-03-02 is off -> Tuesday 09:00 Berlin (08:00 UTC).
     let (until, reason) = defer_until(
-        evaluate_at(monday_10_berlin, json!({"holidays": ["2026-03-02"]}), schedule, BERLIN).await,
+        evaluate_at(
+            monday_10_berlin,
+            json!({"holidays": ["2026-03-02"]}),
+            schedule,
+            BERLIN,
+        )
+        .await,
     );
     assert_eq!(until, utc(2026, 3, 3, 8, 0), "{reason}");
 
     // A job without a zone is evaluated in UTC: 09:00 UTC Monday is inside.
-    assert_dbg!(evaluate_at(monday_10_berlin, json!({}), schedule, "").await, Ok(Verdict::Run));
+    assert_dbg!(
+        evaluate_at(monday_10_berlin, json!({}), schedule, "").await,
+        Ok(Verdict::Run)
+    );
     // The window's end is exclusive: 18:00 Berlin on a weekday is outside.
-    let (until, _) = defer_until(evaluate_at(utc(2026, 3, 2, 17, 0), json!({}), schedule, BERLIN).await);
+    let (until, _) =
+        defer_until(evaluate_at(utc(2026, 3, 2, 17, 0), json!({}), schedule, BERLIN).await);
     assert_eq!(until, utc(2026, 3, 3, 8, 0));
 }
 
@@ -904,18 +1102,27 @@ async fn business_hours_rejects_bad_configuration_naming_the_field() {
     ] {
         match host.evaluate(CONDITION, Some(&config), &ctx).await {
             Err(PluginFailure::Error { message, .. }) => {
-                assert!(message.contains(needle), "{config}: should mention {needle:?}: {message}")
+                assert!(
+                    message.contains(needle),
+                    "{config}: should mention {needle:?}: {message}"
+                )
             }
             other => panic!("{config}: expected an error, got {other:?}"),
         }
         assert!(
-            host.validate_use(CONDITION, PluginKind::ConditionHook, Some(&config)).await.is_err(),
+            host.validate_use(CONDITION, PluginKind::ConditionHook, Some(&config))
+                .await
+                .is_err(),
             "validate_use rejects {config}"
         );
     }
     assert_eq!(
-        host.validate_use(CONDITION, PluginKind::ConditionHook, Some(&json!({"timezone": "Asia/Taipei"})))
-            .await,
+        host.validate_use(
+            CONDITION,
+            PluginKind::ConditionHook,
+            Some(&json!({"timezone": "Asia/Taipei"}))
+        )
+        .await,
         Ok(())
     );
 }
@@ -932,11 +1139,21 @@ async fn webhook_notifier_posts_to_a_granted_receiver_and_nowhere_else() {
         receiver.authority()
     );
     let (host, _folder) = loaded_host(
-        &[(NOTIFIER, NOTIFIER, Some(&granted)), ("ungranted-notifier", NOTIFIER, Some("[limits]\ntimeout_ms = 5000\n"))],
+        &[
+            (NOTIFIER, NOTIFIER, Some(&granted)),
+            (
+                "ungranted-notifier",
+                NOTIFIER,
+                Some("[limits]\ntimeout_ms = 5000\n"),
+            ),
+        ],
         fixed_clock(),
     )
     .await;
-    assert_eq!(host.get(NOTIFIER).unwrap().sidecar.allowed_hosts_text, vec![receiver.authority()]);
+    assert_eq!(
+        host.get(NOTIFIER).unwrap().sidecar.allowed_hosts_text,
+        vec![receiver.authority()]
+    );
     let summary = "nightly: failed after 3 attempts (exit 1)";
 
     // Granted: the Slack-shaped body arrives (url from the sidecar, format from the job).
@@ -949,7 +1166,12 @@ async fn webhook_notifier_posts_to_a_granted_receiver_and_nowhere_else() {
     assert_eq!(got[0].method, "POST");
     assert_eq!(got[0].path, "/hooks/cnp");
     assert_eq!(got[0].json(), json!({"text": summary}));
-    assert!(got[0].header("content-type").is_some_and(|c| c.starts_with("application/json")), "{got:?}");
+    assert!(
+        got[0]
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{got:?}"
+    );
     assert_eq!(got[0].header("host"), Some(receiver.authority().as_str()));
 
     // The full event in JSON, with a configured header.
@@ -970,9 +1192,15 @@ async fn webhook_notifier_posts_to_a_granted_receiver_and_nowhere_else() {
 
     // A 500 answer is an error (unavailable), with the status.
     receiver.answer(500);
-    match host.deliver(NOTIFIER, Some(&json!({"format": "slack"})), &event(summary)).await {
+    match host
+        .deliver(NOTIFIER, Some(&json!({"format": "slack"})), &event(summary))
+        .await
+    {
         Err(PluginFailure::Error { message, .. }) => {
-            assert!(message.contains("unavailable") && message.contains("500"), "{message}")
+            assert!(
+                message.contains("unavailable") && message.contains("500"),
+                "{message}"
+            )
         }
         other => panic!("a 500 should fail the delivery, got {other:?}"),
     }
@@ -988,21 +1216,35 @@ async fn webhook_notifier_posts_to_a_granted_receiver_and_nowhere_else() {
         )
         .await;
     match r {
-        Err(PluginFailure::Error { message, .. }) => assert!(message.contains("denied"), "{message}"),
+        Err(PluginFailure::Error { message, .. }) => {
+            assert!(message.contains("denied"), "{message}")
+        }
         other => panic!("an ungranted host must fail, got {other:?}"),
     }
     // The granted plugin may not reach another port of the same address either.
     let other = Receiver::start(200).await;
     assert!(host
-        .deliver(NOTIFIER, Some(&json!({"url": other.url("/x")})), &event(summary))
+        .deliver(
+            NOTIFIER,
+            Some(&json!({"url": other.url("/x")})),
+            &event(summary)
+        )
         .await
         .is_err());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(receiver.requests().len(), 3, "nothing more arrived: {:?}", receiver.requests());
+    assert_eq!(
+        receiver.requests().len(),
+        3,
+        "nothing more arrived: {:?}",
+        receiver.requests()
+    );
     assert!(other.requests().is_empty(), "{:?}", other.requests());
 
     // A missing url is a configuration error.
-    match host.deliver("ungranted-notifier", None, &event(summary)).await {
+    match host
+        .deliver("ungranted-notifier", None, &event(summary))
+        .await
+    {
         Err(PluginFailure::Error { message, .. }) => assert!(message.contains("url"), "{message}"),
         other => panic!("expected a config error, got {other:?}"),
     }
@@ -1013,7 +1255,11 @@ async fn webhook_notifier_posts_to_a_granted_receiver_and_nowhere_else() {
 
 /// A host with business-hours (for health checks) and the fixture `name` with `sidecar`.
 async fn hostile_host(name: &str, sidecar: Option<&str>) -> (PluginHost, Folder) {
-    loaded_host(&[(CONDITION, CONDITION, None), (name, name, sidecar)], fixed_clock()).await
+    loaded_host(
+        &[(CONDITION, CONDITION, None), (name, name, sidecar)],
+        fixed_clock(),
+    )
+    .await
 }
 
 fn calls_of(host: &PluginHost, name: &str) -> cnp::plugins::CallCounts {
@@ -1034,7 +1280,10 @@ async fn spin_forever_is_stopped_at_its_time_limit() {
         let took = started.elapsed();
         assert_dbg!(
             r,
-            Err(PluginFailure::Timeout { name: "spin-forever".into(), after: Duration::from_millis(200) })
+            Err(PluginFailure::Timeout {
+                name: "spin-forever".into(),
+                after: Duration::from_millis(200)
+            })
         );
         assert!(
             took >= Duration::from_millis(150) && took < Duration::from_secs(5),
@@ -1043,26 +1292,56 @@ async fn spin_forever_is_stopped_at_its_time_limit() {
         assert_healthy(&host, "spin-forever").await;
     }
     let calls = calls_of(&host, "spin-forever");
-    assert_eq!((calls.timeouts, calls.failed, calls.ok), (2, 2, 0), "{calls:?}");
+    assert_eq!(
+        (calls.timeouts, calls.failed, calls.ok),
+        (2, 2, 0),
+        "{calls:?}"
+    );
     // validate-config does not spin: the plugin is still usable where it behaves.
-    assert_dbg!(host.validate_use("spin-forever", PluginKind::ConditionHook, None).await, Ok(()));
+    assert_dbg!(
+        host.validate_use("spin-forever", PluginKind::ConditionHook, None)
+            .await,
+        Ok(())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bomb_is_stopped_at_its_memory_limit() {
-    let (host, _folder) =
-        hostile_host("memory-bomb", Some("[limits]\nmemory_mb = 16\ntimeout_ms = 20000\n")).await;
+    let (host, _folder) = hostile_host(
+        "memory-bomb",
+        Some("[limits]\nmemory_mb = 16\ntimeout_ms = 20000\n"),
+    )
+    .await;
     for _ in 0..2 {
         let started = Instant::now();
         let r = host
-            .next_retry("memory-bomb", None, &job("j", "UTC"), &failed(OutcomeKind::Failure, 1, 3))
+            .next_retry(
+                "memory-bomb",
+                None,
+                &job("j", "UTC"),
+                &failed(OutcomeKind::Failure, 1, 3),
+            )
             .await;
-        assert_dbg!(r, Err(PluginFailure::MemoryLimit { name: "memory-bomb".into(), limit_mb: 16 }));
-        assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+        assert_dbg!(
+            r,
+            Err(PluginFailure::MemoryLimit {
+                name: "memory-bomb".into(),
+                limit_mb: 16
+            })
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
         assert_healthy(&host, "memory-bomb").await;
     }
     let calls = calls_of(&host, "memory-bomb");
-    assert_eq!((calls.ok, calls.failed, calls.timeouts), (0, 2, 0), "{calls:?}");
+    assert_eq!(
+        (calls.ok, calls.failed, calls.timeouts),
+        (0, 2, 0),
+        "{calls:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1084,7 +1363,8 @@ async fn a_panicking_plugin_traps_with_its_panic_message() {
         assert_healthy(&host, "panicker").await;
     }
     assert_dbg!(
-        host.validate_use("panicker", PluginKind::ConditionHook, None).await,
+        host.validate_use("panicker", PluginKind::ConditionHook, None)
+            .await,
         Ok(()),
         "a call after the trap works"
     );
@@ -1105,7 +1385,9 @@ async fn forbidden_http_reaches_neither_the_ungranted_host_nor_with_a_forged_hos
         "forbidden_url": forbidden.url("/steal"),
         "allowed_url": allowed.url("/hook"),
     });
-    let r = host.deliver("forbidden-http", Some(&config), &event("exfiltrate")).await;
+    let r = host
+        .deliver("forbidden-http", Some(&config), &event("exfiltrate"))
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         forbidden.requests().is_empty(),
@@ -1119,11 +1401,18 @@ async fn forbidden_http_reaches_neither_the_ungranted_host_nor_with_a_forged_hos
             "a request reached the granted receiver with a forged Host header: {req:?}"
         );
     }
+    eprintln!("forbidden-http: {r:?}");
     match &r {
         Ok(receipt) => {
             assert!(receipt.starts_with("all refused"), "{receipt}");
-            assert!(receipt.contains("(a)") && receipt.contains("(b)"), "{receipt}");
-            assert!(receipt.contains("denied by the host"), "(a) is refused by the host's gate: {receipt}");
+            assert!(
+                receipt.contains("(a)") && receipt.contains("(b)"),
+                "{receipt}"
+            );
+            assert!(
+                receipt.contains("denied by the host"),
+                "(a) is refused by the host's gate: {receipt}"
+            );
         }
         other => panic!("the fixture reports that something got through: {other:?}"),
     }
@@ -1134,10 +1423,15 @@ async fn forbidden_http_reaches_neither_the_ungranted_host_nor_with_a_forged_hos
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_flood_is_bounded_and_the_verdict_still_arrives() {
     // Generous: 100 MiB of output and 100,000 log calls take a while in a debug build.
-    let (host, _folder) = hostile_host("output-flood", Some("[limits]\ntimeout_ms = 30000\n")).await;
+    let (host, _folder) =
+        hostile_host("output-flood", Some("[limits]\ntimeout_ms = 30000\n")).await;
     let started = Instant::now();
     let r = host
-        .evaluate("output-flood", None, &context(ConditionTrigger::Schedule, "UTC"))
+        .evaluate(
+            "output-flood",
+            None,
+            &context(ConditionTrigger::Schedule, "UTC"),
+        )
         .await;
     assert_dbg!(r, Ok(Verdict::Run), "after {:?}", started.elapsed());
     eprintln!("output-flood took {:?}", started.elapsed());
@@ -1156,7 +1450,8 @@ async fn fifty_parallel_calls_all_succeed() {
     let folder = Folder::new();
     folder.install(RETRY, RETRY, None);
     folder.install(CONDITION, CONDITION, None);
-    let host = PluginHost::new(&s, Some(folder.path()), Some(shared_cache()), fixed_clock()).unwrap();
+    let host =
+        PluginHost::new(&s, Some(folder.path()), Some(shared_cache()), fixed_clock()).unwrap();
     assert_eq!(host.load_all().await, 2, "{:?}", host.load_errors());
 
     let mut set = tokio::task::JoinSet::new();
@@ -1166,13 +1461,22 @@ async fn fifty_parallel_calls_all_succeed() {
             if i % 2 == 0 {
                 let j = job(&format!("job-{i}"), "UTC");
                 let d = delay_of(
-                    host.next_retry(RETRY, Some(&json!({"base_ms": 100, "cap_ms": 1000})), &j, &failed(OutcomeKind::Failure, 2, 5))
-                        .await,
+                    host.next_retry(
+                        RETRY,
+                        Some(&json!({"base_ms": 100, "cap_ms": 1000})),
+                        &j,
+                        &failed(OutcomeKind::Failure, 2, 5),
+                    )
+                    .await,
                 );
                 assert!((100..=1000).contains(&d), "call {i}: {d}");
             } else {
                 let r = host
-                    .evaluate(CONDITION, Some(&json!({"days": ["mon"], "start": "00:00", "end": "24:00"})), &context(ConditionTrigger::Schedule, "UTC"))
+                    .evaluate(
+                        CONDITION,
+                        Some(&json!({"days": ["mon"], "start": "00:00", "end": "24:00"})),
+                        &context(ConditionTrigger::Schedule, "UTC"),
+                    )
                     .await;
                 assert_dbg!(r, Ok(Verdict::Run), "call {i}");
             }
@@ -1188,4 +1492,149 @@ async fn fifty_parallel_calls_all_succeed() {
         .collect();
     assert_eq!(counts[RETRY], (25, 0));
     assert_eq!(counts[CONDITION], (25, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's condition seam: defer, then run (paused time)
+
+/// A runner that succeeds at once and counts its runs.
+struct CountingRunner {
+    clock: Clock,
+    runs: Arc<Mutex<Vec<DateTime<Utc>>>>,
+}
+
+impl cnp::executor::Runner for CountingRunner {
+    fn run(
+        &self,
+        _request: cnp::executor::RunRequest,
+        _observer: Arc<dyn cnp::executor::RunObserver>,
+    ) -> cnp::executor::BoxFuture<cnp::executor::RunReport> {
+        let now = self.clock.now();
+        self.runs.lock().unwrap().push(now);
+        Box::pin(async move {
+            cnp::executor::RunReport {
+                outcome: cnp::model::Outcome::Success,
+                exit_code: Some(0),
+                started_at: Some(now),
+                finished_at: now,
+                pid: Some(1),
+                result_text: Some("done".into()),
+                session_id: None,
+                cost_usd: None,
+                usage: None,
+                resource_usage: None,
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_defers_a_run_until_business_hours_and_then_runs_it() {
+    // Saturday 2026-03-07 12:00 Berlin (11:00 UTC).
+    let start = utc(2026, 3, 7, 11, 0);
+    let clock = Clock::tokio_from(start);
+    let folder = Folder::new();
+    folder.install(CONDITION, CONDITION, None);
+    let host = host_in(&folder, clock.clone());
+    assert_eq!(host.load_all().await, 1, "{:?}", host.load_errors());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = cnp::store::Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let runner = Arc::new(CountingRunner {
+        clock: clock.clone(),
+        runs: runs.clone(),
+    });
+    let engine = cnp::engine::Engine::start_with_plugins(
+        store.clone(),
+        runner,
+        cnp::engine::EngineSettings::default(),
+        clock.clone(),
+        cnp::events::EventBus::default(),
+        Some(host),
+    )
+    .await
+    .unwrap();
+    let at = start + chrono::TimeDelta::seconds(10);
+    let spec: cnp::manifest::JobSpec = serde_json::from_value(json!({
+        "name": "weekday work",
+        "prompt": "do the work",
+        "schedule": {"type": "once", "at": at.to_rfc3339()},
+        "conditions": [{"plugin": CONDITION, "config": {"timezone": "Europe/Berlin"}}],
+    }))
+    .unwrap();
+    let job = engine.create_job(spec.normalized(), None).await.unwrap();
+    assert_eq!(job.execution_options.conditions.len(), 1);
+
+    let executions = || {
+        let store = store.clone();
+        let id = job.id.clone();
+        async move {
+            store
+                .list_executions(cnp::store::ExecutionFilter {
+                    job_id: Some(id),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // The slot comes due on Saturday: deferred to Monday 09:00 Berlin (08:00 UTC).
+    let mut deferred = None;
+    for _ in 0..400 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(2));
+        if let Some(e) = executions()
+            .await
+            .into_iter()
+            .find(|e| e.status == cnp::model::ExecutionStatus::Deferred)
+        {
+            deferred = Some(e);
+            break;
+        }
+    }
+    let deferred = deferred.expect("the run was not deferred");
+    let monday_9_berlin = utc(2026, 3, 9, 8, 0);
+    assert_eq!(
+        deferred.scheduled_for,
+        Some(monday_9_berlin),
+        "{deferred:?}"
+    );
+    assert!(
+        deferred
+            .error
+            .as_deref()
+            .is_some_and(|r| r.contains("condition `business-hours`")
+                && r.contains("outside business hours")),
+        "{deferred:?}"
+    );
+    assert!(runs.lock().unwrap().is_empty(), "nothing ran on Saturday");
+
+    // Just before Monday 09:00 nothing has run; then it runs.
+    let until = (monday_9_berlin - clock.now()).to_std().unwrap() - Duration::from_secs(5);
+    tokio::time::advance(until).await;
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(runs.lock().unwrap().is_empty(), "ran early");
+    let mut done = None;
+    for _ in 0..400 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(2));
+        if let Some(e) = executions()
+            .await
+            .into_iter()
+            .find(|e| e.status == cnp::model::ExecutionStatus::Completed)
+        {
+            done = Some(e);
+            break;
+        }
+    }
+    let done = done.expect("the deferred run never completed");
+    assert_eq!(done.id, deferred.id, "the same execution ran");
+    let ran = runs.lock().unwrap().clone();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(
+        ran[0] >= monday_9_berlin && ran[0] < monday_9_berlin + chrono::TimeDelta::seconds(5),
+        "ran at {}",
+        ran[0]
+    );
 }

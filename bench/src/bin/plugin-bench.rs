@@ -90,7 +90,12 @@ async fn main() -> anyhow::Result<()> {
         let mut cached = Vec::new();
         for i in 0..cli.loads {
             let cache = tmp.path().join(format!("cache-{name}-{i}"));
-            let h1 = PluginHost::new(&settings, Some(dir.clone()), Some(cache.clone()), Clock::System)?;
+            let h1 = PluginHost::new(
+                &settings,
+                Some(dir.clone()),
+                Some(cache.clone()),
+                Clock::System,
+            )?;
             assert!(h1.reload(&dir.join(format!("{name}.wasm"))).await);
             let p = h1.get(name).expect("loaded");
             assert!(!p.from_cache);
@@ -109,11 +114,28 @@ async fn main() -> anyhow::Result<()> {
             c.as_secs_f64() / w.as_secs_f64(),
             std::fs::metadata(dir.join(format!("{name}.wasm")))?.len() / 1024
         );
-        rows.push(Row { case: format!("load compile {name} (ms)"), p50_us: ms(c), p99_us: ms(c), mean_us: ms(c), n: cli.loads as u64 });
-        rows.push(Row { case: format!("load cached {name} (ms)"), p50_us: ms(w), p99_us: ms(w), mean_us: ms(w), n: cli.loads as u64 });
+        rows.push(Row {
+            case: format!("load compile {name} (ms)"),
+            p50_us: ms(c),
+            p99_us: ms(c),
+            mean_us: ms(c),
+            n: cli.loads as u64,
+        });
+        rows.push(Row {
+            case: format!("load cached {name} (ms)"),
+            p50_us: ms(w),
+            p99_us: ms(w),
+            mean_us: ms(w),
+            n: cli.loads as u64,
+        });
     }
 
-    let host = PluginHost::new(&settings, Some(dir.clone()), Some(tmp.path().join("cache")), Clock::System)?;
+    let host = PluginHost::new(
+        &settings,
+        Some(dir.clone()),
+        Some(tmp.path().join("cache")),
+        Clock::System,
+    )?;
     host.load_all().await;
     let job = JobInfo {
         id: "0190c3f2-7b4e-7cc1-9c55-6f2b2b9d2a11".into(),
@@ -150,36 +172,72 @@ async fn main() -> anyhow::Result<()> {
     };
     let hook_cfg = serde_json::json!({"days": ["mon","tue","wed","thu","fri","sat","sun"], "start": "00:00", "end": "24:00"});
     let hook_cfg = Some(&hook_cfg);
-    let url_cfg = serde_json::json!({"url": format!("http://127.0.0.1:{port}/hook"), "format": "slack"});
+    let url_cfg =
+        serde_json::json!({"url": format!("http://127.0.0.1:{port}/hook"), "format": "slack"});
     let url_cfg = Some(&url_cfg);
 
     println!("\n== one call on a fresh instance: cnp's full cost vs raw wasmtime ==");
     let raw = Raw::new(&artifacts.join("decorrelated_jitter.wasm"))?;
     let raw_fresh = measure(cli.calls, || async { raw.fresh_call(&job, &failed).await }).await;
-    report(&mut rows, "raw wasmtime: fresh instance, retry next-retry", &raw_fresh);
+    report(
+        &mut rows,
+        "raw wasmtime: fresh instance, retry next-retry",
+        &raw_fresh,
+    );
     let raw_live = raw.live_calls(cli.calls, &job, &failed).await?;
-    report(&mut rows, "raw wasmtime: live instance, retry next-retry", &raw_live);
+    report(
+        &mut rows,
+        "raw wasmtime: live instance, retry next-retry",
+        &raw_live,
+    );
     let cnp_retry = measure(cli.calls, || async {
-        host.next_retry("decorrelated-jitter", None, &job, &failed).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        host.next_retry("decorrelated-jitter", None, &job, &failed)
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await;
-    report(&mut rows, "cnp: retry-strategy next-retry (fresh instance)", &cnp_retry);
+    report(
+        &mut rows,
+        "cnp: retry-strategy next-retry (fresh instance)",
+        &cnp_retry,
+    );
     let cnp_cond = measure(cli.calls, || async {
-        host.evaluate("business-hours", hook_cfg, &context).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        host.evaluate("business-hours", hook_cfg, &context)
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await;
-    report(&mut rows, "cnp: condition-hook evaluate (fresh instance)", &cnp_cond);
+    report(
+        &mut rows,
+        "cnp: condition-hook evaluate (fresh instance)",
+        &cnp_cond,
+    );
     let cnp_validate = measure(cli.calls, || async {
-        host.validate_use("webhook-notifier", PluginKind::Notifier, url_cfg).await.map_err(|e| anyhow::anyhow!("{e}"))
+        host.validate_use("webhook-notifier", PluginKind::Notifier, url_cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await;
-    report(&mut rows, "cnp: notifier validate-config (fresh instance)", &cnp_validate);
+    report(
+        &mut rows,
+        "cnp: notifier validate-config (fresh instance)",
+        &cnp_validate,
+    );
     let deliveries = (cli.calls / 10).max(100);
     let cnp_deliver = measure(deliveries, || async {
-        host.deliver("webhook-notifier", url_cfg, &event).await.map(|_| ()).map_err(|e| anyhow::anyhow!("{e}"))
+        host.deliver("webhook-notifier", url_cfg, &event)
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
     })
     .await;
-    report(&mut rows, "cnp: notifier deliver, HTTP POST to loopback (fresh instance)", &cnp_deliver);
+    report(
+        &mut rows,
+        "cnp: notifier deliver, HTTP POST to loopback (fresh instance)",
+        &cnp_deliver,
+    );
     println!(
         "\nratio cnp/raw (fresh, p50): retry {:.2}x",
         cnp_retry.value_at_quantile(0.5) as f64 / raw_fresh.value_at_quantile(0.5) as f64
@@ -240,12 +298,16 @@ async fn start_receiver() -> anyhow::Result<u16> {
     let port = l.local_addr()?.port();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut have = 0;
                 loop {
-                    let Ok(n) = s.read(&mut buf[have..]).await else { return };
+                    let Ok(n) = s.read(&mut buf[have..]).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }
@@ -256,7 +318,8 @@ async fn start_receiver() -> anyhow::Result<u16> {
                             .lines()
                             .find_map(|l| {
                                 let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
                             })
                             .unwrap_or(0);
                         if have >= end + 4 + len {
@@ -325,7 +388,11 @@ impl Raw {
         types::add_to_linker::<_, D>(&mut linker, |s| s).map_err(w)?;
         let pre = linker.instantiate_pre(&component).map_err(w)?;
         let indices = bindings::retry::GuestIndices::new(&pre).map_err(w)?;
-        Ok(Raw { pre, indices, engine })
+        Ok(Raw {
+            pre,
+            indices,
+            engine,
+        })
     }
 
     fn store(&self) -> Store<RawState> {
@@ -350,7 +417,12 @@ impl Raw {
         Ok(())
     }
 
-    async fn live_calls(&self, n: u64, job: &JobInfo, failed: &ExecutionInfo) -> anyhow::Result<Histogram<u64>> {
+    async fn live_calls(
+        &self,
+        n: u64,
+        job: &JobInfo,
+        failed: &ExecutionInfo,
+    ) -> anyhow::Result<Histogram<u64>> {
         let w = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
         let mut store = self.store();
         let instance = self.pre.instantiate_async(&mut store).await.map_err(w)?;
