@@ -28,6 +28,34 @@ pub struct Config {
     pub manifests: ManifestsConfig,
     pub plugins: PluginsConfig,
     pub logging: LoggingConfig,
+    pub api: ApiConfig,
+}
+
+/// `[api]`: the admin HTTP API (REST + WebSocket) that the `cnp` CLI talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub enabled: bool,
+    /// Listen address. Loopback unless configured otherwise; port 0 picks a free port (the
+    /// bound address is written to `api-address` beside the token file). `CNP_API_BIND`
+    /// overrides it.
+    pub bind: String,
+    /// The bearer token (generated on first start, mode 0600). Default:
+    /// `<data dir>/cnp/api-token`.
+    pub token_file: Option<PathBuf>,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            bind: "127.0.0.1:8377".into(),
+            token_file: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -370,6 +398,21 @@ impl Config {
                 "must be 1–1000".into(),
             ));
         }
+        if let Err(e) = self.api.bind.parse::<std::net::SocketAddr>() {
+            return Err(invalid(
+                "api.bind",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8377 ({e})",
+                    self.api.bind
+                ),
+            ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid(
+                "api.max_body_bytes",
+                "must be at least 1024".into(),
+            ));
+        }
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "is empty".into()));
         }
@@ -407,6 +450,26 @@ impl Config {
             return Some(d.clone());
         }
         Some(dirs::cache_dir()?.join("cnp").join("plugins"))
+    }
+
+    /// The API token file: configured, or `<data dir>/cnp/api-token`.
+    pub fn api_token_path(&self) -> PathBuf {
+        self.api.token_file.clone().unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("cnp")
+                .join("api-token")
+        })
+    }
+
+    /// Where the running service writes its bound API address: `api-address` beside the
+    /// token file.
+    pub fn api_address_path(&self) -> PathBuf {
+        let token = self.api_token_path();
+        token
+            .parent()
+            .map(|d| d.join("api-address"))
+            .unwrap_or_else(|| PathBuf::from("api-address"))
     }
 
     /// The default zone for cron jobs (validated at load).

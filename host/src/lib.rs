@@ -2,6 +2,7 @@
 //!
 //! The layers, top to bottom (see ARCHITECTURE.md):
 //! - [`cli`]: the `cnp` command line (`cnp serve` runs the service).
+//! - [`api`]: the admin HTTP API (REST + WebSocket) the CLI talks to.
 //! - [`service`]: wires config, store, manifests and the engine together; graceful shutdown.
 //! - [`engine`]: the heap timer, misfire handling, the priority dispatch queue and run lifecycle.
 //! - [`executor`]: runs the Claude CLI as a child process and classifies what happened.
@@ -9,6 +10,7 @@
 //! - [`store`]: SQLite persistence (WAL, migrations, a single batching writer).
 //! - [`model`], [`config`], [`manifest`]: the shapes users write and read.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;

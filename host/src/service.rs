@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         tracing::info!("no manifest folder configured ([manifests] directory)");
     }
+    let api = crate::api::start(&config, engine.clone(), manifests.clone(), plugins.clone()).await;
     let status = engine.status();
     tracing::info!(
         jobs = status.jobs,
@@ -114,6 +115,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
+    if let Some(api) = api {
+        api.stop().await;
+    }
     store.close();
     tracing::info!("stopped");
     Ok(())

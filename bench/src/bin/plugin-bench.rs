@@ -184,6 +184,33 @@ async fn main() -> anyhow::Result<()> {
         "raw wasmtime: fresh instance, retry next-retry",
         &raw_fresh,
     );
+    let raw_inst = measure(cli.calls, || async { raw.instantiate_only().await }).await;
+    report(
+        &mut rows,
+        "raw wasmtime: instantiate + drop only (no call)",
+        &raw_inst,
+    );
+    let mut kept = Vec::with_capacity(cli.calls as usize + cli.calls as usize / 10 + 10);
+    let raw_nodrop = {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for i in 0..cli.calls + cli.calls / 10 {
+            let t = Instant::now();
+            kept.push(raw.fresh_call_keep(&job, &failed).await?);
+            if i >= cli.calls / 10 {
+                h.record(t.elapsed().as_nanos() as u64).unwrap();
+            }
+            if kept.len() >= 64 {
+                kept.clear(); // drops happen outside the timed section
+            }
+        }
+        h
+    };
+    drop(kept);
+    report(
+        &mut rows,
+        "raw wasmtime: fresh instance, store dropped outside the timing",
+        &raw_nodrop,
+    );
     let raw_live = raw.live_calls(cli.calls, &job, &failed).await?;
     report(
         &mut rows,
@@ -375,9 +402,13 @@ impl Raw {
         let w = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
-        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
-            wasmtime::PoolingAllocationConfig::default(),
-        ));
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        if let Ok(k) = std::env::var("RAW_KEEP_RESIDENT") {
+            let k: usize = k.parse()?;
+            pool.linear_memory_keep_resident(k)
+                .table_keep_resident(k.min(64 << 10));
+        }
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(w)?;
         let component = Component::from_file(&engine, wasm).map_err(w)?;
         let mut linker: Linker<RawState> = Linker::new(&engine);
@@ -415,6 +446,31 @@ impl Raw {
             .map_err(w)?
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Ok(())
+    }
+
+    async fn instantiate_only(&self) -> anyhow::Result<()> {
+        let mut store = self.store();
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        Ok(())
+    }
+
+    async fn fresh_call_keep(
+        &self,
+        job: &JobInfo,
+        failed: &ExecutionInfo,
+    ) -> anyhow::Result<Store<RawState>> {
+        let w = |e: wasmtime::Error| anyhow::anyhow!("{e:#}");
+        let mut store = self.store();
+        let instance = self.pre.instantiate_async(&mut store).await.map_err(w)?;
+        let g = self.indices.load(&mut store, &instance).map_err(w)?;
+        g.call_next_retry(&mut store, "{}", job, failed)
+            .await
+            .map_err(w)?
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(store)
     }
 
     async fn live_calls(

@@ -1,11 +1,37 @@
-//! The `cnp` command line.
+//! The `cnp` command line: the service itself (`serve`, `check`, `plugin check`,
+//! `default-config`) and the client commands that drive a running service over its API
+//! (`job`, `prompt`, `status`, `plugin list`; see docs/cli.md).
+//!
+//! Exit codes: 0 success; 1 failure (an API error, a failed run with `--wait`); 2 usage or
+//! configuration error; 3 the service is not running; 4 the awaited run was skipped.
+
+mod batch;
+mod client;
+mod interactive;
+mod job;
+mod output;
+mod prompt;
+mod status;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, LogFormat, DEFAULT_CONFIG_TOML};
+
+pub use client::{Client, ClientError, Endpoint};
+pub use output::Format;
+
+/// A command failed (an API error, a failed run).
+pub const EXIT_FAILURE: u8 = 1;
+/// Bad usage or configuration (clap's own usage errors exit 2 too).
+pub const EXIT_USAGE: u8 = 2;
+/// The service is not running (nothing listens at its address).
+pub const EXIT_NOT_RUNNING: u8 = 3;
+/// `job execute --wait`: the run was skipped (a condition, the overlap or misfire policy).
+pub const EXIT_SKIPPED: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,10 +44,19 @@ pub struct Cli {
     /// else the embedded defaults).
     #[arg(long, short = 'c', global = true, env = "CNP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The service's API (default: the address it wrote next to its token file, else
+    /// `[api] bind`, else 127.0.0.1:8377).
+    #[arg(long, global = true, env = "CNP_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+    /// The API token (default: read from `[api] token_file`).
+    #[arg(long, global = true, env = "CNP_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the scheduler service until SIGINT/SIGTERM.
@@ -35,6 +70,9 @@ pub enum Command {
         /// The Claude CLI command (overrides [executor] claude_cli_path).
         #[arg(long, env = "CNP_CLAUDE_CLI")]
         claude_cli: Option<String>,
+        /// Admin API listen address (overrides [api] bind).
+        #[arg(long, env = "CNP_API_BIND")]
+        api_bind: Option<String>,
     },
     /// Check a config file and job manifests without running anything.
     Check {
@@ -46,6 +84,35 @@ pub enum Command {
     /// WebAssembly plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Jobs on the running service.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Stored prompts on the running service.
+    #[command(subcommand)]
+    Prompt(prompt::PromptCommand),
+    /// The running service: engine, queue, cooldown, manifest and plugin errors.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print a shell completion script (`cnp completions bash > /etc/bash_completion.d/cnp`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Whether the command talks to the running service.
+    fn is_client(&self) -> bool {
+        matches!(
+            self,
+            Command::Job(_)
+                | Command::Prompt(_)
+                | Command::Status { .. }
+                | Command::Plugin(PluginCommand::List { .. })
+        )
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,18 +123,83 @@ pub enum PluginCommand {
         /// `.wasm` files or folders (default: the configured plugins folder).
         paths: Vec<PathBuf>,
     },
+    /// The plugins the running service has loaded, and those that failed.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        restore_sigpipe();
+    }
+    let client_command = cli.command.is_client();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            let code = match e.downcast_ref::<ClientError>() {
+                Some(c) => c.exit_code(),
+                None if client_command => EXIT_FAILURE,
+                None => EXIT_USAGE,
+            };
+            ExitCode::from(code)
         }
     }
+}
+
+/// Printing commands end quietly when their reader goes away (`cnp job list | head`), as
+/// command-line tools do, instead of panicking on a broken pipe. (The service keeps Rust's
+/// default of ignoring SIGPIPE: its sockets report EPIPE as errors.)
+fn restore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: called at the start of `main`, before any thread exists; SIG_DFL installs no
+    // handler code.
+    #[allow(unsafe_code)]
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+}
+
+/// Asks a yes/no question on the terminal; without one, refuses (pass `--yes`).
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("{question} — not a terminal to ask on: pass --yes to confirm");
+    }
+    Ok(dialoguer::Confirm::new()
+        .with_prompt(question)
+        .default(false)
+        .interact()?)
+}
+
+/// Runs a client command against the running service.
+fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
+    let endpoint = client::discover(
+        cli.config.as_deref(),
+        &client::Overrides {
+            api_url: cli.api_url,
+            token: cli.token,
+        },
+    )?;
+    let client = Client::new(endpoint)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Job(cmd) => job::run(&client, cmd).await,
+            Command::Prompt(cmd) => prompt::run(&client, cmd).await,
+            Command::Status { format } => status::status(&client, format).await,
+            Command::Plugin(PluginCommand::List { format }) => {
+                status::plugins(&client, format).await
+            }
+            _ => unreachable!("not a client command"),
+        }
+    })
 }
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)> {
@@ -79,7 +211,18 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<PathBuf>)>
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.command.is_client() {
+        return run_client(cli);
+    }
     match cli.command {
+        Command::Job(_)
+        | Command::Prompt(_)
+        | Command::Status { .. }
+        | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cnp", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(ExitCode::SUCCESS)
@@ -108,8 +251,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             jobs_dir,
             claude_cli,
+            api_bind,
         } => {
             let (mut config, path) = load_config(cli.config.as_deref())?;
+            if let Some(b) = api_bind {
+                config.api.bind = b;
+            }
             if let Some(db) = db {
                 config.database.path = Some(db);
             }

@@ -309,7 +309,7 @@ impl PluginHost {
             .max_memory_size((settings.memory_limit_mb as usize) << 20)
             // Reused slots keep their first pages resident instead of being decommitted and
             // faulted in again on every call (a fresh instance per call is the common case).
-            .linear_memory_keep_resident(1 << 20)
+            .linear_memory_keep_resident(128 << 10)
             .table_keep_resident(64 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config)

@@ -247,7 +247,11 @@ impl BoundedPipe {
     pub(crate) fn peek_reason(&self) -> Option<String> {
         let b = self.inner.lock().unwrap();
         let text = String::from_utf8_lossy(&b.kept);
-        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         let panic = lines
             .iter()
             .rposition(|l| l.contains("panicked at"))

@@ -7,6 +7,7 @@
 //! its own savepoint, so one failing write never takes its neighbours in the batch down with it.
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
+mod api;
 mod executions;
 mod hooks;
 mod jobs;
@@ -21,6 +22,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+pub use api::DurationStats;
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution};
 pub use jobs::JobFilter;
 pub use schema::SCHEMA_VERSION;

@@ -180,6 +180,10 @@ directory = {}
 directory = {}
 cache_directory = {}
 
+[api]
+bind = "127.0.0.1:0"
+token_file = {}
+
 [logging]
 level = {}
 "#,
@@ -194,6 +198,7 @@ level = {}
             toml_str(&self.jobs.display().to_string()),
             toml_str(&self.plugins_dir().display().to_string()),
             toml_str(&self.root().join("plugin-cache").display().to_string()),
+            toml_str(&self.root().join("api-token").display().to_string()),
             toml_str(o.log_level),
         );
         std::fs::write(&self.config, text).unwrap();
@@ -1026,12 +1031,12 @@ impl Env {
     /// Appends an `[api]` section to the config: a free port on 127.0.0.1 and the token file in
     /// this test's temp dir (call after [`Env::write_config`]).
     pub fn enable_api(&self) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        text.push_str(&format!(
-            "\n[api]\nbind = \"127.0.0.1:0\"\ntoken_file = {}\n",
-            toml_str(&self.api_token_file().display().to_string())
-        ));
-        std::fs::write(&self.config, text).unwrap();
+        // `write_config` always writes this `[api]` section now; kept for the tests that ask.
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(
+            text.contains("[api]"),
+            "write_config writes the [api] section"
+        );
     }
 
     /// `<root>/api-token`, as [`Env::enable_api`] configures it.
@@ -1052,9 +1057,6 @@ impl Cnp {
         self.wait_log("admin API listening");
         let addr = std::fs::read_to_string(env.api_address_file()).expect("api-address file");
         let token = std::fs::read_to_string(env.api_token_file()).expect("api-token file");
-        (
-            format!("http://{}", addr.trim()),
-            token.trim().to_owned(),
-        )
+        (format!("http://{}", addr.trim()), token.trim().to_owned())
     }
 }

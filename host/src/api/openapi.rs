@@ -1,0 +1,103 @@
+//! The OpenAPI document, generated from the handlers' `#[utoipa::path]` annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{Modify, OpenApi};
+
+use super::{error, executions, jobs, prompts, system, ws};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cnp admin API",
+        description = "Jobs, executions, prompts, plugins and monitoring of a cnp service. \
+                       Every route but `GET /api/jobs/health` needs `Authorization: Bearer <token>` \
+                       (the token is in the `api-token` file). See docs/api.md."
+    ),
+    paths(
+        jobs::create, jobs::list, jobs::show, jobs::update, jobs::delete, jobs::execute,
+        jobs::pause, jobs::resume, jobs::executions,
+        executions::list, executions::show, executions::cancel, executions::logs,
+        prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,
+        system::stats, system::health, system::metrics_json, system::metrics_prometheus,
+        system::plugins, system::status,
+        ws::upgrade, serve,
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "jobs", description = "Job definitions, runs on demand, pause and resume"),
+        (name = "executions", description = "Runs: history, detail, cancel, logs"),
+        (name = "prompts", description = "Stored prompts that jobs refer to"),
+        (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
+        (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
+    )
+)]
+struct ApiDoc;
+
+/// Bearer-token security, required by default on every operation.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+/// The document.
+pub fn openapi() -> Document {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+#[utoipa::path(get, path = "/api/openapi.json", tag = "monitoring",
+    responses((status = 200, description = "This OpenAPI document", body = Object)))]
+pub async fn serve() -> Json<Document> {
+    Json(openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn document_lists_every_route() {
+        let doc = super::openapi();
+        let paths: Vec<&String> = doc.paths.paths.keys().collect();
+        for p in [
+            "/api/jobs",
+            "/api/jobs/{id}",
+            "/api/jobs/{id}/execute",
+            "/api/jobs/{id}/pause",
+            "/api/jobs/{id}/resume",
+            "/api/jobs/{id}/executions",
+            "/api/executions",
+            "/api/executions/{id}",
+            "/api/executions/{id}/cancel",
+            "/api/executions/{id}/logs",
+            "/api/jobs/stats",
+            "/api/jobs/health",
+            "/api/jobs/metrics",
+            "/metrics",
+            "/api/prompts",
+            "/api/prompts/{id}",
+            "/api/plugins",
+            "/api/status",
+            "/api/openapi.json",
+            "/api/ws",
+        ] {
+            assert!(
+                doc.paths.paths.contains_key(p),
+                "{p} missing from {paths:?}"
+            );
+        }
+    }
+}

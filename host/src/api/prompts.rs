@@ -1,0 +1,222 @@
+//! `/api/prompts…`: the stored prompts jobs refer to by `prompt_id`.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiJson};
+use super::{ApiState, ListParams, Page};
+use crate::model::Prompt;
+
+/// Body of `POST /api/prompts` and `PUT /api/prompts/{id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromptInput {
+    /// Letters, digits, `-`, `_`, `.`; at most 100. On create: default a slug of the title.
+    /// On update: must match the path when given.
+    pub id: Option<String>,
+    pub title: String,
+    pub content: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn validate(p: &PromptInput) -> Result<(), ApiError> {
+    if p.title.trim().is_empty() {
+        return Err(ApiError::invalid("title", "must not be empty"));
+    }
+    if p.content.trim().is_empty() {
+        return Err(ApiError::invalid("content", "must not be empty"));
+    }
+    if let Some(t) = p.tags.iter().find(|t| t.trim().is_empty()) {
+        return Err(ApiError::invalid("tags", format!("empty tag `{t}`")));
+    }
+    if let Some(id) = &p.id {
+        validate_id(id)?;
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "id",
+            "use 1–100 letters, digits, `-`, `_` or `.` (not starting with `.`)",
+        ))
+    }
+}
+
+/// `Daily Report!` → `daily-report`.
+fn slug(title: &str) -> String {
+    let mut s = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.ends_with('-') && !s.is_empty() {
+            s.push('-');
+        }
+    }
+    let s = s.trim_end_matches('-');
+    s.chars().take(80).collect()
+}
+
+#[utoipa::path(get, path = "/api/prompts", tag = "prompts",
+    params(
+        ("limit" = Option<u32>, Query, description = "1–1000, default 50"),
+        ("offset" = Option<u32>, Query, description = "Default 0"),
+    ),
+    responses((status = 200, description = "A page of prompts, by id", body = Object)))]
+pub async fn list(
+    State(st): State<ApiState>,
+    Query(q): Query<ListParams>,
+) -> Result<Json<Page<Prompt>>, ApiError> {
+    let (limit, offset) = q.page()?;
+    let all = st.engine().store().list_prompts().await?;
+    let total = all.len() as u64;
+    let items = all
+        .into_iter()
+        .skip(offset as usize)
+        .take(limit as usize)
+        .collect();
+    Ok(Json(Page {
+        items,
+        total,
+        limit,
+        offset,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/prompts", tag = "prompts",
+    request_body = PromptInput,
+    responses(
+        (status = 201, description = "The created prompt", body = Object),
+        (status = 409, description = "A prompt with that id exists", body = super::ErrorBody),
+        (status = 422, description = "Invalid prompt", body = super::ErrorBody),
+    ))]
+pub async fn create(
+    State(st): State<ApiState>,
+    ApiJson(input): ApiJson<PromptInput>,
+) -> Result<(StatusCode, Json<Prompt>), ApiError> {
+    validate(&input)?;
+    let store = st.engine().store();
+    let id = match &input.id {
+        Some(id) => {
+            if store.get_prompt(id.clone()).await?.is_some() {
+                return Err(ApiError::conflict(format!(
+                    "a prompt `{id}` already exists"
+                )));
+            }
+            id.clone()
+        }
+        None => {
+            let base = Some(slug(&input.title))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "prompt".into());
+            let mut id = base.clone();
+            let mut n = 2;
+            while store.get_prompt(id.clone()).await?.is_some() {
+                id = format!("{base}-{n}");
+                n += 1;
+            }
+            id
+        }
+    };
+    let now = st.engine().clock().now();
+    let prompt = Prompt {
+        id,
+        title: input.title.trim().to_owned(),
+        content: input.content,
+        tags: input.tags,
+        created_at: now,
+        updated_at: now,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(store.upsert_prompt(prompt).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/prompts/{id}", tag = "prompts",
+    params(("id" = String, Path, description = "Prompt id")),
+    responses(
+        (status = 200, description = "The prompt", body = Object),
+        (status = 404, description = "No such prompt", body = super::ErrorBody),
+    ))]
+pub async fn show(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Prompt>, ApiError> {
+    match st.engine().store().get_prompt(id.clone()).await? {
+        Some(p) => Ok(Json(p)),
+        None => Err(ApiError::not_found("prompt", &id)),
+    }
+}
+
+#[utoipa::path(put, path = "/api/prompts/{id}", tag = "prompts",
+    params(("id" = String, Path, description = "Prompt id")),
+    request_body = PromptInput,
+    responses(
+        (status = 200, description = "The updated prompt (jobs using it run the new text)", body = Object),
+        (status = 404, description = "No such prompt", body = super::ErrorBody),
+        (status = 422, description = "Invalid prompt", body = super::ErrorBody),
+    ))]
+pub async fn update(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(input): ApiJson<PromptInput>,
+) -> Result<Json<Prompt>, ApiError> {
+    validate(&input)?;
+    if input.id.as_deref().is_some_and(|i| i != id) {
+        return Err(ApiError::invalid(
+            "id",
+            "a prompt's id cannot change (create a new prompt instead)",
+        ));
+    }
+    let store = st.engine().store();
+    let Some(old) = store.get_prompt(id.clone()).await? else {
+        return Err(ApiError::not_found("prompt", &id));
+    };
+    let prompt = Prompt {
+        title: input.title.trim().to_owned(),
+        content: input.content,
+        tags: input.tags,
+        updated_at: st.engine().clock().now(),
+        ..old
+    };
+    Ok(Json(store.upsert_prompt(prompt).await?))
+}
+
+#[utoipa::path(delete, path = "/api/prompts/{id}", tag = "prompts",
+    params(("id" = String, Path, description = "Prompt id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such prompt", body = super::ErrorBody),
+        (status = 409, description = "Jobs use it", body = super::ErrorBody),
+    ))]
+pub async fn delete(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.engine().store().delete_prompt(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs() {
+        assert_eq!(super::slug("Daily Report!"), "daily-report");
+        assert_eq!(super::slug("  --x__y  "), "x-y");
+        assert_eq!(super::slug("日本"), "");
+    }
+}

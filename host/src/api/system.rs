@@ -1,0 +1,406 @@
+//! Statistics, liveness, metrics (JSON and Prometheus text), plugins and service status.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::ApiState;
+use crate::engine::EngineStatus;
+use crate::model::{ExecutionStatus, JobStatus};
+use crate::plugins::{PluginInfo, PluginLoadError};
+use crate::service::ManifestStatus;
+
+const ALL_STATUSES: [ExecutionStatus; 9] = [
+    ExecutionStatus::Queued,
+    ExecutionStatus::Deferred,
+    ExecutionStatus::Running,
+    ExecutionStatus::Completed,
+    ExecutionStatus::Failed,
+    ExecutionStatus::TimedOut,
+    ExecutionStatus::Cancelled,
+    ExecutionStatus::Interrupted,
+    ExecutionStatus::Skipped,
+];
+
+/// Upper bounds of the run-duration histogram, in seconds.
+const DURATION_BUCKETS_S: [f64; 12] = [
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub jobs: JobCounts,
+    /// Stored executions per status (every status present, 0 when none).
+    #[schema(value_type = Object)]
+    pub executions: BTreeMap<&'static str, u64>,
+    pub queue: QueueStats,
+    /// completed / (completed + failed + timed_out + interrupted); 0.0 before any finished.
+    pub success_rate: f64,
+    pub avg_execution_time_ms: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobCounts {
+    pub total: u64,
+    pub active: u64,
+    pub paused: u64,
+    pub disabled: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueStats {
+    pub queued: usize,
+    pub running: usize,
+    pub max_concurrent_jobs: usize,
+}
+
+impl From<EngineStatus> for QueueStats {
+    fn from(s: EngineStatus) -> Self {
+        QueueStats {
+            queued: s.queued,
+            running: s.running,
+            max_concurrent_jobs: s.max_concurrent_jobs,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/jobs/stats", tag = "monitoring",
+    responses((status = 200, description = "Job and execution statistics", body = Stats)))]
+pub async fn stats(State(st): State<ApiState>) -> Result<Json<Stats>, ApiError> {
+    let store = st.engine().store();
+    let (jobs, execs, avg) = tokio::try_join!(
+        store.job_status_counts(),
+        store.execution_counts(),
+        store.avg_execution_time_ms()
+    )?;
+    let job = |s: JobStatus| jobs.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+    let exec = |s: ExecutionStatus| execs.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+    let ok = exec(ExecutionStatus::Completed);
+    let bad = exec(ExecutionStatus::Failed)
+        + exec(ExecutionStatus::TimedOut)
+        + exec(ExecutionStatus::Interrupted);
+    Ok(Json(Stats {
+        jobs: JobCounts {
+            total: jobs.iter().map(|(_, n)| n).sum(),
+            active: job(JobStatus::Active),
+            paused: job(JobStatus::Paused),
+            disabled: job(JobStatus::Disabled),
+        },
+        executions: ALL_STATUSES
+            .iter()
+            .map(|s| (s.as_str(), exec(*s)))
+            .collect(),
+        queue: st.engine().status().into(),
+        success_rate: if ok + bad > 0 {
+            ok as f64 / (ok + bad) as f64
+        } else {
+            0.0
+        },
+        avg_execution_time_ms: avg,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `error` when the database does not answer.
+    pub status: &'static str,
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    /// `ok` or `error: …`.
+    pub database: String,
+}
+
+#[utoipa::path(get, path = "/api/jobs/health", tag = "monitoring", security(()),
+    responses(
+        (status = 200, description = "Alive, database answering (no token needed)", body = Health),
+        (status = 503, description = "The database does not answer", body = Health),
+    ))]
+pub async fn health(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
+    let db = st.engine().store().ping().await;
+    let (code, status, database) = match db {
+        Ok(()) => (StatusCode::OK, "ok", "ok".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "error",
+            format!("error: {e}"),
+        ),
+    };
+    (
+        code,
+        Json(Health {
+            status,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: st.uptime().as_secs(),
+            database,
+        }),
+    )
+}
+
+/// `GET /api/jobs/metrics`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Metrics {
+    /// Stored executions per status.
+    #[schema(value_type = Object)]
+    pub runs: BTreeMap<&'static str, u64>,
+    pub durations: DurationMetrics,
+    pub queue: QueueStats,
+    pub cooldown_active: bool,
+    pub plugins: Vec<PluginCalls>,
+    pub process: ProcessMetrics,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DurationMetrics {
+    /// Finished runs with a duration.
+    pub count: u64,
+    pub mean_ms: f64,
+    pub p50_ms: u64,
+    pub p90_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+    /// Cumulative: runs that took at most `le_seconds`.
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Bucket {
+    pub le_seconds: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginCalls {
+    pub plugin: String,
+    pub ok: u64,
+    pub failed: u64,
+    pub timeouts: u64,
+    pub total_micros: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessMetrics {
+    /// Resident set size of the cnp process (not its runs), bytes; 0 where unknown.
+    pub rss_bytes: u64,
+    pub uptime_seconds: u64,
+}
+
+async fn collect(st: &ApiState) -> Result<Metrics, ApiError> {
+    let store = st.engine().store();
+    let bounds: Vec<u64> = DURATION_BUCKETS_S
+        .iter()
+        .map(|s| (s * 1000.0) as u64)
+        .collect();
+    let (execs, d) = tokio::try_join!(store.execution_counts(), store.duration_stats(bounds))?;
+    let exec = |s: ExecutionStatus| execs.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+    let plugins = st
+        .plugins()
+        .map(|p| p.list())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| PluginCalls {
+            plugin: p.name,
+            ok: p.calls.ok,
+            failed: p.calls.failed,
+            timeouts: p.calls.timeouts,
+            total_micros: p.calls.total_micros,
+        })
+        .collect();
+    Ok(Metrics {
+        runs: ALL_STATUSES
+            .iter()
+            .map(|s| (s.as_str(), exec(*s)))
+            .collect(),
+        durations: DurationMetrics {
+            count: d.count,
+            mean_ms: d.mean_ms,
+            p50_ms: d.p50_ms,
+            p90_ms: d.p90_ms,
+            p99_ms: d.p99_ms,
+            max_ms: d.max_ms,
+            buckets: DURATION_BUCKETS_S
+                .iter()
+                .zip(&d.buckets)
+                .map(|(le, n)| Bucket {
+                    le_seconds: *le,
+                    count: *n,
+                })
+                .collect(),
+        },
+        queue: st.engine().status().into(),
+        cooldown_active: false,
+        plugins,
+        process: ProcessMetrics {
+            rss_bytes: rss_bytes(),
+            uptime_seconds: st.uptime().as_secs(),
+        },
+    })
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[utoipa::path(get, path = "/api/jobs/metrics", tag = "monitoring",
+    responses((status = 200, description = "Performance metrics", body = Metrics)))]
+pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, ApiError> {
+    collect(&st).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+    responses((status = 200, description = "The same facts in the Prometheus text exposition format 0.0.4", content_type = "text/plain")))]
+pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let m = collect(&st).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus_text(&m),
+    )
+        .into_response())
+}
+
+/// Renders metrics as Prometheus text. Run counts and durations come from the stored
+/// executions (retention prunes them), so they are exposed as gauges / a histogram that may
+/// shrink after a cleanup.
+fn prometheus_text(m: &Metrics) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cnp_runs_total Executions in the database, by status.\n# TYPE cnp_runs_total gauge"
+    );
+    for (status, n) in &m.runs {
+        let _ = writeln!(out, "cnp_runs_total{{status=\"{status}\"}} {n}");
+    }
+    let d = &m.durations;
+    let _ = writeln!(
+        out,
+        "# HELP cnp_run_duration_seconds Wall time of finished runs.\n# TYPE cnp_run_duration_seconds histogram"
+    );
+    for b in &d.buckets {
+        let _ = writeln!(
+            out,
+            "cnp_run_duration_seconds_bucket{{le=\"{}\"}} {}",
+            b.le_seconds, b.count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "cnp_run_duration_seconds_bucket{{le=\"+Inf\"}} {}\ncnp_run_duration_seconds_sum {}\ncnp_run_duration_seconds_count {}",
+        d.count,
+        d.mean_ms * d.count as f64 / 1000.0,
+        d.count
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_queue_depth Runs waiting in the dispatch queue.\n# TYPE cnp_queue_depth gauge\ncnp_queue_depth {}",
+        m.queue.queued
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_running Runs in progress.\n# TYPE cnp_running gauge\ncnp_running {}",
+        m.queue.running
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_max_concurrent_jobs The concurrency limit.\n# TYPE cnp_max_concurrent_jobs gauge\ncnp_max_concurrent_jobs {}",
+        m.queue.max_concurrent_jobs
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_cooldown_active 1 while a Claude usage-limit cooldown holds runs back.\n# TYPE cnp_cooldown_active gauge\ncnp_cooldown_active {}",
+        u8::from(m.cooldown_active)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_plugin_calls_total Plugin calls since the plugin was loaded, by result.\n# TYPE cnp_plugin_calls_total counter"
+    );
+    for p in &m.plugins {
+        let name = p.plugin.replace('\\', "\\\\").replace('"', "\\\"");
+        for (result, n) in [("ok", p.ok), ("failed", p.failed), ("timeout", p.timeouts)] {
+            let _ = writeln!(
+                out,
+                "cnp_plugin_calls_total{{plugin=\"{name}\",result=\"{result}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cnp_process_resident_memory_bytes Resident memory of the cnp process.\n# TYPE cnp_process_resident_memory_bytes gauge\ncnp_process_resident_memory_bytes {}",
+        m.process.rss_bytes
+    );
+    out
+}
+
+/// `GET /api/plugins`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginList {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<PluginInfo>,
+    #[schema(value_type = Vec<Object>)]
+    pub errors: Vec<PluginLoadError>,
+}
+
+#[utoipa::path(get, path = "/api/plugins", tag = "plugins",
+    responses((status = 200, description = "Loaded plugins and files that failed to load (empty when plugins are disabled)", body = PluginList)))]
+pub async fn plugins(State(st): State<ApiState>) -> Json<PluginList> {
+    let (items, errors) = st
+        .plugins()
+        .map(|p| (p.list(), p.load_errors()))
+        .unwrap_or_default();
+    Json(PluginList { items, errors })
+}
+
+/// `GET /api/status` (what `cnp status` shows).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceStatus {
+    #[schema(value_type = Object)]
+    pub engine: EngineStatus,
+    #[schema(value_type = Object)]
+    pub manifests: ManifestStatus,
+    pub plugins: PluginSummary,
+    /// The Claude usage-limit cooldown in force; `null` (none) until cooldowns arrive.
+    #[schema(value_type = Option<Object>)]
+    pub cooldown: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginSummary {
+    pub loaded: usize,
+    pub errors: usize,
+}
+
+#[utoipa::path(get, path = "/api/status", tag = "monitoring",
+    responses((status = 200, description = "Engine, manifest folder, plugins, cooldown", body = ServiceStatus)))]
+pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
+    let plugins = st.plugins().map_or(
+        PluginSummary {
+            loaded: 0,
+            errors: 0,
+        },
+        |p| PluginSummary {
+            loaded: p.list().len(),
+            errors: p.load_errors().len(),
+        },
+    );
+    Json(ServiceStatus {
+        engine: st.engine().status(),
+        manifests: st.inner.manifests.get(),
+        plugins,
+        cooldown: None,
+    })
+}

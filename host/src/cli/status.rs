@@ -1,0 +1,248 @@
+//! `cnp status` and `cnp plugin list`: the daemon's own view of itself.
+
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::client::Client;
+use super::output::{self, Format};
+
+fn s(v: &Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(x)) => x.clone(),
+        Some(x) => x.to_string(),
+    }
+}
+
+/// An RFC 3339 value shown in local time.
+fn time(v: &Value, ptr: &str) -> String {
+    v.pointer(ptr)
+        .and_then(|t| t.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| output::local_time(Some(t.with_timezone(&chrono::Utc))))
+        .unwrap_or_else(|| s(v, ptr))
+}
+
+/// One line per error entry (strings or objects with path/line/message).
+fn error_lines(v: Option<&Value>) -> Vec<String> {
+    let Some(Value::Array(items)) = v else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|e| match e {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => {
+                let path = o
+                    .get("path")
+                    .or_else(|| o.get("file"))
+                    .and_then(|p| p.as_str())
+                    .unwrap_or_default();
+                let line = o
+                    .get("line")
+                    .and_then(|l| l.as_u64())
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default();
+                let msg = o
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| e.to_string());
+                if path.is_empty() || msg.starts_with(path) {
+                    msg
+                } else {
+                    format!("{path}{line}: {msg}")
+                }
+            }
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+/// The cooldown in words (`null` → none).
+fn cooldown_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "none".into(),
+        Some(Value::Object(o)) => {
+            let until = ["until", "ends_at", "resets_at"]
+                .iter()
+                .find_map(|k| o.get(*k).and_then(|t| t.as_str()))
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    let t = t.with_timezone(&chrono::Utc);
+                    format!(
+                        "until {} ({})",
+                        output::local_time(Some(t)),
+                        output::relative(t)
+                    )
+                });
+            let reason = o
+                .get("reason")
+                .or_else(|| o.get("message"))
+                .and_then(|r| r.as_str());
+            match (until, reason) {
+                (Some(u), Some(r)) => format!("active {u}: {r}"),
+                (Some(u), None) => format!("active {u}"),
+                (None, Some(r)) => format!("active: {r}"),
+                (None, None) => format!("active: {}", Value::Object(o.clone())),
+            }
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
+    let v: Value = client.get("/api/status", &[]).await?;
+    if output::print_structured(format, &v)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("cnp at {}", client.endpoint.url);
+    let mut rows = vec![
+        (
+            "Jobs",
+            format!(
+                "{} ({} active)",
+                s(&v, "/engine/jobs"),
+                s(&v, "/engine/active_jobs")
+            ),
+        ),
+        (
+            "Runs",
+            format!(
+                "{} running, {} queued (at most {} at once)",
+                s(&v, "/engine/running"),
+                s(&v, "/engine/queued"),
+                s(&v, "/engine/max_concurrent_jobs")
+            ),
+        ),
+        ("Cooldown", cooldown_text(v.get("cooldown"))),
+    ];
+    let manifest_errors = error_lines(v.pointer("/manifests/errors"));
+    rows.push((
+        "Manifests",
+        match v.pointer("/manifests/directory") {
+            None | Some(Value::Null) => "no folder configured".into(),
+            Some(_) => format!(
+                "{} — {} job(s), {} prompt(s), last sync {}",
+                s(&v, "/manifests/directory"),
+                s(&v, "/manifests/jobs"),
+                s(&v, "/manifests/prompts"),
+                time(&v, "/manifests/last_sync")
+            ),
+        },
+    ));
+    let plugin_errors = error_lines(v.pointer("/plugins/errors"));
+    let plugins = match (v.pointer("/plugins/loaded"), v.pointer("/plugins/errors")) {
+        (Some(Value::Number(n)), Some(Value::Number(e))) if e.as_u64() != Some(0) => {
+            format!("{n} loaded, {e} failed to load (see `cnp plugin list`)")
+        }
+        (Some(Value::Number(n)), _) => format!("{n} loaded"),
+        (Some(Value::Array(a)), _) => format!("{} loaded", a.len()),
+        _ => "-".into(),
+    };
+    rows.push(("Plugins", plugins));
+    output::print_table(&output::detail_table(rows));
+    for (what, errs) in [("manifest", &manifest_errors), ("plugin", &plugin_errors)] {
+        if !errs.is_empty() {
+            println!();
+            println!("{} {what} error(s):", errs.len());
+            for e in errs.iter() {
+                println!("  {e}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plugins(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
+    let v: Value = client.get("/api/plugins", &[]).await?;
+    if output::print_structured(format, &v)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let items = v
+        .get("items")
+        .and_then(|i| i.as_array())
+        .cloned()
+        .unwrap_or_default();
+    if items.is_empty() {
+        println!("no plugins loaded");
+    } else {
+        let mut t = output::table([
+            "NAME",
+            "KIND",
+            "SIZE",
+            "CALLS",
+            "LIMITS",
+            "OUTBOUND HTTP",
+            "LOADED",
+        ]);
+        for p in &items {
+            let n = |ptr: &str| p.pointer(ptr).and_then(|x| x.as_u64()).unwrap_or(0);
+            let hosts: Vec<&str> = p
+                .get("allowed_hosts")
+                .and_then(|h| h.as_array())
+                .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
+                .unwrap_or_default();
+            t.add_row(vec![
+                s(p, "/name"),
+                s(p, "/kind"),
+                format!("{} KiB", n("/size_bytes") / 1024),
+                format!(
+                    "{} ok, {} failed, {} timed out",
+                    n("/calls/ok"),
+                    n("/calls/failed"),
+                    n("/calls/timeouts")
+                ),
+                format!("{} ms, {} MiB", n("/timeout_ms"), n("/memory_limit_mb")),
+                if hosts.is_empty() {
+                    "none".into()
+                } else {
+                    hosts.join(", ")
+                },
+                format!(
+                    "{}{}",
+                    time(p, "/loaded_at"),
+                    if p.get("from_cache").and_then(|c| c.as_bool()) == Some(true) {
+                        " (cached)"
+                    } else {
+                        ""
+                    }
+                ),
+            ]);
+        }
+        output::print_table(&t);
+    }
+    let errs = error_lines(v.get("errors"));
+    if !errs.is_empty() {
+        println!();
+        println!("{} plugin(s) failed to load:", errs.len());
+        for e in &errs {
+            println!("  {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn errors_and_cooldown_read_well() {
+        let e = error_lines(Some(&json!([
+            {"path": "jobs/a.yaml", "line": 4, "message": "job `a`: priority: must be 1–10"},
+            "plain"
+        ])));
+        assert_eq!(
+            e,
+            ["jobs/a.yaml:4: job `a`: priority: must be 1–10", "plain"]
+        );
+        assert_eq!(cooldown_text(Some(&Value::Null)), "none");
+        assert!(cooldown_text(Some(
+            &json!({"until": "2099-01-01T00:00:00Z", "reason": "usage limit"})
+        ))
+        .starts_with("active until"));
+    }
+}
