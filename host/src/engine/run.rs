@@ -11,52 +11,80 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::{ExecutionStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::model::{ExecutionStatus, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
 use crate::store::{Claim, FinishedRun};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
 /// policy says so.
 pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
+    enqueue_all(engine, vec![run], false);
+}
+
+/// [`enqueue`] for many runs, under one lock. `announce`: publish each run's `queued` event once
+/// it is in the dispatch queue.
+pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool) {
     let s = &engine.shared;
-    let skip_reason = {
+    let mut skipped = Vec::new();
+    let mut queued = 0;
+    let mut announced = Vec::new();
+    {
         let mut st = s.state.lock().unwrap();
         let st = &mut *st;
-        match st.jobs.get_mut(run.job_id.as_str()) {
-            None => Some("the job was deleted before the run started".to_owned()),
-            Some(entry) => {
-                let busy = entry.running + entry.queued;
-                if entry.meta.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel() {
-                    Some(format!(
-                        "skipped: {busy} run(s) of this job already running or queued \
-                         (max_parallel {}, overlap: skip)",
-                        entry.max_parallel()
-                    ))
-                } else {
-                    entry.queued += 1;
-                    st.queue.push(run.clone());
-                    None
+        for run in runs {
+            let reason = match st.jobs.get_mut(run.job_id.as_str()) {
+                None => Some("the job was deleted before the run started".to_owned()),
+                Some(entry) => {
+                    let busy = entry.running + entry.queued;
+                    if entry.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel {
+                        Some(format!(
+                            "skipped: {busy} run(s) of this job already running or queued \
+                             (max_parallel {}, overlap: skip)",
+                            entry.max_parallel
+                        ))
+                    } else {
+                        entry.queued += 1;
+                        if announce {
+                            announced.push((run.execution_id.clone(), run.job_id.clone()));
+                        }
+                        st.queue.push(run);
+                        queued += 1;
+                        continue;
+                    }
                 }
+            };
+            if let Some(reason) = reason {
+                skipped.push((run, reason));
             }
         }
-    };
-    match skip_reason {
-        None => s.dispatch.notify_one(),
-        Some(reason) => {
-            let engine = engine.clone();
-            s.tasks.spawn(async move {
-                let now = engine.shared.clock.now();
-                match engine
-                    .shared
-                    .store
-                    .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
-                    .await
-                {
-                    Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
-                }
-            });
-        }
+    }
+    if queued > 0 {
+        s.dispatch.notify_one();
+    }
+    let now = s.clock.now();
+    for (execution_id, job_id) in announced {
+        s.events.publish(Event::Execution {
+            execution_id,
+            job_id,
+            status: ExecutionStatus::Queued,
+            message: None,
+            timestamp: now,
+        });
+    }
+    for (run, reason) in skipped {
+        let engine = engine.clone();
+        s.tasks.spawn(async move {
+            let now = engine.shared.clock.now();
+            match engine
+                .shared
+                .store
+                .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
+                .await
+            {
+                Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
+                Ok(false) => {}
+                Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
+            }
+        });
     }
 }
 
@@ -92,32 +120,79 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
     let executions: Vec<_> = chunk.iter().map(|f| f.execution.clone()).collect();
     match engine.shared.store.record_fires(executions).await {
         Ok(inserted) => {
+            let now = engine.shared.clock.now();
+            let mut due = Vec::new();
+            let mut ahead = Vec::new();
             for (fire, new) in chunk.into_iter().zip(inserted) {
                 let e = fire.execution;
                 if !new {
-                    tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded: not run twice");
+                    tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded (not run twice), or the job stopped being active");
                     continue;
                 }
-                engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
-                if e.status == ExecutionStatus::Queued {
-                    enqueue(
-                        engine,
-                        QueuedRun {
-                            execution_id: e.id,
-                            job_id: e.job_id,
-                            priority: fire.priority,
-                            seq: 0,
-                            scheduled_for: e.scheduled_for,
-                            retry_count: e.retry_count,
-                        },
-                    );
+                if e.status != ExecutionStatus::Queued {
+                    engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
+                    continue;
                 }
+                let run = QueuedRun {
+                    execution_id: e.id,
+                    job_id: e.job_id,
+                    priority: fire.priority,
+                    seq: 0,
+                    scheduled_for: e.scheduled_for,
+                    retry_count: e.retry_count,
+                    epoch: Some(fire.epoch),
+                };
+                match run.scheduled_for {
+                    // Recorded ahead of its slot: the timer releases it then.
+                    Some(t) if t > now => ahead.push((t, run)),
+                    _ => due.push(run),
+                }
+            }
+            if !due.is_empty() {
+                release(engine, due);
+            }
+            // If the timer has stopped (shutdown), withdraw them as it does with its own.
+            let orphans: Vec<QueuedRun> = ahead
+                .into_iter()
+                .filter_map(|(t, run)| engine.timer(t, run))
+                .collect();
+            if !orphans.is_empty() {
+                super::timer::withdraw_unreleased(engine, orphans).await;
             }
         }
         Err(e) => {
             tracing::error!(error = %e, fires = chunk.len(), "cannot record schedule fires: these slots did not run");
         }
     }
+}
+
+/// Releases recorded runs whose time has come to the dispatch queue — no I/O. A scheduled run
+/// whose job was deleted, paused, disabled or rescheduled since its slot was decided is
+/// withdrawn instead (its row deleted, if the job's own write has not done it already).
+pub(super) fn release(engine: &Engine, runs: Vec<QueuedRun>) {
+    let s = &engine.shared;
+    let mut ready = Vec::with_capacity(runs.len());
+    {
+        let st = s.state.lock().unwrap();
+        for run in runs {
+            let Some(epoch) = run.epoch else {
+                ready.push(run);
+                continue;
+            };
+            let current = st
+                .jobs
+                .get(&run.job_id)
+                .filter(|e| e.status == JobStatus::Active)
+                .map(|e| e.epoch);
+            if current == Some(epoch) {
+                ready.push(run);
+            } else {
+                tracing::debug!(execution = %run.execution_id, job = %run.job_id, "run recorded ahead of its slot withdrawn: the job changed");
+                s.store.withdraw_execution_detached(run.execution_id);
+            }
+        }
+    }
+    enqueue_all(engine, ready, true);
 }
 
 /// Starts queued runs, most urgent first, while the global semaphore and each job's
@@ -136,10 +211,9 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 let mut st = s.state.lock().unwrap();
                 let st = &mut *st;
                 let jobs = &st.jobs;
-                let run = st.queue.pop(|job_id| {
-                    jobs.get(job_id)
-                        .is_none_or(|e| e.running < e.max_parallel())
-                });
+                let run = st
+                    .queue
+                    .pop(|job_id| jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel));
                 run.map(|run| {
                     let known = st.jobs.get_mut(run.job_id.as_str()).map(|e| {
                         e.queued = e.queued.saturating_sub(1);

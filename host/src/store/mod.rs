@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution};
-pub use jobs::JobFilter;
+pub use jobs::{JobFilter, JobScheduling};
 pub use schema::SCHEMA_VERSION;
 
 /// A storage failure.
