@@ -3,17 +3,19 @@
 //! Data flows one way:
 //!
 //! ```text
-//!  timer (heap of next fire instants, sleep_until the earliest)
-//!    └─ fires ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
-//!                  └─ recorded runs ─▶ dispatch queue (priority 10→1, FIFO within)
+//!  timer (heaps of next slots and of recorded runs waiting for their time)
+//!    └─ slots decided 2 s ahead ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
+//!         └─ recorded runs ─▶ timer, until their slot ─▶ dispatch queue (priority 10→1, FIFO within)
 //!                                        └─ dispatcher (global semaphore + per-job max_parallel)
 //!                                              └─ run task ─▶ Runner (the Claude CLI) ─▶ store + event bus
 //! ```
 //!
-//! A slot is recorded in SQLite *before* anything runs, under a unique key: a crash between
-//! recording and running leaves a `queued` row that the next start dispatches (nothing lost), and
-//! a slot recorded once is never recorded again (nothing doubled). Runs a crash leaves `running`
-//! become `interrupted` on the next start.
+//! A slot is recorded in SQLite *before* anything runs — ahead of its due instant, so its release
+//! costs no I/O — under a unique key: a crash between recording and running leaves a `queued`
+//! row that the next start dispatches, at its slot if that is still ahead (nothing lost, nothing
+//! early), and a slot recorded once is never recorded again (nothing doubled). Runs a crash
+//! leaves `running` become `interrupted` on the next start. See `timer.rs` for how runs recorded
+//! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
 mod clock;
 mod jobs;
@@ -291,7 +293,8 @@ impl Engine {
                 Some(t) if t > now => {
                     self.timer(t, run);
                 }
-                _ => self.enqueue(run),
+                // Already due: dispatched as before the restart (whatever the job's status).
+                _ => self.enqueue(QueuedRun { epoch: None, ..run }),
             }
         }
         if loaded >= 10_000 {

@@ -20,55 +20,73 @@ pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
     enqueue_all(engine, vec![run], false);
 }
 
-/// [`enqueue`] for many runs, under one lock. `announce`: publish each run's `queued` event once
-/// it is in the dispatch queue.
+/// [`enqueue`] for many runs. `announce`: publish each run's `queued` event once it is in the
+/// dispatch queue. A scheduled run (`epoch` set) whose job changed since its slot was decided is
+/// withdrawn.
 pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool) {
     let s = &engine.shared;
     let mut skipped = Vec::new();
-    let mut queued = 0;
-    let mut announced = Vec::new();
-    {
-        let mut st = s.state.lock().unwrap();
-        let st = &mut *st;
-        for run in runs {
-            let reason = match st.jobs.get_mut(run.job_id.as_str()) {
-                None => Some("the job was deleted before the run started".to_owned()),
-                Some(entry) => {
-                    let busy = entry.running + entry.queued;
-                    if entry.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel {
-                        Some(format!(
-                            "skipped: {busy} run(s) of this job already running or queued \
-                             (max_parallel {}, overlap: skip)",
-                            entry.max_parallel
-                        ))
-                    } else {
-                        entry.queued += 1;
-                        if announce {
-                            announced.push((run.execution_id.clone(), run.job_id.clone()));
-                        }
-                        st.queue.push(run);
-                        queued += 1;
+    let mut runs = runs.into_iter().peekable();
+    // In chunks: the dispatcher starts on the first runs of a large burst while the rest are
+    // queued, and each chunk's `queued` events carry the moment that chunk was in the queue.
+    while runs.peek().is_some() {
+        let mut queued = 0;
+        let mut announced = Vec::new();
+        {
+            let mut st = s.state.lock().unwrap();
+            let st = &mut *st;
+            for run in runs.by_ref().take(RELEASE_CHUNK) {
+                let reason = match st.jobs.get_mut(run.job_id.as_str()) {
+                    None => Some("the job was deleted before the run started".to_owned()),
+                    // Recorded ahead of its slot, and the job was paused, disabled or
+                    // rescheduled since: withdrawn (the job's own write has normally deleted the
+                    // row already).
+                    Some(entry)
+                        if run.epoch.is_some_and(|e| {
+                            e != entry.epoch || entry.status != JobStatus::Active
+                        }) =>
+                    {
+                        tracing::debug!(execution = %run.execution_id, job = %run.job_id, "run recorded ahead of its slot withdrawn: the job changed");
+                        s.store.withdraw_execution_detached(run.execution_id);
                         continue;
                     }
+                    Some(entry) => {
+                        let busy = entry.running + entry.queued;
+                        if entry.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel {
+                            Some(format!(
+                                "skipped: {busy} run(s) of this job already running or queued \
+                                 (max_parallel {}, overlap: skip)",
+                                entry.max_parallel
+                            ))
+                        } else {
+                            entry.queued += 1;
+                            if announce {
+                                announced.push((run.execution_id.clone(), run.job_id.clone()));
+                            }
+                            st.queue.push(run);
+                            queued += 1;
+                            continue;
+                        }
+                    }
+                };
+                if let Some(reason) = reason {
+                    skipped.push((run, reason));
                 }
-            };
-            if let Some(reason) = reason {
-                skipped.push((run, reason));
             }
         }
-    }
-    if queued > 0 {
-        s.dispatch.notify_one();
-    }
-    let now = s.clock.now();
-    for (execution_id, job_id) in announced {
-        s.events.publish(Event::Execution {
-            execution_id,
-            job_id,
-            status: ExecutionStatus::Queued,
-            message: None,
-            timestamp: now,
-        });
+        if queued > 0 {
+            s.dispatch.notify_one();
+        }
+        let now = s.clock.now();
+        for (execution_id, job_id) in announced {
+            s.events.publish(Event::Execution {
+                execution_id,
+                job_id,
+                status: ExecutionStatus::Queued,
+                message: None,
+                timestamp: now,
+            });
+        }
     }
     for (run, reason) in skipped {
         let engine = engine.clone();
@@ -112,6 +130,9 @@ pub(super) async fn run_recorder(engine: Engine, mut rx: mpsc::UnboundedReceiver
         }
     }
 }
+
+/// Runs put in the dispatch queue per lock when a burst is released.
+const RELEASE_CHUNK: usize = 512;
 
 /// Fires recorded in the first transaction of a burst.
 const RECORD_CHUNK: usize = 256;
@@ -170,29 +191,7 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
 /// whose job was deleted, paused, disabled or rescheduled since its slot was decided is
 /// withdrawn instead (its row deleted, if the job's own write has not done it already).
 pub(super) fn release(engine: &Engine, runs: Vec<QueuedRun>) {
-    let s = &engine.shared;
-    let mut ready = Vec::with_capacity(runs.len());
-    {
-        let st = s.state.lock().unwrap();
-        for run in runs {
-            let Some(epoch) = run.epoch else {
-                ready.push(run);
-                continue;
-            };
-            let current = st
-                .jobs
-                .get(&run.job_id)
-                .filter(|e| e.status == JobStatus::Active)
-                .map(|e| e.epoch);
-            if current == Some(epoch) {
-                ready.push(run);
-            } else {
-                tracing::debug!(execution = %run.execution_id, job = %run.job_id, "run recorded ahead of its slot withdrawn: the job changed");
-                s.store.withdraw_execution_detached(run.execution_id);
-            }
-        }
-    }
-    enqueue_all(engine, ready, true);
+    enqueue_all(engine, runs, true);
 }
 
 /// Starts queued runs, most urgent first, while the global semaphore and each job's
