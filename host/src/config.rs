@@ -26,6 +26,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub database: DatabaseConfig,
     pub manifests: ManifestsConfig,
+    pub plugins: PluginsConfig,
     pub logging: LoggingConfig,
 }
 
@@ -118,6 +119,43 @@ pub struct ManifestsConfig {
     /// Folder of YAML job manifests loaded at start. Default: `<config dir>/cnp/jobs` when it
     /// exists.
     pub directory: Option<PathBuf>,
+}
+
+/// `[plugins]`: WebAssembly component plugins (retry strategies, notifiers, condition hooks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Load plugins at all.
+    pub enabled: bool,
+    /// Folder of `<name>.wasm` components (each with an optional `<name>.toml` sidecar), watched
+    /// for drop-in, replacement and removal. Default: `<config dir>/cnp/plugins`.
+    pub directory: Option<PathBuf>,
+    /// Compiled components cached across restarts. Default: `<cache dir>/cnp/plugins`.
+    pub cache_directory: Option<PathBuf>,
+    /// Longest a single plugin call may take (a sidecar's `[limits] timeout_ms` may lower or
+    /// raise it).
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Linear memory one plugin instance may use, in MiB (a sidecar may lower it).
+    pub memory_limit_mb: u64,
+    /// Plugin calls in flight at once; further calls wait.
+    pub max_concurrent_calls: u32,
+    /// Guest stdout/stderr kept per call (the rest is dropped and counted).
+    pub max_output_bytes: usize,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            enabled: true,
+            directory: None,
+            cache_directory: None,
+            call_timeout: Duration::from_secs(2),
+            memory_limit_mb: 64,
+            max_concurrent_calls: 32,
+            max_output_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +355,21 @@ impl Config {
                 "must be at least executor.max_line_bytes".into(),
             ));
         }
+        if self.plugins.call_timeout.is_zero() {
+            return Err(invalid(
+                "plugins.call_timeout",
+                "must be more than 0".into(),
+            ));
+        }
+        if !(1..=4096).contains(&self.plugins.memory_limit_mb) {
+            return Err(invalid("plugins.memory_limit_mb", "must be 1–4096".into()));
+        }
+        if !(1..=1000).contains(&self.plugins.max_concurrent_calls) {
+            return Err(invalid(
+                "plugins.max_concurrent_calls",
+                "must be 1–1000".into(),
+            ));
+        }
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "is empty".into()));
         }
@@ -338,6 +391,22 @@ impl Config {
         }
         let d = dirs::config_dir()?.join("cnp").join("jobs");
         d.is_dir().then_some(d)
+    }
+
+    /// The plugins folder: configured, or `<config dir>/cnp/plugins`.
+    pub fn plugin_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.plugins.directory {
+            return Some(d.clone());
+        }
+        Some(dirs::config_dir()?.join("cnp").join("plugins"))
+    }
+
+    /// Where compiled plugins are cached: configured, or `<cache dir>/cnp/plugins`.
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.plugins.cache_directory {
+            return Some(d.clone());
+        }
+        Some(dirs::cache_dir()?.join("cnp").join("plugins"))
     }
 
     /// The default zone for cron jobs (validated at load).

@@ -16,6 +16,7 @@ pub mod events;
 pub mod executor;
 pub mod manifest;
 pub mod model;
+pub mod plugins;
 pub mod schedule;
 pub mod service;
 pub mod store;

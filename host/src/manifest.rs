@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, ResourceLimits, RetryConfig,
-    RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
+    ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, PluginRef, ResourceLimits,
+    RetryConfig, RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
 };
 
 /// A job definition.
@@ -44,6 +44,21 @@ pub struct JobSpec {
     pub notifications: Option<NotificationConfig>,
     #[serde(default)]
     pub resource_limits: Option<ResourceLimits>,
+    /// Condition-hook plugins asked before each run (stored as `execution.conditions`; see
+    /// [`JobSpec::normalized`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<PluginRef>,
+}
+
+impl JobSpec {
+    /// The canonical form: top-level `conditions` moved into `execution.conditions`, where the
+    /// job keeps them.
+    pub fn normalized(mut self) -> JobSpec {
+        if !self.conditions.is_empty() {
+            self.execution.conditions = std::mem::take(&mut self.conditions);
+        }
+        self
+    }
 }
 
 fn default_priority() -> u8 {
@@ -262,6 +277,16 @@ impl JobSpec {
             ));
         }
         self.validate_execution()?;
+        if !self.conditions.is_empty() && !self.execution.conditions.is_empty() {
+            return Err(err(
+                "conditions",
+                "give the condition hooks once (`conditions:` or `execution.conditions`)",
+            ));
+        }
+        let conditions = self.conditions.iter().chain(&self.execution.conditions);
+        for (i, c) in conditions.enumerate() {
+            validate_plugin_ref(&format!("conditions[{i}]"), c)?;
+        }
         if let Some(r) = &self.retry {
             validate_retry(r)?;
         }
@@ -348,13 +373,60 @@ fn validate_retry(r: &RetryConfig) -> Result<(), SpecError> {
             ));
         }
     }
-    if r.strategy == RetryStrategy::Custom && r.delays.is_empty() {
+    if let Some(p) = &r.plugin {
+        if r.strategy != RetryStrategy::Custom {
+            return Err(err(
+                "retry.plugin",
+                "a retry-strategy plugin needs `strategy: custom`",
+            ));
+        }
+        validate_plugin_name("retry.plugin", p)?;
+    } else if r.plugin_config.is_some() {
+        return Err(err(
+            "retry.plugin_config",
+            "is set but `retry.plugin` is not",
+        ));
+    }
+    if let Some(c) = &r.plugin_config {
+        if !c.is_object() {
+            return Err(err("retry.plugin_config", "must be a mapping"));
+        }
+    }
+    if r.strategy == RetryStrategy::Custom && r.delays.is_empty() && r.plugin.is_none() {
         return Err(err(
             "retry.delays",
-            "the custom strategy needs a list of delays (seconds)",
+            "the custom strategy needs a list of delays (seconds) or a `plugin`",
         ));
     }
     Ok(())
+}
+
+fn validate_plugin_ref(field: &str, r: &PluginRef) -> Result<(), SpecError> {
+    validate_plugin_name(&format!("{field}.plugin"), &r.plugin)?;
+    if let Some(c) = &r.config {
+        if !c.is_object() {
+            return Err(err(&format!("{field}.config"), "must be a mapping"));
+        }
+    }
+    Ok(())
+}
+
+/// Plugin names are file stems: letters, digits, `-`, `_` and `.`.
+pub fn validate_plugin_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("`{name}` is not a plugin name (letters, digits, `-`, `_`, `.`)"),
+        ))
+    }
 }
 
 /// A manifest file that could not be used.
@@ -412,7 +484,7 @@ pub fn parse_manifest(
                 message: format!("{label}: name: defined twice in this file"),
             });
         }
-        out.push((spec, schedule));
+        out.push((spec.normalized(), schedule));
     }
     Ok(out)
 }

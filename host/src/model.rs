@@ -208,6 +208,20 @@ pub struct ExecutionOptions {
     pub continue_session: bool,
     /// Any further arguments, passed as they are.
     pub extra_args: Vec<String>,
+    /// Condition-hook plugins asked, in order, just before each run: the first that says skip
+    /// or defer decides. (Manifests give them as a top-level `conditions:` list.)
+    pub conditions: Vec<PluginRef>,
+}
+
+/// A job's use of a plugin: its name (the `.wasm` file's stem) and the job's own configuration
+/// for it, merged over the plugin's sidecar defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    pub plugin: String,
+    #[serde(default)]
+    #[ts(type = "Record<string, unknown> | null")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// How failed runs are retried (the retry service itself arrives with its own issue).
@@ -229,6 +243,14 @@ pub struct RetryConfig {
     pub delays: Vec<u64>,
     #[serde(default)]
     pub jitter: bool,
+    /// For `custom`: a retry-strategy plugin that decides each delay (instead of `delays`).
+    /// When it fails, the built-in delays (`delays`, else exponential backoff) apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// The job's configuration for `plugin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(type = "Record<string, unknown> | null")]
+    pub plugin_config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]

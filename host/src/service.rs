@@ -14,6 +14,7 @@ use crate::events::EventBus;
 use crate::executor::{ClaudeRunner, ExecutorSettings, Runner};
 use crate::manifest::{self, JobSpec, ManifestError, ScheduleSpec};
 use crate::model::{Job, JobStatus, Prompt};
+use crate::plugins::PluginHost;
 use crate::store::{JobFilter, Store};
 
 /// Executor settings from the config.
@@ -65,21 +66,39 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // Also prepares cgroup v2 delegation, which must happen before the first child exists.
     tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
     let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
-    let engine = Engine::start(
+    let plugins = start_plugins(&config).await;
+    let engine = Engine::start_with_plugins(
         store.clone(),
         runner,
         engine_settings,
         Clock::System,
         EventBus::default(),
+        plugins.clone(),
     )
     .await
     .context("starting the engine")?;
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    if let Some(p) = &plugins {
+        if let Err(e) = p.watch(stop_watching.clone()) {
+            tracing::warn!(error = %e, "cannot watch the plugins folder: drop-in changes need a restart");
+        }
+    }
 
+    let manifests = SharedManifestStatus::default();
     if let Some(dir) = config.manifest_dir() {
         // Jobs remember their file by absolute path, so the working directory does not matter.
         let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         let report = sync_manifest_dir(&engine, &dir).await;
         report.log(&dir);
+        manifests.record(&dir, &report, engine.clock().now());
+        if let Err(e) = watch_manifest_dir(
+            engine.clone(),
+            dir.clone(),
+            manifests.clone(),
+            stop_watching.clone(),
+        ) {
+            tracing::warn!(folder = %dir.display(), error = %e, "cannot watch the manifest folder: edits need a restart");
+        }
     } else {
         tracing::info!("no manifest folder configured ([manifests] directory)");
     }
@@ -92,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
 
     shutdown.await;
+    stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
     store.close();
@@ -133,6 +153,114 @@ fn check_cli(command: &[String]) {
     }
 }
 
+/// The plugin runtime with the plugins folder loaded, or `None` when plugins are disabled or
+/// the runtime cannot start (the service runs on without them, built-in behaviour only).
+async fn start_plugins(config: &Config) -> Option<PluginHost> {
+    if !config.plugins.enabled {
+        tracing::info!("plugins are disabled ([plugins] enabled = false)");
+        return None;
+    }
+    let dir = config.plugin_dir();
+    let host = match PluginHost::new(
+        &config.plugins,
+        dir.clone(),
+        config.plugin_cache_dir(),
+        Clock::System,
+    ) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("plugins unavailable: {e:#}");
+            return None;
+        }
+    };
+    let loaded = host.load_all().await;
+    let failed = host.load_errors().len();
+    tracing::info!(
+        dir = %dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        loaded, failed, "plugins loaded"
+    );
+    Some(host)
+}
+
+/// The manifest folder as status displays show it: the last sync and the files whose last
+/// version could not be applied (their previous version stays in force).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ManifestStatus {
+    pub directory: Option<PathBuf>,
+    pub last_sync: Option<chrono::DateTime<chrono::Utc>>,
+    /// Jobs defined by the folder's files after the last sync.
+    pub jobs: usize,
+    pub prompts: usize,
+    /// One message per problem: `file:line: job `x`: field: what is wrong`.
+    pub errors: Vec<String>,
+}
+
+/// [`ManifestStatus`], shared between the watcher and readers.
+#[derive(Debug, Clone, Default)]
+pub struct SharedManifestStatus(Arc<std::sync::RwLock<ManifestStatus>>);
+
+impl SharedManifestStatus {
+    pub fn get(&self) -> ManifestStatus {
+        self.0.read().unwrap().clone()
+    }
+
+    fn record(&self, dir: &Path, report: &SyncReport, at: chrono::DateTime<chrono::Utc>) {
+        *self.0.write().unwrap() = ManifestStatus {
+            directory: Some(dir.to_owned()),
+            last_sync: Some(at),
+            jobs: report.created.len() + report.updated.len() + report.unchanged.len(),
+            prompts: report.prompts,
+            errors: report.errors.clone(),
+        };
+    }
+}
+
+/// How long the manifest folder must be quiet before a change is applied (editors write a file
+/// in several steps: truncate, write, rename).
+const MANIFEST_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Follows the manifest folder (and its `prompts/`): after each burst of changes the folder is
+/// synced again — new files create jobs, edited files update them in place (their history
+/// stays), deleted files remove their jobs, and a file that fails keeps its last good version.
+pub fn watch_manifest_dir(
+    engine: Engine,
+    dir: PathBuf,
+    status: SharedManifestStatus,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use notify::Watcher;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    tracing::info!(folder = %dir.display(), "watching the manifest folder");
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = rx.recv() => if ev.is_none() { return },
+            }
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = rx.recv() => if ev.is_none() { return },
+                    _ = tokio::time::sleep(MANIFEST_DEBOUNCE) => break,
+                }
+            }
+            let report = sync_manifest_dir(&engine, &dir).await;
+            report.log_changes(&dir);
+            status.record(&dir, &report, engine.clock().now());
+        }
+    });
+    Ok(())
+}
+
 /// What a manifest sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
@@ -146,6 +274,23 @@ pub struct SyncReport {
 }
 
 impl SyncReport {
+    /// Logs a re-sync: what changed, and every error (each sync repeats standing errors, so the
+    /// log always shows why a file is not in force).
+    pub fn log_changes(&self, dir: &Path) {
+        for e in &self.errors {
+            tracing::error!("manifest error: {e}");
+        }
+        for (what, names) in [
+            ("created", &self.created),
+            ("updated", &self.updated),
+            ("deleted", &self.deleted),
+        ] {
+            for n in names {
+                tracing::info!(folder = %dir.display(), job = %n, "manifest job {what}");
+            }
+        }
+    }
+
     pub fn log(&self, dir: &Path) {
         for e in &self.errors {
             tracing::error!("manifest error: {e}");
@@ -338,6 +483,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         retry: job.retry_config.clone(),
         notifications: job.notification_config.clone(),
         resource_limits: job.resource_limits.clone(),
+        conditions: Vec::new(),
     }
 }
 

@@ -43,6 +43,19 @@ pub enum Command {
     },
     /// Print the default configuration (every key, commented).
     DefaultConfig,
+    /// WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Load plugins (compile, link, check their sidecar and configuration) without running the
+    /// service; prints each one's kind and grants. Exit code 1 if any fails.
+    Check {
+        /// `.wasm` files or folders (default: the configured plugins folder).
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -70,6 +83,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Check { paths }) => {
+            let (config, _) = load_config(cli.config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(check_plugins(&config, paths))
         }
         Command::Check { paths } => {
             let (config, path) = load_config(cli.config.as_deref())?;
@@ -163,6 +183,98 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    use crate::plugins::{PluginHost, PluginKind};
+    let targets = if paths.is_empty() {
+        config.plugin_dir().into_iter().collect()
+    } else {
+        paths
+    };
+    let mut files = Vec::new();
+    for t in &targets {
+        if t.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(t)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("wasm"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(t.clone());
+        }
+    }
+    if files.is_empty() {
+        println!(
+            "no plugins found in {}",
+            targets
+                .iter()
+                .map(|t| t.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let host = PluginHost::new(
+        &config.plugins,
+        None,
+        config.plugin_cache_dir(),
+        crate::engine::Clock::System,
+    )?;
+    let mut failed = false;
+    for f in files {
+        if !host.reload(&f).await {
+            let why = host
+                .load_errors()
+                .into_iter()
+                .find(|e| e.path == f)
+                .map(|e| e.message)
+                .unwrap_or_else(|| "not loaded".into());
+            eprintln!("error: {}: {why}", f.display());
+            failed = true;
+            continue;
+        }
+        let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let Some(p) = host.get(name) else { continue };
+        let validated = host.validate_use(name, p.kind, None).await;
+        println!(
+            "{}: ok — {} plugin, {} KiB, loaded in {:.1} ms{}",
+            f.display(),
+            p.kind,
+            p.size_bytes / 1024,
+            p.load_time.as_secs_f64() * 1e3,
+            if p.from_cache { " (cached)" } else { "" }
+        );
+        let hosts = &p.sidecar.allowed_hosts_text;
+        if p.kind == PluginKind::Notifier || !hosts.is_empty() {
+            println!(
+                "  outbound HTTP: {}",
+                if hosts.is_empty() {
+                    "none granted".to_owned()
+                } else {
+                    hosts.join(", ")
+                }
+            );
+        }
+        println!(
+            "  limits: {} ms per call, {} MiB memory",
+            p.sidecar.timeout.as_millis(),
+            p.sidecar.memory_bytes >> 20
+        );
+        match validated {
+            Ok(()) => println!("  configuration (sidecar defaults alone): accepted"),
+            // Jobs may supply the missing keys; not a failure of the plugin itself.
+            Err(e) => println!(
+                "  configuration (sidecar defaults alone): {e} — jobs must supply the rest"
+            ),
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn init_logging(config: &Config) {

@@ -18,6 +18,7 @@
 //! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
 mod clock;
+mod hooks;
 mod jobs;
 mod queue;
 mod run;
@@ -167,6 +168,8 @@ struct Shared {
     /// Kills running runs (after the shutdown grace).
     kill: CancellationToken,
     tasks: TaskTracker,
+    /// The plugin runtime, when plugins are enabled ([`Engine::start_with_plugins`]).
+    plugins: std::sync::OnceLock<crate::plugins::PluginHost>,
 }
 
 /// The engine; cheap to clone.
@@ -196,6 +199,18 @@ impl Engine {
         clock: Clock,
         events: EventBus,
     ) -> Result<Engine, EngineError> {
+        Self::start_with_plugins(store, runner, settings, clock, events, None).await
+    }
+
+    /// [`Engine::start`] with a plugin runtime in place before the first run is dispatched.
+    pub async fn start_with_plugins(
+        store: Store,
+        runner: Arc<dyn Runner>,
+        settings: EngineSettings,
+        clock: Clock,
+        events: EventBus,
+        plugins: Option<crate::plugins::PluginHost>,
+    ) -> Result<Engine, EngineError> {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (fires_tx, fires_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -213,6 +228,7 @@ impl Engine {
             stop: CancellationToken::new(),
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            plugins: plugins.map(std::sync::OnceLock::from).unwrap_or_default(),
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -388,6 +404,11 @@ impl Engine {
             })
     }
 
+    /// The plugin runtime, if set.
+    pub fn plugins(&self) -> Option<&crate::plugins::PluginHost> {
+        self.shared.plugins.get()
+    }
+
     pub fn store(&self) -> &Store {
         &self.shared.store
     }
@@ -446,6 +467,7 @@ impl Engine {
         }
         let job = self.shared.store.insert_job(job).await?;
         self.install(&JobDef::of(&job), Some(now), false)?;
+        hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "created");
         Ok(job)
     }
@@ -501,6 +523,7 @@ impl Engine {
             .update_job(job, reset, withdraw.then_some(now))
             .await?;
         self.install(&JobDef::of(&job), base, withdraw)?;
+        hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "updated");
         Ok(job)
     }
@@ -806,6 +829,7 @@ fn trim_heap() {
 
 /// `job` with the definition fields of `spec` (validated, with its canonical `schedule`).
 fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
+    let spec = spec.normalized();
     Job {
         name: spec.name.trim().to_owned(),
         prompt_id: spec.prompt_id,

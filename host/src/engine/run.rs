@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::hooks::{self, Gate};
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::{ExecutionStatus, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::model::{ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::plugins::{EventKind, ExecutionInfo};
 use crate::store::{Claim, FinishedRun};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
@@ -266,8 +268,13 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
     let s = &engine.shared;
     let now = s.clock.now();
     // One write claims the run and reads the job's current definition and prompt.
-    let (job, prompt) = match s.store.claim_execution(run.execution_id.clone(), now).await {
-        Ok(Claim::Started { job, prompt }) => (job, prompt),
+    let (job, prompt, trigger) = match s.store.claim_execution(run.execution_id.clone(), now).await
+    {
+        Ok(Claim::Started {
+            job,
+            prompt,
+            trigger,
+        }) => (job, prompt, trigger),
         Ok(Claim::NotPending) => return, // cancelled (or the job deleted) while queued
         Ok(Claim::PromptMissing { message }) => {
             let report = failed_report(now, message);
@@ -280,19 +287,43 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
             return;
         }
     };
-    engine.publish_exec(
-        &run.execution_id,
-        &run.job_id,
-        ExecutionStatus::Running,
-        None,
-    );
-
     let observer = Arc::new(Observer {
         engine: engine.clone(),
         execution_id: run.execution_id.clone(),
         seq: AtomicU64::new(0),
         buffer: Mutex::new(Vec::new()),
     });
+    let note = |m: String| observer.note(m);
+    match hooks::check_conditions(engine, &job, &run, trigger, &note).await {
+        Gate::Run => {}
+        Gate::Skip(reason) => {
+            observer.flush();
+            record_skipped(engine, &run, reason).await;
+            return;
+        }
+        Gate::Defer { until, reason } => {
+            // Notes are not kept for a deferred run (it starts its log afresh when it runs);
+            // the reason is on the execution.
+            observer.buffer.lock().unwrap().clear();
+            defer(engine, run, until, reason).await;
+            return;
+        }
+    }
+    engine.publish_exec(
+        &run.execution_id,
+        &run.job_id,
+        ExecutionStatus::Running,
+        None,
+    );
+    let max_attempts = job.retry_config.as_ref().map_or(1, |r| r.max_attempts);
+    hooks::notify_plugins(
+        engine,
+        &job,
+        EventKind::RunStarted,
+        None,
+        format!("{}: run started", job.name),
+        observer.clone().noter(),
+    );
     let timeout = job
         .execution_options
         .timeout_seconds
@@ -338,7 +369,158 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
         };
         status = ExecutionStatus::Interrupted;
     }
+    let info = hooks::execution_info(&run, &report, status, max_attempts);
+    let outcome = report.outcome.clone();
     finish(engine, &run, Some(prompt), report, status).await;
+    after_run(engine, &job, &run, &outcome, status, info, &observer).await;
+    observer.flush();
+}
+
+/// After a recorded run: schedule its retry, or notify of its final outcome.
+async fn after_run(
+    engine: &Engine,
+    job: &Job,
+    run: &QueuedRun,
+    outcome: &Outcome,
+    status: ExecutionStatus,
+    info: ExecutionInfo,
+    observer: &Arc<Observer>,
+) {
+    let s = &engine.shared;
+    let note = |m: String| observer.note(m);
+    let retry = hooks::plan_retry(engine, job, run, outcome, status, info.clone(), &note).await;
+    let summary = |what: &str| format!("{}: {what} (attempt {})", job.name, info.attempt);
+    match retry {
+        Some((at, how)) => {
+            let id = uuid::Uuid::now_v7().to_string();
+            let now = s.clock.now();
+            match s
+                .store
+                .schedule_retry(run.execution_id.clone(), id.clone(), at, now)
+                .await
+            {
+                Ok(true) => {
+                    note(format!(
+                        "attempt {} of {} failed: retry at {} ({how}), execution {id}",
+                        info.attempt,
+                        info.max_attempts,
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    ));
+                    engine.publish_exec(&id, &run.job_id, ExecutionStatus::Queued, None);
+                    let retry = QueuedRun {
+                        execution_id: id,
+                        job_id: run.job_id.clone(),
+                        priority: job.priority,
+                        seq: 0,
+                        scheduled_for: Some(at),
+                        retry_count: run.retry_count + 1,
+                        epoch: None,
+                    };
+                    // Recorded: if the timer has stopped (shutdown), the next start runs it.
+                    let _ = engine.timer(at, retry);
+                    hooks::notify_plugins(
+                        engine,
+                        job,
+                        EventKind::RetryScheduled,
+                        Some(info.clone()),
+                        summary("failed, retry scheduled"),
+                        observer.clone().noter(),
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(execution = %run.execution_id, error = %e, "cannot record the retry");
+                    note(format!("retry not recorded: {e}"));
+                }
+            }
+        }
+        None => match status {
+            ExecutionStatus::Completed => hooks::notify_plugins(
+                engine,
+                job,
+                EventKind::RunSucceeded,
+                Some(info.clone()),
+                summary("succeeded"),
+                observer.clone().noter(),
+            ),
+            ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Interrupted => {
+                hooks::notify_plugins(
+                    engine,
+                    job,
+                    EventKind::RunFailed,
+                    Some(info.clone()),
+                    summary("failed"),
+                    observer.clone().noter(),
+                )
+            }
+            _ => {}
+        },
+    }
+}
+
+/// Records a run a condition hook skipped.
+async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
+    let s = &engine.shared;
+    let finished = FinishedRun {
+        id: run.execution_id.clone(),
+        prompt: None,
+        status: ExecutionStatus::Skipped,
+        started_at: None,
+        completed_at: s.clock.now(),
+        output: None,
+        error: Some(reason.clone()),
+        outcome: None,
+        exit_code: None,
+        session_id: None,
+        cost_usd: None,
+        usage: None,
+        resource_usage: None,
+        pid: None,
+    };
+    match s.store.finish_execution(finished).await {
+        Ok(_) => {
+            tracing::info!(execution = %run.execution_id, job = %run.job_id, reason = %reason, "run skipped by a condition hook");
+            engine.publish_exec(
+                &run.execution_id,
+                &run.job_id,
+                ExecutionStatus::Skipped,
+                Some(reason),
+            );
+        }
+        Err(e) => {
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot record a skipped run")
+        }
+    }
+}
+
+/// Puts a claimed run back, deferred until `until`, and arms the timer for it.
+async fn defer(engine: &Engine, run: QueuedRun, until: DateTime<Utc>, reason: String) {
+    let s = &engine.shared;
+    match s
+        .store
+        .defer_claimed(run.execution_id.clone(), until, reason.clone())
+        .await
+    {
+        Ok(true) => {
+            tracing::info!(execution = %run.execution_id, job = %run.job_id, until = %until, reason = %reason, "run deferred by a condition hook");
+            engine.publish_exec(
+                &run.execution_id,
+                &run.job_id,
+                ExecutionStatus::Deferred,
+                Some(reason),
+            );
+            let run = QueuedRun {
+                scheduled_for: Some(until),
+                epoch: None,
+                ..run
+            };
+            let _ = engine.timer(until, run);
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot record a deferred run")
+        }
+    }
 }
 
 fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
@@ -409,6 +591,21 @@ struct Observer {
 const LOG_BATCH: usize = 256;
 
 impl Observer {
+    /// A line from cnp itself on the run's log (and in the service log).
+    fn note(&self, message: String) {
+        tracing::info!(execution = %self.execution_id, "{message}");
+        self.line(LogStream::System, &message);
+    }
+
+    /// [`Observer::note`] as a shareable callback that also stores the line at once (for
+    /// background work that outlives the run).
+    fn noter(self: Arc<Self>) -> Arc<dyn Fn(String) + Send + Sync> {
+        Arc::new(move |m| {
+            self.note(m);
+            self.flush();
+        })
+    }
+
     fn flush(&self) {
         let lines = std::mem::take(&mut *self.buffer.lock().unwrap());
         self.engine.shared.store.append_logs_detached(lines);

@@ -31,7 +31,11 @@ pub struct NewExecution {
 #[derive(Debug)]
 pub enum Claim {
     /// Now `running`: the job as currently defined and the prompt text to send.
-    Started { job: Box<Job>, prompt: String },
+    Started {
+        job: Box<Job>,
+        prompt: String,
+        trigger: Trigger,
+    },
     /// No longer pending (cancelled, finished, or its job deleted).
     NotPending,
     /// Its stored prompt is gone: the run fails with this message.
@@ -67,11 +71,12 @@ pub struct ExecutionFilter {
     pub offset: u32,
 }
 
-const EXEC_COLUMNS: &str = "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
+pub(super) const EXEC_COLUMNS: &str =
+    "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
     completed_at, execution_time_ms, prompt, output, error, retry_count, outcome, exit_code, \
     session_id, cost_usd, usage, resource_usage, pid";
 
-fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
+pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
     let status: String = r.get(2)?;
     let trigger: String = r.get(3)?;
     Ok(JobExecution {
@@ -247,14 +252,18 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let job_id: Option<String> = c
+                let found: Option<(String, String)> = c
                     .query_row(
-                        "SELECT job_id FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
+                        "SELECT job_id, trigger FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
                         [&id],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                let Some(job) = job_id.map(|j| get_job_conn(c, &j)).transpose()?.flatten() else {
+                let Some((job_id, trigger)) = found else {
+                    return Ok(Claim::NotPending);
+                };
+                let trigger = Trigger::parse(&trigger).unwrap_or(Trigger::Manual);
+                let Some(job) = get_job_conn(c, &job_id)? else {
                     return Ok(Claim::NotPending);
                 };
                 let prompt = match (&job.prompt, &job.prompt_id) {
@@ -275,7 +284,7 @@ impl Store {
                     "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, to_ms(at), prompt])?;
-                Ok(Claim::Started { job: Box::new(job), prompt })
+                Ok(Claim::Started { job: Box::new(job), prompt, trigger })
             })
         })
         .await

@@ -8,6 +8,7 @@
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod executions;
+mod hooks;
 mod jobs;
 mod schema;
 

@@ -176,6 +176,10 @@ path = {}
 [manifests]
 directory = {}
 
+[plugins]
+directory = {}
+cache_directory = {}
+
 [logging]
 level = {}
 "#,
@@ -188,9 +192,16 @@ level = {}
             toml_str(o.kill_grace),
             toml_str(&self.db.display().to_string()),
             toml_str(&self.jobs.display().to_string()),
+            toml_str(&self.plugins_dir().display().to_string()),
+            toml_str(&self.root().join("plugin-cache").display().to_string()),
             toml_str(o.log_level),
         );
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// The plugins folder the service watches (`<root>/plugins`).
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.root().join("plugins")
     }
 
     /// Writes `jobs/<file>`; returns its path.
@@ -792,4 +803,218 @@ pub fn duplicate_slots(env: &Env) -> Vec<(String, i64, i64, i64)> {
         .unwrap()
         .collect::<Result<Vec<_>, _>>();
     rows.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugins
+
+/// The built component of the plugins-workspace package `package`
+/// (`plugins/target/wasm32-wasip2/release/<crate_name>.wasm`); fails the test when missing.
+pub fn plugin_artifact(package: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    assert!(
+        p.is_file(),
+        "plugin component {} is missing: run scripts/build-plugins.sh first",
+        p.display()
+    );
+    p
+}
+
+/// Puts package `package`'s component into `env.plugins_dir()` as `<name>.wasm` (with
+/// `sidecar` as `<name>.toml`, written first, when given). The component is copied under a
+/// hidden name and renamed into place, as a careful operator would, so a watching service
+/// never sees a half-written file. Returns the component's path.
+pub fn install_plugin(env: &Env, name: &str, package: &str, sidecar: Option<&str>) -> PathBuf {
+    let dir = env.plugins_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    if let Some(text) = sidecar {
+        std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    }
+    let tmp = dir.join(format!(".{name}.wasm.partial"));
+    std::fs::copy(plugin_artifact(package), &tmp).unwrap();
+    let to = dir.join(format!("{name}.wasm"));
+    std::fs::rename(&tmp, &to).unwrap();
+    to
+}
+
+/// One HTTP request an [`HttpReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 (a thread): records every request (head plus a
+/// `Content-Length` or chunked body) and answers `status` with `Connection: close`.
+pub struct HttpReceiver {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<HttpRequest>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpReceiver {
+    pub fn start(status: u16) -> HttpReceiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, s) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(stream) = stream {
+                    let r = r.clone();
+                    std::thread::spawn(move || {
+                        let _ = serve_http_request(stream, &r, status);
+                    });
+                }
+            }
+        });
+        HttpReceiver {
+            port,
+            requests,
+            stop,
+        }
+    }
+
+    /// `127.0.0.1:<port>`, as an `allowed_hosts` grant names it.
+    pub fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<HttpRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_http_request(
+    mut stream: std::net::TcpStream,
+    requests: &Mutex<Vec<HttpRequest>>,
+    status: u16,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut rest = buf[head_end + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let method = first.next().unwrap_or_default().to_owned();
+    let path = first.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let body = if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while rest.len() < len {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        rest.truncate(len);
+        rest
+    } else if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        while find(&rest, b"0\r\n\r\n").is_none() {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        let mut out = Vec::new();
+        let mut data = &rest[..];
+        while let Some(i) = find(data, b"\r\n") {
+            let size_text = String::from_utf8_lossy(&data[..i]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            let start = i + 2;
+            out.extend_from_slice(&data[start..(start + size).min(data.len())]);
+            data = &data[(start + size + 2).min(data.len())..];
+        }
+        out
+    } else {
+        Vec::new()
+    };
+    requests.lock().unwrap().push(HttpRequest {
+        method,
+        path,
+        headers,
+        body,
+    });
+    let text = if status < 400 {
+        "ok"
+    } else {
+        "receiver says no"
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        if status < 400 { "OK" } else { "Error" },
+        text.len()
+    )?;
+    stream.flush()
+}
+
+impl Cnp {
+    /// Waits until a line of the log contains both `a` and `b`; returns that line.
+    pub fn wait_log_line(&mut self, a: &str, b: &str) -> String {
+        let log = self.log.clone();
+        self.wait_for(&format!("log line containing {a:?} and {b:?}"), || {
+            log.lock()
+                .unwrap()
+                .lines()
+                .find(|l| l.contains(a) && l.contains(b))
+                .map(str::to_owned)
+        })
+    }
 }

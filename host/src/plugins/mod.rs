@@ -1,0 +1,682 @@
+//! WebAssembly component plugins: retry strategies, notification channels and condition hooks.
+//!
+//! One wasmtime [`Engine`](wasmtime::Engine) (pooling allocator, epoch interruption) serves every
+//! plugin. Each loaded plugin keeps its compiled component (cached on disk across restarts) and a
+//! pre-instantiated linker ([`InstancePre`]); every call gets a fresh store and instance, so a
+//! plugin that traps never poisons the next call. The sandbox denies by default (see
+//! [`sandbox`]): no filesystem, environment or sockets, HTTP only to granted hosts, a time limit
+//! and a memory cap per call, and bounded stdout/stderr captured into the host log.
+//!
+//! [`registry`] loads the plugins folder and follows drop-in, replacement and removal.
+
+pub mod bindings;
+mod registry;
+mod sandbox;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Instance, InstancePre, Linker};
+use wasmtime::{Store, UpdateDeadline};
+
+pub use bindings::condition::{Deferral, RunContext, Trigger as ConditionTrigger, Verdict};
+pub use bindings::notify::{Event as NotifyEvent, EventKind};
+pub use bindings::retry::RetryDecision;
+pub use bindings::types::{ExecutionInfo, JobInfo, OutcomeKind, PluginError};
+pub use registry::Sidecar;
+pub use sandbox::HostRule;
+
+use crate::config::PluginsConfig;
+use crate::engine::Clock;
+use sandbox::{CapturedOutput, PluginState, SandboxSpec};
+
+/// How often the epoch advances while calls are in flight: a spinning plugin yields to the
+/// runtime at least this often, and its time limit is checked this often.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// What a plugin supplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    RetryStrategy,
+    Notifier,
+    ConditionHook,
+}
+
+impl PluginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::RetryStrategy => "retry-strategy",
+            PluginKind::Notifier => "notifier",
+            PluginKind::ConditionHook => "condition-hook",
+        }
+    }
+
+    /// The WIT interface a plugin of this kind exports.
+    fn interface(self) -> &'static str {
+        match self {
+            PluginKind::RetryStrategy => "retry",
+            PluginKind::Notifier => "notify",
+            PluginKind::ConditionHook => "condition",
+        }
+    }
+
+    fn from_interface(name: &str) -> Option<PluginKind> {
+        match name {
+            "retry" => Some(PluginKind::RetryStrategy),
+            "notify" => Some(PluginKind::Notifier),
+            "condition" => Some(PluginKind::ConditionHook),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a plugin call gave no answer. The caller falls back to built-in behaviour and records
+/// this message on the execution.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PluginFailure {
+    #[error("plugin `{name}` is not loaded{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    NotLoaded {
+        name: String,
+        reason: Option<String>,
+    },
+    #[error("plugin `{name}` is a {actual} plugin, not a {expected}")]
+    WrongKind {
+        name: String,
+        expected: PluginKind,
+        actual: PluginKind,
+    },
+    #[error("plugin `{name}` timed out after {} ms", after.as_millis())]
+    Timeout { name: String, after: Duration },
+    #[error("plugin `{name}` exceeded its memory limit of {limit_mb} MiB")]
+    MemoryLimit { name: String, limit_mb: u64 },
+    #[error("plugin `{name}` trapped: {message}")]
+    Trap { name: String, message: String },
+    #[error("plugin `{name}` returned an error: {message}")]
+    Error { name: String, message: String },
+}
+
+impl PluginFailure {
+    /// A short word for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFailure::NotLoaded { .. } => "not_loaded",
+            PluginFailure::WrongKind { .. } => "wrong_kind",
+            PluginFailure::Timeout { .. } => "timeout",
+            PluginFailure::MemoryLimit { .. } => "memory_limit",
+            PluginFailure::Trap { .. } => "trap",
+            PluginFailure::Error { .. } => "error",
+        }
+    }
+}
+
+/// Renders a plugin's expected failure.
+pub fn describe_plugin_error(e: &PluginError) -> String {
+    match e {
+        PluginError::InvalidConfig(m) => format!("invalid configuration: {m}"),
+        PluginError::Unavailable(m) => format!("unavailable: {m}"),
+        PluginError::Failed(m) => m.clone(),
+    }
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    pub name: String,
+    pub kind: PluginKind,
+    pub path: PathBuf,
+    /// SHA-256 of the `.wasm` file.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub loaded_at: DateTime<Utc>,
+    /// Whether the compiled artifact came from the on-disk cache.
+    pub from_cache: bool,
+    /// Time to compile (or load from cache) and pre-instantiate.
+    pub load_time: Duration,
+    pub sidecar: Sidecar,
+    pre: InstancePre<PluginState>,
+    exports: Exports,
+}
+
+enum Exports {
+    Retry(bindings::retry::GuestIndices),
+    Notify(bindings::notify::GuestIndices),
+    Condition(bindings::condition::GuestIndices),
+}
+
+/// A plugin as listings show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub kind: PluginKind,
+    pub path: PathBuf,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub loaded_at: DateTime<Utc>,
+    pub from_cache: bool,
+    pub load_ms: f64,
+    pub allowed_hosts: Vec<String>,
+    pub timeout_ms: u64,
+    pub memory_limit_mb: u64,
+    pub calls: CallCounts,
+}
+
+/// A file in the plugins folder that could not be loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginLoadError {
+    pub path: PathBuf,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Per-plugin call counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub timeouts: u64,
+    pub total_micros: u64,
+}
+
+/// The plugin runtime; cheap to clone.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: wasmtime::Engine,
+    linker: Linker<PluginState>,
+    clock: Clock,
+    settings: PluginsConfig,
+    dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    plugins: RwLock<HashMap<String, Arc<Plugin>>>,
+    errors: RwLock<BTreeMap<PathBuf, PluginLoadError>>,
+    counts: Mutex<HashMap<String, CallCounts>>,
+    calls: Arc<Semaphore>,
+    ticker: Arc<EpochTicker>,
+    compiles: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.thread.lock().unwrap().as_ref() {
+            t.unpark();
+        }
+    }
+}
+
+/// Advances the engine's epoch while calls are in flight; parked otherwise (idle costs
+/// nothing).
+struct EpochTicker {
+    in_flight: AtomicUsize,
+    stop: AtomicBool,
+    thread: Mutex<Option<std::thread::Thread>>,
+}
+
+impl EpochTicker {
+    fn start(engine: wasmtime::Engine) -> Arc<EpochTicker> {
+        let t = Arc::new(EpochTicker {
+            in_flight: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            thread: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&t);
+        let handle = std::thread::Builder::new()
+            .name("cnp-plugin-epoch".into())
+            .spawn(move || loop {
+                let Some(t) = weak.upgrade() else { return };
+                if t.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if t.in_flight.load(Ordering::Acquire) == 0 {
+                    drop(t);
+                    std::thread::park_timeout(Duration::from_secs(5));
+                } else {
+                    drop(t);
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the plugin epoch thread");
+        *t.thread.lock().unwrap() = Some(handle.thread().clone());
+        t
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlight {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(t) = self.thread.lock().unwrap().as_ref() {
+                t.unpark();
+            }
+        }
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<EpochTicker>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One call's store and instance, ready for the kind-specific export.
+struct Call {
+    plugin: Arc<Plugin>,
+    store: Store<PluginState>,
+    instance: Instance,
+    output: CapturedOutput,
+    started: Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
+impl PluginHost {
+    /// Builds the runtime (no plugins loaded yet: see [`PluginHost::load_all`]).
+    pub fn new(
+        settings: &PluginsConfig,
+        dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+        clock: Clock,
+    ) -> anyhow::Result<PluginHost> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        let calls = settings.max_concurrent_calls;
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(calls)
+            .total_core_instances(calls * 16)
+            .total_memories(calls * 4)
+            .total_tables(calls * 16)
+            .total_stacks(calls)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_memory_size((settings.memory_limit_mb as usize) << 20)
+            // Reused slots keep their first pages resident instead of being decommitted and
+            // faulted in again on every call (a fresh instance per call is the common case).
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e:#}"))?;
+        let mut linker: Linker<PluginState> = Linker::new(&engine);
+        // WASI itself (which any Rust component imports for its std) with nothing granted, and
+        // wasi:http behind the host gate.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(wasm_err)?;
+        type Data = wasmtime::component::HasSelf<PluginState>;
+        bindings::log::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
+        bindings::clock::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
+        bindings::types::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(PluginHost {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                clock,
+                settings: settings.clone(),
+                dir,
+                cache_dir,
+                plugins: RwLock::default(),
+                errors: RwLock::default(),
+                counts: Mutex::default(),
+                calls: Arc::new(Semaphore::new(calls as usize)),
+                ticker,
+                compiles: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The plugins folder, if any.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// Loaded plugins, by name.
+    pub fn list(&self) -> Vec<PluginInfo> {
+        let counts = self.inner.counts.lock().unwrap().clone();
+        let mut out: Vec<PluginInfo> = self
+            .inner
+            .plugins
+            .read()
+            .unwrap()
+            .values()
+            .map(|p| PluginInfo {
+                name: p.name.clone(),
+                kind: p.kind,
+                path: p.path.clone(),
+                digest: p.digest.clone(),
+                size_bytes: p.size_bytes,
+                loaded_at: p.loaded_at,
+                from_cache: p.from_cache,
+                load_ms: p.load_time.as_secs_f64() * 1e3,
+                allowed_hosts: p.sidecar.allowed_hosts_text.clone(),
+                timeout_ms: p.sidecar.timeout.as_millis() as u64,
+                memory_limit_mb: (p.sidecar.memory_bytes >> 20) as u64,
+                calls: counts.get(&p.name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Files that failed to load (the last error of each).
+    pub fn load_errors(&self) -> Vec<PluginLoadError> {
+        self.inner
+            .errors
+            .read()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The loaded plugin `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.inner.plugins.read().unwrap().get(name).cloned()
+    }
+
+    /// How many components were compiled (not loaded from cache) since start.
+    pub fn compile_count(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Checks a job's use of plugin `name` of `kind`: loaded, of that kind, and accepting the
+    /// merged configuration.
+    pub async fn validate_use(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        job_config: Option<&serde_json::Value>,
+    ) -> Result<(), PluginFailure> {
+        let mut call = self.begin(name, kind).await?;
+        let config = call.plugin.sidecar.merged_config(job_config);
+        let plugin = call.plugin.clone();
+        let fut = async {
+            match &plugin.exports {
+                Exports::Retry(ix) => {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_validate_config(&mut call.store, &config).await
+                }
+                Exports::Notify(ix) => {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_validate_config(&mut call.store, &config).await
+                }
+                Exports::Condition(ix) => {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_validate_config(&mut call.store, &config).await
+                }
+            }
+        };
+        let r = run_with_timeout(&plugin, fut).await;
+        self.finish(call, r)
+    }
+
+    /// Asks retry-strategy plugin `name` what to do after a failed attempt.
+    pub async fn next_retry(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        job: &JobInfo,
+        failed: &ExecutionInfo,
+    ) -> Result<RetryDecision, PluginFailure> {
+        let mut call = self.begin(name, PluginKind::RetryStrategy).await?;
+        let config = call.plugin.sidecar.merged_config(job_config);
+        let plugin = call.plugin.clone();
+        let Exports::Retry(ix) = &plugin.exports else {
+            unreachable!("kind checked by begin")
+        };
+        let fut = async {
+            let g = ix.load(&mut call.store, &call.instance)?;
+            g.call_next_retry(&mut call.store, &config, job, failed)
+                .await
+        };
+        let r = run_with_timeout(&plugin, fut).await;
+        self.finish(call, r)
+    }
+
+    /// Has notifier plugin `name` deliver `event`; returns its receipt.
+    pub async fn deliver(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        event: &NotifyEvent,
+    ) -> Result<String, PluginFailure> {
+        let mut call = self.begin(name, PluginKind::Notifier).await?;
+        let config = call.plugin.sidecar.merged_config(job_config);
+        let plugin = call.plugin.clone();
+        let Exports::Notify(ix) = &plugin.exports else {
+            unreachable!("kind checked by begin")
+        };
+        let fut = async {
+            let g = ix.load(&mut call.store, &call.instance)?;
+            g.call_deliver(&mut call.store, &config, event).await
+        };
+        let r = run_with_timeout(&plugin, fut).await;
+        self.finish(call, r)
+    }
+
+    /// Asks condition-hook plugin `name` whether a run starts now.
+    pub async fn evaluate(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        context: &RunContext,
+    ) -> Result<Verdict, PluginFailure> {
+        let mut call = self.begin(name, PluginKind::ConditionHook).await?;
+        let config = call.plugin.sidecar.merged_config(job_config);
+        let plugin = call.plugin.clone();
+        let Exports::Condition(ix) = &plugin.exports else {
+            unreachable!("kind checked by begin")
+        };
+        let fut = async {
+            let g = ix.load(&mut call.store, &call.instance)?;
+            g.call_evaluate(&mut call.store, &config, context).await
+        };
+        let r = run_with_timeout(&plugin, fut).await;
+        self.finish(call, r)
+    }
+
+    /// A fresh store and instance of plugin `name` (which must be of `kind`).
+    async fn begin(&self, name: &str, kind: PluginKind) -> Result<Call, PluginFailure> {
+        let plugin = self.get(name).ok_or_else(|| PluginFailure::NotLoaded {
+            name: name.to_owned(),
+            reason: self.load_error_of(name),
+        })?;
+        if plugin.kind != kind {
+            return Err(PluginFailure::WrongKind {
+                name: name.to_owned(),
+                expected: kind,
+                actual: plugin.kind,
+            });
+        }
+        let permit = self
+            .inner
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the call semaphore is never closed");
+        let in_flight = self.inner.ticker.enter();
+        let started = Instant::now();
+        let output = CapturedOutput::new(self.inner.settings.max_output_bytes);
+        let state = PluginState::new(SandboxSpec {
+            plugin: Arc::from(plugin.name.as_str()),
+            clock: self.inner.clock.clone(),
+            memory_bytes: plugin.sidecar.memory_bytes,
+            allowed_hosts: plugin.sidecar.allowed_hosts.clone(),
+            output: output.clone(),
+        });
+        let mut store = Store::new(&self.inner.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let deadline = started + plugin.sidecar.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::msg(TIMEOUT_MARK))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let instance = match plugin.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => {
+                let failure = classify(&plugin, e, &store, &output);
+                self.count(&plugin.name, started, Some(&failure));
+                return Err(failure);
+            }
+        };
+        Ok(Call {
+            plugin,
+            store,
+            instance,
+            output,
+            started,
+            _permit: permit,
+            _in_flight: in_flight,
+        })
+    }
+
+    /// Turns a call's result into the answer or a failure; logs the guest's output.
+    fn finish<T>(
+        &self,
+        call: Call,
+        result: wasmtime::Result<Result<T, PluginError>>,
+    ) -> Result<T, PluginFailure> {
+        let plugin = &call.plugin;
+        let r = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(PluginFailure::Error {
+                name: plugin.name.clone(),
+                message: describe_plugin_error(&e),
+            }),
+            Err(e) => Err(classify(plugin, e, &call.store, &call.output)),
+        };
+        log_output(plugin, &call.output, &call.store);
+        self.count(&plugin.name, call.started, r.as_ref().err());
+        if let Err(f) = &r {
+            tracing::warn!(plugin = %plugin.name, kind = %plugin.kind, failure = f.kind(), "{f}");
+        }
+        r
+    }
+
+    fn count(&self, name: &str, started: Instant, failure: Option<&PluginFailure>) {
+        let mut counts = self.inner.counts.lock().unwrap();
+        let c = counts.entry(name.to_owned()).or_default();
+        c.total_micros += started.elapsed().as_micros() as u64;
+        match failure {
+            None => c.ok += 1,
+            Some(PluginFailure::Timeout { .. }) => {
+                c.failed += 1;
+                c.timeouts += 1
+            }
+            Some(_) => c.failed += 1,
+        }
+    }
+
+    fn load_error_of(&self, name: &str) -> Option<String> {
+        self.inner
+            .errors
+            .read()
+            .unwrap()
+            .values()
+            .find(|e| e.path.file_stem().and_then(|s| s.to_str()) == Some(name))
+            .map(|e| e.message.clone())
+    }
+}
+
+/// wasmtime's error as an `anyhow` error (with its whole chain).
+fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+const TIMEOUT_MARK: &str = "cnp: plugin call time limit reached";
+
+/// Runs an export call under the plugin's time limit. CPU-bound guests are stopped by the epoch
+/// deadline; a guest blocked in host I/O (HTTP) by this timeout.
+async fn run_with_timeout<T>(
+    plugin: &Plugin,
+    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let limit = plugin.sidecar.timeout + Duration::from_millis(50);
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(wasmtime::Error::msg(TIMEOUT_MARK)),
+    }
+}
+
+fn classify(
+    plugin: &Plugin,
+    e: wasmtime::Error,
+    store: &Store<PluginState>,
+    output: &CapturedOutput,
+) -> PluginFailure {
+    let name = plugin.name.clone();
+    let text = format!("{e:#}");
+    if text.contains(TIMEOUT_MARK)
+        || matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::Interrupt)
+        )
+    {
+        return PluginFailure::Timeout {
+            name,
+            after: plugin.sidecar.timeout,
+        };
+    }
+    if text.contains("forcing trap when growing memory")
+        || text.contains("memory minimum size")
+        || matches!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(wasmtime::Trap::AllocationTooLarge)
+        )
+    {
+        return PluginFailure::MemoryLimit {
+            name,
+            limit_mb: (plugin.sidecar.memory_bytes >> 20) as u64,
+        };
+    }
+    let denied = store.data().denied_requests();
+    let mut message = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => text.lines().next().unwrap_or_default().to_owned(),
+    };
+    // A Rust guest's panic message is on its stderr: the last line says why it trapped.
+    let stderr = output.stderr.peek_last_line();
+    if let Some(line) = stderr {
+        message = format!("{message} ({line})");
+    }
+    if !denied.is_empty() {
+        message = format!("{message}; refused HTTP: {}", denied.join(", "));
+    }
+    PluginFailure::Trap { name, message }
+}
+
+fn log_output(plugin: &Plugin, output: &CapturedOutput, store: &Store<PluginState>) {
+    for (stream, pipe) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+        let (text, dropped) = pipe.take();
+        let text = text.trim_end();
+        if !text.is_empty() || dropped > 0 {
+            tracing::info!(target: "cnp::plugin", plugin = %plugin.name, stream, dropped_bytes = dropped, "{text}");
+        }
+    }
+    let dropped = store.data().logs_dropped;
+    if dropped > 0 {
+        tracing::warn!(target: "cnp::plugin", plugin = %plugin.name, dropped, "plugin log records over the per-call limit were dropped");
+    }
+}

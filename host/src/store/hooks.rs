@@ -1,0 +1,78 @@
+//! Store operations behind the engine's plugin seams (condition hooks, retries).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension};
+
+use super::executions::{exec_from_row, EXEC_COLUMNS};
+use super::{to_ms, Store, StoreError};
+use crate::model::JobExecution;
+
+impl Store {
+    /// A claimed (`running`) run that a condition hook put off: back to `deferred` until `until`,
+    /// with the reason in `error`. Returns whether it was still running.
+    pub async fn defer_claimed(
+        &self,
+        id: String,
+        until: DateTime<Utc>,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE executions SET status = 'deferred', scheduled_for = ?2, error = ?3,
+                        started_at = NULL
+                     WHERE id = ?1 AND status = 'running'",
+                )?
+                .execute(params![id, to_ms(until), reason])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The job's most recent finished execution other than `except`.
+    pub async fn previous_finished(
+        &self,
+        job_id: String,
+        except: String,
+    ) -> Result<Option<JobExecution>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {EXEC_COLUMNS} FROM executions
+                 WHERE job_id = ?1 AND id <> ?2 AND completed_at IS NOT NULL
+                   AND status NOT IN ('queued', 'deferred', 'running', 'skipped')
+                 ORDER BY completed_at DESC, rowid DESC LIMIT 1"
+            );
+            c.prepare_cached(&sql)?
+                .query_row(params![job_id, except], |r| Ok(exec_from_row(r)))
+                .optional()?
+                .transpose()
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// Records the retry of failed execution `failed_id` as a new queued execution, due at `at`,
+    /// for the same slot with `retry_count + 1` — once only: the (job, slot, attempt) key makes a
+    /// second call (say, after a crash) a no-op. Returns whether it was recorded.
+    pub async fn schedule_retry(
+        &self,
+        failed_id: String,
+        new_id: String,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO executions
+                        (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count)
+                     SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1
+                     FROM executions WHERE id = ?1",
+                )?
+                .execute(params![failed_id, new_id, to_ms(at), to_ms(now)])?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
