@@ -1401,6 +1401,7 @@ async fn forbidden_http_reaches_neither_the_ungranted_host_nor_with_a_forged_hos
             "a request reached the granted receiver with a forged Host header: {req:?}"
         );
     }
+    eprintln!("forbidden-http: {r:?}");
     match &r {
         Ok(receipt) => {
             assert!(receipt.starts_with("all refused"), "{receipt}");
@@ -1491,4 +1492,149 @@ async fn fifty_parallel_calls_all_succeed() {
         .collect();
     assert_eq!(counts[RETRY], (25, 0));
     assert_eq!(counts[CONDITION], (25, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine's condition seam: defer, then run (paused time)
+
+/// A runner that succeeds at once and counts its runs.
+struct CountingRunner {
+    clock: Clock,
+    runs: Arc<Mutex<Vec<DateTime<Utc>>>>,
+}
+
+impl cnp::executor::Runner for CountingRunner {
+    fn run(
+        &self,
+        _request: cnp::executor::RunRequest,
+        _observer: Arc<dyn cnp::executor::RunObserver>,
+    ) -> cnp::executor::BoxFuture<cnp::executor::RunReport> {
+        let now = self.clock.now();
+        self.runs.lock().unwrap().push(now);
+        Box::pin(async move {
+            cnp::executor::RunReport {
+                outcome: cnp::model::Outcome::Success,
+                exit_code: Some(0),
+                started_at: Some(now),
+                finished_at: now,
+                pid: Some(1),
+                result_text: Some("done".into()),
+                session_id: None,
+                cost_usd: None,
+                usage: None,
+                resource_usage: None,
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_defers_a_run_until_business_hours_and_then_runs_it() {
+    // Saturday 2026-03-07 12:00 Berlin (11:00 UTC).
+    let start = utc(2026, 3, 7, 11, 0);
+    let clock = Clock::tokio_from(start);
+    let folder = Folder::new();
+    folder.install(CONDITION, CONDITION, None);
+    let host = host_in(&folder, clock.clone());
+    assert_eq!(host.load_all().await, 1, "{:?}", host.load_errors());
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = cnp::store::Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let runner = Arc::new(CountingRunner {
+        clock: clock.clone(),
+        runs: runs.clone(),
+    });
+    let engine = cnp::engine::Engine::start_with_plugins(
+        store.clone(),
+        runner,
+        cnp::engine::EngineSettings::default(),
+        clock.clone(),
+        cnp::events::EventBus::default(),
+        Some(host),
+    )
+    .await
+    .unwrap();
+    let at = start + chrono::TimeDelta::seconds(10);
+    let spec: cnp::manifest::JobSpec = serde_json::from_value(json!({
+        "name": "weekday work",
+        "prompt": "do the work",
+        "schedule": {"type": "once", "at": at.to_rfc3339()},
+        "conditions": [{"plugin": CONDITION, "config": {"timezone": "Europe/Berlin"}}],
+    }))
+    .unwrap();
+    let job = engine.create_job(spec.normalized(), None).await.unwrap();
+    assert_eq!(job.execution_options.conditions.len(), 1);
+
+    let executions = || {
+        let store = store.clone();
+        let id = job.id.clone();
+        async move {
+            store
+                .list_executions(cnp::store::ExecutionFilter {
+                    job_id: Some(id),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // The slot comes due on Saturday: deferred to Monday 09:00 Berlin (08:00 UTC).
+    let mut deferred = None;
+    for _ in 0..400 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(2));
+        if let Some(e) = executions()
+            .await
+            .into_iter()
+            .find(|e| e.status == cnp::model::ExecutionStatus::Deferred)
+        {
+            deferred = Some(e);
+            break;
+        }
+    }
+    let deferred = deferred.expect("the run was not deferred");
+    let monday_9_berlin = utc(2026, 3, 9, 8, 0);
+    assert_eq!(
+        deferred.scheduled_for,
+        Some(monday_9_berlin),
+        "{deferred:?}"
+    );
+    assert!(
+        deferred
+            .error
+            .as_deref()
+            .is_some_and(|r| r.contains("condition `business-hours`")
+                && r.contains("outside business hours")),
+        "{deferred:?}"
+    );
+    assert!(runs.lock().unwrap().is_empty(), "nothing ran on Saturday");
+
+    // Just before Monday 09:00 nothing has run; then it runs.
+    let until = (monday_9_berlin - clock.now()).to_std().unwrap() - Duration::from_secs(5);
+    tokio::time::advance(until).await;
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(runs.lock().unwrap().is_empty(), "ran early");
+    let mut done = None;
+    for _ in 0..400 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        std::thread::sleep(Duration::from_millis(2));
+        if let Some(e) = executions()
+            .await
+            .into_iter()
+            .find(|e| e.status == cnp::model::ExecutionStatus::Completed)
+        {
+            done = Some(e);
+            break;
+        }
+    }
+    let done = done.expect("the deferred run never completed");
+    assert_eq!(done.id, deferred.id, "the same execution ran");
+    let ran = runs.lock().unwrap().clone();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(
+        ran[0] >= monday_9_berlin && ran[0] < monday_9_berlin + chrono::TimeDelta::seconds(5),
+        "ran at {}",
+        ran[0]
+    );
 }

@@ -657,7 +657,7 @@ fn classify(
         None => text.lines().next().unwrap_or_default().to_owned(),
     };
     // A Rust guest's panic message is on its stderr: the last line says why it trapped.
-    let stderr = output.stderr.peek_last_line();
+    let stderr = output.stderr.peek_reason();
     if let Some(line) = stderr {
         message = format!("{message} ({line})");
     }

@@ -293,12 +293,19 @@ impl PluginHost {
             .map(|d| d.join(format!("{key}.cwasm")));
         if let Some(path) = &cached {
             if path.is_file() {
-                // SAFETY: the file is one cnp wrote itself into its own cache folder, named by the
-                // SHA-256 of the source component and of this engine's compilation settings, so
-                // it is a wasmtime artifact for this very engine configuration. wasmtime still
-                // checks its header and version and refuses a mismatch (handled below).
+                // Read into memory rather than mapped: a cache file replaced or truncated by
+                // someone else later cannot pull pages out from under a loaded plugin.
+                let bytes = match std::fs::read(path) {
+                    Ok(b) => b,
+                    Err(e) => return Err(format!("cannot read the cached component: {e}")),
+                };
+                // SAFETY: the file is one cnp wrote itself (atomically, by rename) into its own
+                // cache folder, named by the SHA-256 of the source component and of this engine's
+                // compilation settings, so it is a wasmtime artifact for this very engine
+                // configuration. wasmtime still checks its header and version and refuses a
+                // mismatch (handled below).
                 #[allow(unsafe_code)]
-                match unsafe { Component::deserialize_file(engine, path) } {
+                match unsafe { Component::deserialize(engine, &bytes) } {
                     Ok(c) => return Ok((c, true)),
                     Err(e) => {
                         tracing::warn!(cache = %path.display(), error = %e, "stale compiled plugin in the cache; recompiling");
@@ -388,7 +395,10 @@ fn write_cache(path: &Path, component: &Component) -> anyhow::Result<()> {
         std::fs::create_dir_all(d)?;
     }
     let bytes = component.serialize().map_err(super::wasm_err)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per write: two loads of the same component at once never share a temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())

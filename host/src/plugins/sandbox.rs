@@ -242,14 +242,20 @@ impl BoundedPipe {
         b.dropped += (bytes.len() - take) as u64;
     }
 
-    /// The last non-empty line kept so far, without consuming anything.
-    pub(crate) fn peek_last_line(&self) -> Option<String> {
+    /// The most telling line kept so far, without consuming anything: a Rust panic's message
+    /// (the line after `panicked at …`), else the last line that is not a `note:`.
+    pub(crate) fn peek_reason(&self) -> Option<String> {
         let b = self.inner.lock().unwrap();
         let text = String::from_utf8_lossy(&b.kept);
-        text.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| clip(l.trim(), 512).to_owned())
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let panic = lines
+            .iter()
+            .rposition(|l| l.contains("panicked at"))
+            .and_then(|i| lines.get(i + 1))
+            .filter(|l| !l.starts_with("note:"));
+        panic
+            .or_else(|| lines.iter().rev().find(|l| !l.starts_with("note:")))
+            .map(|l| clip(l, 512).to_owned())
     }
 
     /// What was kept (lossy UTF-8) and how many bytes were dropped.
@@ -520,6 +526,17 @@ mod tests {
             (3, 30, 7200, 7)
         );
         assert!(to_local(at, "Mars/Olympus").is_err());
+    }
+
+    #[test]
+    fn the_reason_of_a_rust_panic_is_its_message() {
+        let p = BoundedPipe::new(4096);
+        p.push(b"starting\nthread '<unnamed>' panicked at src/lib.rs:9:5:\nboom: bad config\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n");
+        assert_eq!(p.peek_reason().as_deref(), Some("boom: bad config"));
+        let q = BoundedPipe::new(4096);
+        q.push(b"some output\nnote: trailing\n");
+        assert_eq!(q.peek_reason().as_deref(), Some("some output"));
+        assert_eq!(BoundedPipe::new(8).peek_reason(), None);
     }
 
     #[test]

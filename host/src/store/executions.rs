@@ -574,7 +574,8 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
         .map(|s| (run.completed_at - s).num_milliseconds().max(0));
     let n = c
         .prepare_cached(
-            "UPDATE executions SET status = ?2, started_at = COALESCE(?3, started_at),
+            "UPDATE executions SET status = ?2,
+                started_at = CASE WHEN ?2 = 'skipped' THEN NULL ELSE COALESCE(?3, started_at) END,
                 completed_at = ?4, execution_time_ms = ?5, output = ?6, error = ?7, outcome = ?8,
                 exit_code = ?9, session_id = ?10, cost_usd = ?11, usage = ?12,
                 resource_usage = ?13, pid = COALESCE(?14, pid), prompt = COALESCE(?15, prompt)

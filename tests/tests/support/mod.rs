@@ -1018,3 +1018,43 @@ impl Cnp {
         })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin API
+
+impl Env {
+    /// Appends an `[api]` section to the config: a free port on 127.0.0.1 and the token file in
+    /// this test's temp dir (call after [`Env::write_config`]).
+    pub fn enable_api(&self) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "\n[api]\nbind = \"127.0.0.1:0\"\ntoken_file = {}\n",
+            toml_str(&self.api_token_file().display().to_string())
+        ));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `<root>/api-token`, as [`Env::enable_api`] configures it.
+    pub fn api_token_file(&self) -> PathBuf {
+        self.root().join("api-token")
+    }
+
+    /// `<root>/api-address`: the bound address the service writes beside the token file.
+    pub fn api_address_file(&self) -> PathBuf {
+        self.root().join("api-address")
+    }
+}
+
+impl Cnp {
+    /// Waits until the admin API listens; returns its base URL (`http://127.0.0.1:PORT`) and
+    /// the token.
+    pub fn wait_api(&mut self, env: &Env) -> (String, String) {
+        self.wait_log("admin API listening");
+        let addr = std::fs::read_to_string(env.api_address_file()).expect("api-address file");
+        let token = std::fs::read_to_string(env.api_token_file()).expect("api-token file");
+        (
+            format!("http://{}", addr.trim()),
+            token.trim().to_owned(),
+        )
+    }
+}
