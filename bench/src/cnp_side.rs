@@ -271,8 +271,9 @@ fn ms(t: i64) -> DateTime<Utc> {
 /// timestamps for slots in `[from, to]`; `expected` is how many runs those slots should have
 /// started.
 ///
-/// Stages: `timer_fired` = the execution's `queued_at` (set when the timer released the slot; ms
-/// resolution); `queued` = the `queued` event (the fire is committed and in the dispatch queue);
+/// Stages: `timer_fired` = the execution's `queued_at` (when the slot was recorded — normally
+/// `RECORD_AHEAD` before it, which counts as 0 here; ms resolution); `queued` = the `queued`
+/// event (the run's row is committed and the run is in the dispatch queue);
 /// `released` = the `running` event (dispatched, its start committed: right before
 /// `Runner::run`); `runner_called`; `spawned`. (The store's `started_at` is not used: it is
 /// overwritten with the spawn time once the pid is known.)
@@ -298,6 +299,8 @@ fn analyze(
     let in_window = |slot: i64| slot >= from.timestamp_millis() && slot <= to.timestamp_millis();
     let mut samples = Vec::new();
     let mut unmatched = 0;
+    // How long before its due instant each run's row was recorded (ms; ≤ 0: at or after it).
+    let mut ahead: Vec<i64> = Vec::new();
     for inv in &invocations {
         let Some(e) = execs.get(&inv.execution_id) else {
             unmatched += 1;
@@ -307,6 +310,7 @@ fn analyze(
             continue;
         };
         let mut stages = vec![("timer_fired", ms(e.queued_at))];
+        ahead.push(slot - e.queued_at);
         if let Some(t) = events.queued.get(&inv.execution_id) {
             stages.push(("queued", *t));
         }
@@ -327,6 +331,17 @@ fn analyze(
     if unmatched > 0 {
         r.notes.push(format!(
             "{unmatched} invocation(s) without a matching execution row"
+        ));
+    }
+    if !ahead.is_empty() {
+        ahead.sort_unstable();
+        let early = ahead.iter().filter(|a| **a > 0).count();
+        r.notes.push(format!(
+            "{early} of {} runs were recorded ahead of their due instant (row committed before \
+             the slot; released from memory at the slot), by {} … {} ms (min … max)",
+            ahead.len(),
+            ahead[0],
+            ahead[ahead.len() - 1]
         ));
     }
     summarize(samples, expected, (from == to).then_some(from), r);

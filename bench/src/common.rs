@@ -151,7 +151,7 @@ pub struct WorkerResult {
     /// Runs recorded as `completed` (cnp: in the store; tcs: the CLI exited 0).
     pub completed_runs: Option<u64>,
     /// Latencies from the due instant, keyed by stage:
-    /// `timer_fired` (cnp only: the timer released the slot, `queued_at`), `queued` (cnp only:
+    /// `timer_fired` (cnp only: the slot was recorded, `queued_at`; ahead of the slot = 0), `queued` (cnp only:
     /// the fire is committed and in the dispatch queue, `queued` event), `released` (cnp: the run
     /// was dispatched, `started_at` in the store; tcs: the job closure was called),
     /// `start_committed` (cnp only: `running` event), `runner_called` (cnp only: `Runner::run`

@@ -219,7 +219,7 @@ fn latency_rows(t: &mut Table, c: R, b: R, f: R, target: &str) {
         None => "–".into(),
     };
     t.row4(
-        "due → cnp timer fired (store `queued_at`, whole ms)",
+        "due → cnp run recorded (store `queued_at`, whole ms; recorded ahead of the slot = < 1)",
         coarse(get(c, "timer_fired")),
         "n/a".into(),
         "–".into(),

@@ -776,3 +776,269 @@ async fn definition_decides_status_but_a_runtime_pause_survives() {
     );
     assert_eq!(job.next_run_time, None);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Slots recorded ahead of time (`RECORD_AHEAD` = 2 s before the slot).
+
+/// Copies the database files as they are now: what a crash at this instant would leave.
+fn crash_snapshot(from: &std::path::Path, to: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let src = from.join(format!("cnp.db{suffix}"));
+        if src.exists() {
+            std::fs::copy(&src, to.join(format!("cnp.db{suffix}"))).unwrap();
+        }
+    }
+}
+
+fn starts(calls: &Calls) -> Vec<DateTime<Utc>> {
+    calls.0.lock().unwrap().iter().map(|c| c.2).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_recorded_ahead_runs_once_at_its_slot_even_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_in(
+        dir.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(start_time()),
+    )
+    .await;
+    let job = h
+        .engine
+        .create_job(spec("ahead", every(60, None)), None)
+        .await
+        .unwrap();
+    let slot = start_time() + chrono::Duration::seconds(60);
+    // 1.5 s before the slot: recorded (queued, for its slot), not started.
+    advance(Duration::from_millis(58_500)).await;
+    let e = executions(&h.store, &job.id).await;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].status, ExecutionStatus::Queued);
+    assert_eq!(e[0].scheduled_for, Some(slot));
+    assert!(e[0].queued_at < slot);
+    assert!(starts(&h.calls).is_empty());
+    let recorded_id = e[0].id.clone();
+
+    // A crash now: a second process starts on what the disk holds, 1.5 s before the slot.
+    let crashed = tempfile::tempdir().unwrap();
+    crash_snapshot(dir.path(), crashed.path());
+    h.engine.shutdown(Duration::from_secs(1)).await;
+    let h2 = harness_in(
+        crashed.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(slot - chrono::Duration::milliseconds(1500)),
+    )
+    .await;
+    advance(Duration::from_millis(1400)).await;
+    assert!(
+        starts(&h2.calls).is_empty(),
+        "not dispatched before its slot"
+    );
+    advance(Duration::from_millis(200)).await;
+    let calls = h2.calls.clone();
+    eventually("the recorded slot ran", || {
+        let calls = calls.clone();
+        async move { !starts(&calls).is_empty() }
+    })
+    .await;
+    advance(Duration::from_secs(10)).await;
+    std::thread::sleep(Duration::from_millis(50));
+    let runs = h2.calls.0.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(
+        runs[0].0, recorded_id,
+        "the row recorded ahead is the one that runs"
+    );
+    assert!(
+        runs[0].2 >= slot,
+        "started at {} before its slot",
+        runs[0].2
+    );
+    let e = executions(&h2.store, &job.id).await;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].status, ExecutionStatus::Completed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_recorded_ahead_that_passed_while_down_goes_to_the_misfire_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_in(
+        dir.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(start_time()),
+    )
+    .await;
+    let job = h
+        .engine
+        .create_job(spec("down", every(60, Some(MisfirePolicy::Skip))), None)
+        .await
+        .unwrap();
+    advance(Duration::from_millis(58_500)).await;
+    assert_eq!(executions(&h.store, &job.id).await.len(), 1);
+    let crashed = tempfile::tempdir().unwrap();
+    crash_snapshot(dir.path(), crashed.path());
+    h.engine.shutdown(Duration::from_secs(1)).await;
+    // Back 5 minutes after the slot: the run recorded ahead is withdrawn, and with `skip` the
+    // missed slots (that one included) are recorded as skipped, none run.
+    let h2 = harness_in(
+        crashed.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(start_time() + chrono::Duration::seconds(60 + 300)),
+    )
+    .await;
+    advance(Duration::from_secs(1)).await;
+    let store = h2.store.clone();
+    let id = job.id.clone();
+    eventually("the missed slots recorded as skipped", || {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            executions(&store, &id)
+                .await
+                .iter()
+                .any(|e| e.status == ExecutionStatus::Skipped)
+        }
+    })
+    .await;
+    std::thread::sleep(Duration::from_millis(50));
+    let e = executions(&h2.store, &job.id).await;
+    assert!(starts(&h2.calls).is_empty(), "{e:#?}");
+    assert!(
+        e.iter().all(|e| e.status == ExecutionStatus::Skipped
+            || (e.status == ExecutionStatus::Queued
+                && e.scheduled_for.unwrap() > start_time() + chrono::Duration::seconds(360))),
+        "{e:#?}"
+    );
+    assert!(
+        e[0].error.as_deref().unwrap().contains("6 missed slot(s)"),
+        "{e:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_delete_or_reschedule_before_a_slot_recorded_ahead_withdraws_it() {
+    let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
+    let paused = h
+        .engine
+        .create_job(spec("paused", every(60, None)), None)
+        .await
+        .unwrap();
+    let deleted = h
+        .engine
+        .create_job(spec("deleted", every(60, None)), None)
+        .await
+        .unwrap();
+    let moved = h
+        .engine
+        .create_job(spec("moved", every(60, None)), None)
+        .await
+        .unwrap();
+    let edited = h
+        .engine
+        .create_job(spec("edited", every(60, None)), None)
+        .await
+        .unwrap();
+    advance(Duration::from_millis(58_500)).await;
+    for j in [&paused, &deleted, &moved, &edited] {
+        assert_eq!(executions(&h.store, &j.id).await.len(), 1, "{}", j.name);
+    }
+    h.engine.pause_job(&paused.id).await.unwrap();
+    h.engine.delete_job(&deleted.id).await.unwrap();
+    // A new schedule: the old one's slot is withdrawn (the new one counts from now).
+    h.engine
+        .update_job(&moved.id, spec("moved", every(3600, None)), None)
+        .await
+        .unwrap();
+    // Same schedule, new prompt: the recorded run stays and runs with the new prompt.
+    let mut s = spec("edited", every(60, None));
+    s.prompt = Some("the new prompt".into());
+    h.engine.update_job(&edited.id, s, None).await.unwrap();
+    assert!(executions(&h.store, &paused.id).await.is_empty());
+    assert!(executions(&h.store, &moved.id).await.is_empty());
+
+    advance(Duration::from_secs(5)).await;
+    let calls = h.calls.clone();
+    eventually("the edited job's slot ran", || {
+        let calls = calls.clone();
+        async move { calls.0.lock().unwrap().len() == 1 }
+    })
+    .await;
+    advance(Duration::from_secs(5)).await;
+    std::thread::sleep(Duration::from_millis(50));
+    let runs = h.calls.0.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "only the edited job ran: {runs:?}");
+    assert_eq!(runs[0].1, "the new prompt");
+    assert!(executions(&h.store, &paused.id).await.is_empty());
+    assert!(executions(&h.store, &moved.id).await.is_empty());
+
+    // Resumed before the next slot: that one runs, once.
+    h.engine.resume_job(&paused.id).await.unwrap();
+    advance(Duration::from_secs(60)).await;
+    let store = h.store.clone();
+    let id = paused.id.clone();
+    eventually("the resumed job's next slot ran", || {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            executions(&store, &id)
+                .await
+                .iter()
+                .any(|e| e.status == ExecutionStatus::Completed)
+        }
+    })
+    .await;
+    let e = executions(&h.store, &paused.id).await;
+    assert_eq!(
+        e.iter()
+            .filter(|e| e.scheduled_for == Some(start_time() + chrono::Duration::seconds(120)))
+            .count(),
+        1,
+        "{e:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_stop_withdraws_runs_recorded_ahead_and_the_restart_runs_the_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_in(
+        dir.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(start_time()),
+    )
+    .await;
+    let job = h
+        .engine
+        .create_job(spec("stop", every(60, None)), None)
+        .await
+        .unwrap();
+    advance(Duration::from_millis(58_500)).await;
+    assert_eq!(executions(&h.store, &job.id).await.len(), 1);
+    h.engine.shutdown(Duration::from_secs(1)).await;
+    assert!(executions(&h.store, &job.id).await.is_empty());
+    h.store.close();
+    drop(h);
+    // Restarted 1 s before the slot: it is recorded again and runs once, at its time.
+    let slot = start_time() + chrono::Duration::seconds(60);
+    let h2 = harness_in(
+        dir.path(),
+        EngineSettings::default(),
+        Duration::from_millis(10),
+        Clock::tokio_from(slot - chrono::Duration::seconds(1)),
+    )
+    .await;
+    advance(Duration::from_millis(900)).await;
+    assert!(starts(&h2.calls).is_empty());
+    advance(Duration::from_secs(3)).await;
+    let calls = h2.calls.clone();
+    eventually("the slot ran", || {
+        let calls = calls.clone();
+        async move { !starts(&calls).is_empty() }
+    })
+    .await;
+    let runs = starts(&h2.calls);
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0] >= slot);
+}

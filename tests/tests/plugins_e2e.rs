@@ -160,9 +160,11 @@ fn a_condition_hook_skips_runs_and_a_missing_hook_falls_back_to_running() {
 
     let outside = env.job("outside").unwrap();
     let rows = env.executions("outside");
+    // Slots are recorded up to 2 s ahead, so the next ones may be waiting as `queued`.
     assert!(
-        rows.iter().all(|e| e.status == "skipped"),
-        "every run of `outside` is skipped:\n{}",
+        rows.iter()
+            .all(|e| e.status == "skipped" || e.status == "queued"),
+        "every run of `outside` is skipped (or still waiting for its slot):\n{}",
         env.dump()
     );
     assert_eq!(

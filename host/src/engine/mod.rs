@@ -3,20 +3,23 @@
 //! Data flows one way:
 //!
 //! ```text
-//!  timer (heap of next fire instants, sleep_until the earliest)
-//!    └─ fires ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
-//!                  └─ recorded runs ─▶ dispatch queue (priority 10→1, FIFO within)
+//!  timer (heaps of next slots and of recorded runs waiting for their time)
+//!    └─ slots decided 2 s ahead ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
+//!         └─ recorded runs ─▶ timer, until their slot ─▶ dispatch queue (priority 10→1, FIFO within)
 //!                                        └─ dispatcher (global semaphore + per-job max_parallel)
 //!                                              └─ run task ─▶ Runner (the Claude CLI) ─▶ store + event bus
 //! ```
 //!
-//! A slot is recorded in SQLite *before* anything runs, under a unique key: a crash between
-//! recording and running leaves a `queued` row that the next start dispatches (nothing lost), and
-//! a slot recorded once is never recorded again (nothing doubled). Runs a crash leaves `running`
-//! become `interrupted` on the next start.
+//! A slot is recorded in SQLite *before* anything runs — ahead of its due instant, so its release
+//! costs no I/O — under a unique key: a crash between recording and running leaves a `queued`
+//! row that the next start dispatches, at its slot if that is still ahead (nothing lost, nothing
+//! early), and a slot recorded once is never recorded again (nothing doubled). Runs a crash
+//! leaves `running` become `interrupted` on the next start. See `timer.rs` for how runs recorded
+//! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
 mod clock;
 mod hooks;
+mod jobs;
 mod queue;
 mod run;
 mod timer;
@@ -38,9 +41,12 @@ use crate::config::Config;
 use crate::events::{Event, EventBus};
 use crate::executor::Runner;
 use crate::manifest::{JobSpec, SpecError};
-use crate::model::{ExecutionStatus, Job, JobStatus, MisfirePolicy, Schedule, Trigger};
+use crate::model::{
+    ExecutionOptions, ExecutionStatus, Job, JobStatus, MisfirePolicy, Schedule, Trigger,
+};
 use crate::schedule::{CompiledSchedule, CronCache};
-use crate::store::{NewExecution, Store, StoreError};
+use crate::store::{JobScheduling, NewExecution, Store, StoreError};
+use jobs::{JobEntry, JobId, Jobs};
 
 /// What the engine takes from the config.
 #[derive(Debug, Clone)]
@@ -106,52 +112,11 @@ impl From<StoreError> for EngineError {
     }
 }
 
-/// A job as the engine holds it in memory: only what scheduling and dispatch decide on (100,000
-/// jobs must fit in a few tens of MiB). The full definition is read when a run starts.
-struct JobEntry {
-    meta: JobMeta,
-    schedule: CompiledSchedule,
-    /// Bumped on every change; timer entries of older generations are ignored.
-    generation: u64,
-    /// The latest slot decided (fired or skipped).
-    last_slot: Option<DateTime<Utc>>,
-    running: u32,
-    queued: u32,
-}
-
-/// The scheduling-relevant part of a job's definition.
-struct JobMeta {
-    name: Box<str>,
-    status: JobStatus,
-    priority: u8,
-    max_parallel: u32,
-    overlap: crate::model::OverlapPolicy,
-    misfire: Option<MisfirePolicy>,
-}
-
-impl JobMeta {
-    fn of(job: &Job) -> Self {
-        JobMeta {
-            name: job.name.as_str().into(),
-            status: job.status,
-            priority: job.priority,
-            max_parallel: job.execution_options.max_parallel.unwrap_or(1).max(1),
-            overlap: job.execution_options.overlap,
-            misfire: job.schedule.misfire(),
-        }
-    }
-}
-
-impl JobEntry {
-    fn max_parallel(&self) -> u32 {
-        self.meta.max_parallel
-    }
-}
-
 #[derive(Default)]
 struct State {
-    /// By job id; the same `Arc<str>` is shared by the job's timer entries.
-    jobs: HashMap<Arc<str>, JobEntry>,
+    jobs: Jobs,
+    /// Source of job generations (see [`JobEntry::generation`]).
+    next_generation: u32,
     queue: DispatchQueue,
     /// Running executions and how to stop them.
     running: HashMap<String, RunningRun>,
@@ -163,22 +128,27 @@ struct RunningRun {
 }
 
 /// Something for the timer to wake up for.
-#[derive(Debug, Clone)]
-enum TimerKey {
-    /// The job's next schedule slot.
-    Slot { job_id: Arc<str>, generation: u64 },
-    /// A recorded execution whose start is delayed (boxed: most entries are slots).
-    Delayed(Box<QueuedRun>),
-}
-
 enum TimerCmd {
-    Add { due: DateTime<Utc>, key: TimerKey },
+    /// A job's next schedule slot (the job by index in the job table, and its generation).
+    Slot {
+        due: DateTime<Utc>,
+        job: u32,
+        generation: u32,
+    },
+    /// A recorded execution whose start waits for `due`: delayed runs, and scheduled runs
+    /// recorded ahead of their slot (boxed: most entries are slots).
+    Delayed {
+        due: DateTime<Utc>,
+        run: Box<QueuedRun>,
+    },
 }
 
 /// A fire on its way to the store.
 struct Fire {
     execution: NewExecution,
     priority: u8,
+    /// The job's epoch when the slot was decided (see [`JobEntry::epoch`]).
+    epoch: u32,
 }
 
 struct Shared {
@@ -284,12 +254,27 @@ impl Engine {
         if let Some(seen) = s.store.get_state("heartbeat").await? {
             tracing::info!(last_seen = %seen, "previous cnp instance's last heartbeat");
         }
-        for (job, last_slot) in s.store.jobs_with_last_slot().await? {
-            let id = job.id.clone();
-            if let Err(e) = self.install(job, last_slot) {
-                tracing::error!(job = %id, error = %e, "job not scheduled: its schedule is invalid");
-            }
+        // Runs recorded ahead of a slot that came due while cnp was down are withdrawn: the
+        // misfire policy decides those slots (below, as the timer finds them late).
+        let grace = chrono::Duration::from_std(s.settings.misfire_grace).unwrap_or_default();
+        let withdrawn = s.store.withdraw_missed_ahead(now - grace).await?;
+        if withdrawn > 0 {
+            tracing::info!(
+                withdrawn,
+                "runs recorded ahead of slots that came due while cnp was down: left to the misfire policy"
+            );
         }
+        // Streamed: only the scheduling columns, one row at a time (100,000 full `Job` values
+        // would cost ~100 MiB at once).
+        let engine = self.clone();
+        let loaded = s
+            .store
+            .for_each_job_scheduling(move |j| {
+                if let Err(e) = engine.install(&j.as_def(), j.last_slot, false) {
+                    tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
+                }
+            })
+            .await?;
         let pending = s.store.pending_executions().await?;
         if !pending.is_empty() {
             tracing::info!(
@@ -298,11 +283,16 @@ impl Engine {
             );
         }
         for e in pending {
-            let priority = {
+            let found = {
                 let st = s.state.lock().unwrap();
-                st.jobs.get(e.job_id.as_str()).map(|j| j.meta.priority)
+                st.jobs
+                    .get(e.job_id.as_str())
+                    .map(|j| (j.priority, j.epoch))
             };
-            let Some(priority) = priority else { continue };
+            let Some((priority, epoch)) = found else {
+                continue;
+            };
+            let scheduled = matches!(e.trigger, Trigger::Schedule | Trigger::Catchup);
             let run = QueuedRun {
                 execution_id: e.id,
                 job_id: e.job_id,
@@ -310,69 +300,82 @@ impl Engine {
                 seq: 0,
                 scheduled_for: e.scheduled_for,
                 retry_count: e.retry_count,
+                // Scheduled runs recorded ahead of their slot are withdrawn if the job is paused
+                // or changed before the slot.
+                epoch: scheduled.then_some(epoch),
             };
             match e.scheduled_for {
-                Some(t)
-                    if t > now
-                        && e.trigger != Trigger::Schedule
-                        && e.trigger != Trigger::Catchup =>
-                {
-                    self.timer(t, TimerKey::Delayed(Box::new(run)))
+                // Not due yet (a delayed run, or a slot recorded ahead): it waits for its time.
+                Some(t) if t > now => {
+                    self.timer(t, run);
                 }
-                _ => self.enqueue(run),
+                // Already due: dispatched as before the restart (whatever the job's status).
+                _ => self.enqueue(QueuedRun { epoch: None, ..run }),
             }
+        }
+        if loaded >= 10_000 {
+            // Loading many jobs leaves the allocator with freed row buffers; hand them back.
+            trim_heap();
         }
         Ok(())
     }
 
-    /// Puts a job in memory and, when active, on the timer.
-    fn install(&self, job: Job, last_slot: Option<DateTime<Utc>>) -> Result<(), EngineError> {
+    /// Puts a job in memory and, when active, on the timer. `withdraw`: runs recorded ahead of
+    /// their slot under the job's previous definition must not run (paused, disabled, schedule
+    /// changed).
+    fn install(
+        &self,
+        job: &JobDef<'_>,
+        last_slot: Option<DateTime<Utc>>,
+        withdraw: bool,
+    ) -> Result<(), EngineError> {
         let s = &self.shared;
-        let compiled = self.compile(&job)?;
-        let id = job.id.clone();
+        let compiled = self.compile_def(job)?;
         let active = job.status == JobStatus::Active;
         let base = last_slot.unwrap_or(job.created_at);
         let due = compiled.next_after(base);
-        let (key, generation) = {
+        let (idx, generation) = {
             let mut st = s.state.lock().unwrap();
-            let (running, queued, generation) = st
+            st.next_generation = st.next_generation.wrapping_add(1);
+            let generation = st.next_generation;
+            let (running, queued, epoch) = st
                 .jobs
-                .get(id.as_str())
-                .map(|e| (e.running, e.queued, e.generation + 1))
+                .get(job.id)
+                .map(|e| (e.running, e.queued, e.epoch.wrapping_add(withdraw as u32)))
                 .unwrap_or((0, 0, 0));
-            let key: Arc<str> = st
-                .jobs
-                .get_key_value(id.as_str())
-                .map(|(k, _)| k.clone())
-                .unwrap_or_else(|| Arc::from(id.as_str()));
-            st.jobs.insert(
-                key.clone(),
-                JobEntry {
-                    meta: JobMeta::of(&job),
-                    schedule: compiled,
-                    generation,
-                    last_slot: Some(base),
-                    running,
-                    queued,
-                },
-            );
-            (key, generation)
+            let idx = st.jobs.upsert(JobEntry {
+                id: JobId::new(job.id),
+                schedule: compiled,
+                last_slot: Some(base),
+                generation,
+                epoch,
+                running,
+                queued,
+                max_parallel: job.options.max_parallel.unwrap_or(1).max(1),
+                misfire: job.schedule.misfire(),
+                status: job.status,
+                priority: job.priority,
+                overlap: job.options.overlap,
+            });
+            (idx, generation)
         };
         if let (true, Some(due)) = (active, due) {
-            self.timer(
+            let _ = s.timer_tx.send(TimerCmd::Slot {
                 due,
-                TimerKey::Slot {
-                    job_id: key,
-                    generation,
-                },
-            );
+                job: idx,
+                generation,
+            });
         }
         Ok(())
     }
 
     fn compile(&self, job: &Job) -> Result<CompiledSchedule, EngineError> {
+        self.compile_def(&JobDef::of(job))
+    }
+
+    fn compile_def(&self, job: &JobDef<'_>) -> Result<CompiledSchedule, EngineError> {
         CompiledSchedule::compile(
-            &job.schedule,
+            job.schedule,
             self.shared.settings.default_timezone,
             job.created_at,
             &self.shared.cron_cache,
@@ -385,8 +388,20 @@ impl Engine {
         })
     }
 
-    fn timer(&self, due: DateTime<Utc>, key: TimerKey) {
-        let _ = self.shared.timer_tx.send(TimerCmd::Add { due, key });
+    /// Starts a recorded run at `due` (in memory; the run is already recorded).
+    /// Gives the run back if the timer has stopped.
+    fn timer(&self, due: DateTime<Utc>, run: QueuedRun) -> Option<QueuedRun> {
+        self.shared
+            .timer_tx
+            .send(TimerCmd::Delayed {
+                due,
+                run: Box::new(run),
+            })
+            .err()
+            .map(|e| match e.0 {
+                TimerCmd::Delayed { run, .. } => *run,
+                TimerCmd::Slot { .. } => unreachable!("sent a delayed run"),
+            })
     }
 
     /// The plugin runtime, if set.
@@ -451,7 +466,7 @@ impl Engine {
             job.next_run_time = compiled.next_after(now);
         }
         let job = self.shared.store.insert_job(job).await?;
-        self.install(job.clone(), Some(now))?;
+        self.install(&JobDef::of(&job), Some(now), false)?;
         hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "created");
         Ok(job)
@@ -499,8 +514,15 @@ impl Engine {
             None
         };
         let reset = schedule_changed.then_some(now);
-        let job = self.shared.store.update_job(job, reset).await?;
-        self.install(job.clone(), base)?;
+        // Runs recorded ahead of a coming slot are withdrawn when the job stops being active or
+        // its schedule changes (in the same write); otherwise they run with the new definition.
+        let withdraw = schedule_changed || job.status != JobStatus::Active;
+        let job = self
+            .shared
+            .store
+            .update_job(job, reset, withdraw.then_some(now))
+            .await?;
+        self.install(&JobDef::of(&job), base, withdraw)?;
         hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "updated");
         Ok(job)
@@ -542,10 +564,11 @@ impl Engine {
         let job = self.job(id).await?;
         let now = self.shared.clock.now();
         let reset = (status == JobStatus::Active && job.status != JobStatus::Active).then_some(now);
+        let withdraw = status != JobStatus::Active;
         let job = self
             .shared
             .store
-            .set_job_status(job.id.clone(), status, reset, now)
+            .set_job_status(job.id.clone(), status, reset, withdraw.then_some(now), now)
             .await?;
         let last_slot = match reset {
             Some(t) => Some(t),
@@ -554,7 +577,7 @@ impl Engine {
                 st.jobs.get(job.id.as_str()).and_then(|e| e.last_slot)
             }
         };
-        self.install(job.clone(), last_slot)?;
+        self.install(&JobDef::of(&job), last_slot, withdraw)?;
         self.publish_job(&job, status.as_str());
         Ok(job)
     }
@@ -601,6 +624,7 @@ impl Engine {
             seq: 0,
             scheduled_for: Some(due.unwrap_or(now)),
             retry_count: 0,
+            epoch: None,
         };
         self.publish_exec(
             &run.execution_id,
@@ -609,7 +633,9 @@ impl Engine {
             None,
         );
         match due {
-            Some(t) => self.timer(t, TimerKey::Delayed(Box::new(run))),
+            Some(t) => {
+                self.timer(t, run);
+            }
             None => self.enqueue(run),
         }
         Ok(exec_id)
@@ -690,7 +716,7 @@ impl Engine {
             active_jobs: st
                 .jobs
                 .values()
-                .filter(|e| e.meta.status == JobStatus::Active)
+                .filter(|e| e.status == JobStatus::Active)
                 .count(),
             queued: st.queue.len(),
             running: st.running.len(),
@@ -748,6 +774,56 @@ impl Engine {
             message,
             timestamp: self.shared.clock.now(),
         });
+    }
+}
+
+/// What scheduling needs of a job: from a full [`Job`], or a row streamed at start-up.
+struct JobDef<'a> {
+    id: &'a str,
+    schedule: &'a Schedule,
+    status: JobStatus,
+    priority: u8,
+    options: &'a ExecutionOptions,
+    created_at: DateTime<Utc>,
+}
+
+impl<'a> JobDef<'a> {
+    fn of(job: &'a Job) -> Self {
+        JobDef {
+            id: &job.id,
+            schedule: &job.schedule,
+            status: job.status,
+            priority: job.priority,
+            options: &job.execution_options,
+            created_at: job.created_at,
+        }
+    }
+}
+
+trait AsDef {
+    fn as_def(&self) -> JobDef<'_>;
+}
+
+impl AsDef for JobScheduling {
+    fn as_def(&self) -> JobDef<'_> {
+        JobDef {
+            id: &self.id,
+            schedule: &self.schedule,
+            status: self.status,
+            priority: self.priority,
+            options: &self.execution_options,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Returns freed heap memory to the system (glibc keeps it otherwise).
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

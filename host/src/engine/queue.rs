@@ -16,6 +16,9 @@ pub struct QueuedRun {
     pub seq: u64,
     pub scheduled_for: Option<DateTime<Utc>>,
     pub retry_count: u32,
+    /// For scheduled runs: the job's epoch when the slot was decided. A run recorded ahead of its
+    /// slot is withdrawn at the slot if the job's epoch moved meanwhile (paused, rescheduled).
+    pub epoch: Option<u32>,
 }
 
 impl PartialEq for QueuedRun {
@@ -120,6 +123,7 @@ mod tests {
             seq: 0,
             scheduled_for: None,
             retry_count: 0,
+            epoch: None,
         }
     }
 

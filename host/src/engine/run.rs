@@ -9,57 +9,102 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, Gate};
-use super::{Engine, Fire, QueuedRun, RunningRun, TimerKey};
+use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::Job;
-use crate::model::{ExecutionStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::model::{ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
 use crate::plugins::{EventKind, ExecutionInfo};
 use crate::store::{Claim, FinishedRun};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
 /// policy says so.
 pub(super) fn enqueue(engine: &Engine, run: QueuedRun) {
+    enqueue_all(engine, vec![run], false);
+}
+
+/// [`enqueue`] for many runs. `announce`: publish each run's `queued` event once it is in the
+/// dispatch queue. A scheduled run (`epoch` set) whose job changed since its slot was decided is
+/// withdrawn.
+pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool) {
     let s = &engine.shared;
-    let skip_reason = {
-        let mut st = s.state.lock().unwrap();
-        let st = &mut *st;
-        match st.jobs.get_mut(run.job_id.as_str()) {
-            None => Some("the job was deleted before the run started".to_owned()),
-            Some(entry) => {
-                let busy = entry.running + entry.queued;
-                if entry.meta.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel() {
-                    Some(format!(
-                        "skipped: {busy} run(s) of this job already running or queued \
-                         (max_parallel {}, overlap: skip)",
-                        entry.max_parallel()
-                    ))
-                } else {
-                    entry.queued += 1;
-                    st.queue.push(run.clone());
-                    None
+    let mut skipped = Vec::new();
+    let mut runs = runs.into_iter().peekable();
+    // In chunks: the dispatcher starts on the first runs of a large burst while the rest are
+    // queued, and each chunk's `queued` events carry the moment that chunk was in the queue.
+    while runs.peek().is_some() {
+        let mut queued = 0;
+        let mut announced = Vec::new();
+        {
+            let mut st = s.state.lock().unwrap();
+            let st = &mut *st;
+            for run in runs.by_ref().take(RELEASE_CHUNK) {
+                let reason = match st.jobs.get_mut(run.job_id.as_str()) {
+                    None => Some("the job was deleted before the run started".to_owned()),
+                    // Recorded ahead of its slot, and the job was paused, disabled or
+                    // rescheduled since: withdrawn (the job's own write has normally deleted the
+                    // row already).
+                    Some(entry)
+                        if run.epoch.is_some_and(|e| {
+                            e != entry.epoch || entry.status != JobStatus::Active
+                        }) =>
+                    {
+                        tracing::debug!(execution = %run.execution_id, job = %run.job_id, "run recorded ahead of its slot withdrawn: the job changed");
+                        s.store.withdraw_execution_detached(run.execution_id);
+                        continue;
+                    }
+                    Some(entry) => {
+                        let busy = entry.running + entry.queued;
+                        if entry.overlap == OverlapPolicy::Skip && busy >= entry.max_parallel {
+                            Some(format!(
+                                "skipped: {busy} run(s) of this job already running or queued \
+                                 (max_parallel {}, overlap: skip)",
+                                entry.max_parallel
+                            ))
+                        } else {
+                            entry.queued += 1;
+                            if announce {
+                                announced.push((run.execution_id.clone(), run.job_id.clone()));
+                            }
+                            st.queue.push(run);
+                            queued += 1;
+                            continue;
+                        }
+                    }
+                };
+                if let Some(reason) = reason {
+                    skipped.push((run, reason));
                 }
             }
         }
-    };
-    match skip_reason {
-        None => s.dispatch.notify_one(),
-        Some(reason) => {
-            let engine = engine.clone();
-            s.tasks.spawn(async move {
-                let now = engine.shared.clock.now();
-                match engine
-                    .shared
-                    .store
-                    .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
-                    .await
-                {
-                    Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
-                }
+        if queued > 0 {
+            s.dispatch.notify_one();
+        }
+        let now = s.clock.now();
+        for (execution_id, job_id) in announced {
+            s.events.publish(Event::Execution {
+                execution_id,
+                job_id,
+                status: ExecutionStatus::Queued,
+                message: None,
+                timestamp: now,
             });
         }
+    }
+    for (run, reason) in skipped {
+        let engine = engine.clone();
+        s.tasks.spawn(async move {
+            let now = engine.shared.clock.now();
+            match engine
+                .shared
+                .store
+                .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
+                .await
+            {
+                Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
+                Ok(false) => {}
+                Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
+            }
+        });
     }
 }
 
@@ -88,6 +133,9 @@ pub(super) async fn run_recorder(engine: Engine, mut rx: mpsc::UnboundedReceiver
     }
 }
 
+/// Runs put in the dispatch queue per lock when a burst is released.
+const RELEASE_CHUNK: usize = 512;
+
 /// Fires recorded in the first transaction of a burst.
 const RECORD_CHUNK: usize = 256;
 
@@ -95,32 +143,57 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
     let executions: Vec<_> = chunk.iter().map(|f| f.execution.clone()).collect();
     match engine.shared.store.record_fires(executions).await {
         Ok(inserted) => {
+            let now = engine.shared.clock.now();
+            let mut due = Vec::new();
+            let mut ahead = Vec::new();
             for (fire, new) in chunk.into_iter().zip(inserted) {
                 let e = fire.execution;
                 if !new {
-                    tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded: not run twice");
+                    tracing::debug!(job = %e.job_id, slot = ?e.slot, "slot already recorded (not run twice), or the job stopped being active");
                     continue;
                 }
-                engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
-                if e.status == ExecutionStatus::Queued {
-                    enqueue(
-                        engine,
-                        QueuedRun {
-                            execution_id: e.id,
-                            job_id: e.job_id,
-                            priority: fire.priority,
-                            seq: 0,
-                            scheduled_for: e.scheduled_for,
-                            retry_count: e.retry_count,
-                        },
-                    );
+                if e.status != ExecutionStatus::Queued {
+                    engine.publish_exec(&e.id, &e.job_id, e.status, e.error.clone());
+                    continue;
                 }
+                let run = QueuedRun {
+                    execution_id: e.id,
+                    job_id: e.job_id,
+                    priority: fire.priority,
+                    seq: 0,
+                    scheduled_for: e.scheduled_for,
+                    retry_count: e.retry_count,
+                    epoch: Some(fire.epoch),
+                };
+                match run.scheduled_for {
+                    // Recorded ahead of its slot: the timer releases it then.
+                    Some(t) if t > now => ahead.push((t, run)),
+                    _ => due.push(run),
+                }
+            }
+            if !due.is_empty() {
+                release(engine, due);
+            }
+            // If the timer has stopped (shutdown), withdraw them as it does with its own.
+            let orphans: Vec<QueuedRun> = ahead
+                .into_iter()
+                .filter_map(|(t, run)| engine.timer(t, run))
+                .collect();
+            if !orphans.is_empty() {
+                super::timer::withdraw_unreleased(engine, orphans).await;
             }
         }
         Err(e) => {
             tracing::error!(error = %e, fires = chunk.len(), "cannot record schedule fires: these slots did not run");
         }
     }
+}
+
+/// Releases recorded runs whose time has come to the dispatch queue — no I/O. A scheduled run
+/// whose job was deleted, paused, disabled or rescheduled since its slot was decided is
+/// withdrawn instead (its row deleted, if the job's own write has not done it already).
+pub(super) fn release(engine: &Engine, runs: Vec<QueuedRun>) {
+    enqueue_all(engine, runs, true);
 }
 
 /// Starts queued runs, most urgent first, while the global semaphore and each job's
@@ -139,10 +212,9 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 let mut st = s.state.lock().unwrap();
                 let st = &mut *st;
                 let jobs = &st.jobs;
-                let run = st.queue.pop(|job_id| {
-                    jobs.get(job_id)
-                        .is_none_or(|e| e.running < e.max_parallel())
-                });
+                let run = st
+                    .queue
+                    .pop(|job_id| jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel));
                 run.map(|run| {
                     let known = st.jobs.get_mut(run.job_id.as_str()).map(|e| {
                         e.queued = e.queued.saturating_sub(1);
@@ -342,8 +414,10 @@ async fn after_run(
                         seq: 0,
                         scheduled_for: Some(at),
                         retry_count: run.retry_count + 1,
+                        epoch: None,
                     };
-                    engine.timer(at, TimerKey::Delayed(Box::new(retry)));
+                    // Recorded: if the timer has stopped (shutdown), the next start runs it.
+                    let _ = engine.timer(at, retry);
                     hooks::notify_plugins(
                         engine,
                         job,
@@ -437,9 +511,10 @@ async fn defer(engine: &Engine, run: QueuedRun, until: DateTime<Utc>, reason: St
             );
             let run = QueuedRun {
                 scheduled_for: Some(until),
+                epoch: None,
                 ..run
             };
-            engine.timer(until, TimerKey::Delayed(Box::new(run)));
+            let _ = engine.timer(until, run);
         }
         Ok(false) => {}
         Err(e) => {

@@ -132,30 +132,92 @@ fn insert_execution_conn(c: &Connection, e: &NewExecution) -> Result<bool, Store
 impl Store {
     /// Records schedule fires in one transaction. Each fire is keyed by (job, slot, attempt): a
     /// slot already recorded (by an earlier process, before a crash) is not recorded again, and its
-    /// entry in the result is `false`. Also advances each job's `last_slot`.
+    /// entry in the result is `false`. Nothing is recorded for a job that is no longer active
+    /// (paused or deleted since the timer decided the slot): `false` too. Also advances each
+    /// job's `last_slot`.
     pub async fn record_fires(&self, fires: Vec<NewExecution>) -> Result<Vec<bool>, StoreError> {
         self.write(move |c| {
             let mut out = Vec::with_capacity(fires.len());
+            let mut ins = c.prepare_cached(
+                "INSERT OR IGNORE INTO executions
+                    (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
+                     prompt, error, completed_at)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND status = 'active')",
+            )?;
             let mut upd = c.prepare_cached(
                 "UPDATE jobs SET last_slot = MAX(COALESCE(last_slot, 0), ?2) WHERE id = ?1",
             )?;
             for e in &fires {
-                let inserted = match insert_execution_conn(c, e) {
-                    Ok(i) => i,
-                    // The job was deleted between the fire and this write.
-                    Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-                        if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        false
+                let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
+                let n = ins.execute(params![
+                    e.id,
+                    e.job_id,
+                    e.status.as_str(),
+                    e.trigger.as_str(),
+                    e.slot.map(to_ms),
+                    e.scheduled_for.map(to_ms),
+                    to_ms(e.queued_at),
+                    e.retry_count,
+                    e.prompt,
+                    e.error,
+                    completed,
+                ])?;
+                if n == 1 {
+                    if let Some(slot) = e.slot {
+                        upd.execute(params![e.job_id, to_ms(slot)])?;
                     }
-                    Err(err) => return Err(err),
-                };
-                if let Some(slot) = e.slot {
-                    upd.execute(params![e.job_id, to_ms(slot)])?;
                 }
-                out.push(inserted);
+                out.push(n == 1);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes a scheduled run recorded ahead of its slot that must not run after all (its job
+    /// was paused or changed meanwhile), without waiting. Only while it is still queued.
+    pub fn withdraw_execution_detached(&self, id: String) {
+        self.write_detached("withdrawn run", move |c| {
+            c.prepare_cached("DELETE FROM executions WHERE id = ?1 AND status = 'queued'")?
+                .execute([&id])?;
+            Ok(())
+        });
+    }
+
+    /// Withdraws scheduled runs recorded ahead of their slot that were never released (cnp
+    /// stopped first): `(execution id, job id, slot)`. Each row still queued is deleted and its
+    /// job's `last_slot` goes back to before the earliest withdrawn slot, so those slots are
+    /// decided again on the next start (misfire policy included), as if never recorded.
+    pub async fn withdraw_unreleased(
+        &self,
+        runs: Vec<(String, String, DateTime<Utc>)>,
+    ) -> Result<usize, StoreError> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |c| withdraw_conn(c, &runs)).await
+    }
+
+    /// At start-up: withdraws (as [`Store::withdraw_unreleased`]) the queued runs that were
+    /// recorded ahead of their slot and whose slot is before `late`: their slots came due while
+    /// cnp was down, so the misfire policy decides them like any other missed slot.
+    pub async fn withdraw_missed_ahead(&self, late: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, job_id, slot FROM executions
+                 WHERE status = 'queued' AND slot IS NOT NULL AND queued_at < slot AND slot < ?1",
+            )?;
+            let rows = stmt
+                .query_map([to_ms(late)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        from_ms(r.get(2)?),
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            withdraw_conn(c, &rows)
         })
         .await
     }
@@ -478,6 +540,32 @@ impl Store {
         })
         .await
     }
+}
+
+fn withdraw_conn(
+    c: &Connection,
+    runs: &[(String, String, DateTime<Utc>)],
+) -> Result<usize, StoreError> {
+    let mut earliest: std::collections::HashMap<&str, i64> = Default::default();
+    let mut del = c.prepare_cached("DELETE FROM executions WHERE id = ?1 AND status = 'queued'")?;
+    let mut n = 0;
+    for (id, job_id, slot) in runs {
+        if del.execute([id])? == 1 {
+            n += 1;
+            let e = earliest.entry(job_id).or_insert(i64::MAX);
+            *e = (*e).min(to_ms(*slot));
+        }
+    }
+    // Back to the latest slot still recorded before the withdrawn ones (or just before them).
+    let mut upd = c.prepare_cached(
+        "UPDATE jobs SET last_slot = COALESCE(
+            (SELECT MAX(slot) FROM executions WHERE job_id = ?1 AND slot < ?2), ?2 - 1)
+         WHERE id = ?1 AND (last_slot IS NULL OR last_slot >= ?2)",
+    )?;
+    for (job_id, slot) in earliest {
+        upd.execute(params![job_id, slot])?;
+    }
+    Ok(n)
 }
 
 fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {

@@ -4,12 +4,38 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{atomic, from_json, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
-use crate::model::{Job, JobStatus, Prompt};
+use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 
 const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
     execution_options, retry_config, notification_config, resource_limits, tags, source, \
     execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
     created_at, updated_at";
+
+/// What the engine needs of a job to schedule it (read at start-up, one row at a time).
+#[derive(Debug, Clone)]
+pub struct JobScheduling {
+    pub id: String,
+    pub schedule: Schedule,
+    pub status: JobStatus,
+    pub priority: u8,
+    pub execution_options: ExecutionOptions,
+    pub created_at: DateTime<Utc>,
+    /// The latest slot already decided (see `jobs.last_slot`).
+    pub last_slot: Option<DateTime<Utc>>,
+}
+
+/// Deletes the scheduled runs recorded ahead of their slot (queued, slot after `now`): they must
+/// not run once the job is paused, disabled or rescheduled.
+pub(crate) fn withdraw_ahead_conn(
+    c: &Connection,
+    job_id: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    Ok(c.prepare_cached(
+        "DELETE FROM executions WHERE job_id = ?1 AND status = 'queued' AND slot > ?2",
+    )?
+    .execute(params![job_id, to_ms(now)])?)
+}
 
 /// Which jobs to list.
 #[derive(Debug, Clone, Default)]
@@ -144,12 +170,18 @@ impl Store {
 
     /// Replaces a job's definition (not its statistics or history). `reset_slot`: the schedule
     /// changed, so catch-up starts from now rather than from the old schedule's last slot.
+    /// `withdraw_after`: runs recorded ahead of a slot after this instant are deleted (in the
+    /// same transaction).
     pub async fn update_job(
         &self,
         job: Job,
         reset_slot: Option<DateTime<Utc>>,
+        withdraw_after: Option<DateTime<Utc>>,
     ) -> Result<Job, StoreError> {
         self.write(move |c| {
+            if let Some(t) = withdraw_after {
+                withdraw_ahead_conn(c, &job.id, t)?;
+            }
             let r = c.execute(
                 "UPDATE jobs SET name = ?2, prompt_id = ?3, prompt = ?4, schedule = ?5, status = ?6,
                     priority = ?7, execution_options = ?8, retry_config = ?9,
@@ -195,9 +227,13 @@ impl Store {
         id: String,
         status: JobStatus,
         reset_slot: Option<DateTime<Utc>>,
+        withdraw_after: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<Job, StoreError> {
         self.write(move |c| {
+            if let Some(t) = withdraw_after {
+                withdraw_ahead_conn(c, &id, t)?;
+            }
             let n = c.execute(
                 "UPDATE jobs SET status = ?2, updated_at = ?3, last_slot = COALESCE(?4, last_slot)
                  WHERE id = ?1",
@@ -230,20 +266,37 @@ impl Store {
         self.read(move |c| list_jobs_conn(c, &filter)).await
     }
 
-    /// Every job with the slot after which it still owes runs (for start-up catch-up).
-    pub async fn jobs_with_last_slot(
-        &self,
-    ) -> Result<Vec<(Job, Option<DateTime<Utc>>)>, StoreError> {
-        self.read(|c| {
-            let sql = format!("SELECT {JOB_COLUMNS}, last_slot FROM jobs ORDER BY created_at");
-            let mut stmt = c.prepare(&sql)?;
+    /// Calls `f` with every job's scheduling columns, one row at a time (nothing else is held in
+    /// memory), oldest job first. Returns how many jobs there were.
+    pub async fn for_each_job_scheduling<F>(&self, mut f: F) -> Result<usize, StoreError>
+    where
+        F: FnMut(JobScheduling) + Send + 'static,
+    {
+        self.read(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, schedule, status, priority, execution_options, created_at, last_slot
+                 FROM jobs ORDER BY created_at",
+            )?;
             let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
+            let mut n = 0;
             while let Some(r) = rows.next()? {
-                let last: Option<i64> = r.get(21)?;
-                out.push((job_from_row(r)?, opt_from_ms(last)));
+                let status: String = r.get(2)?;
+                f(JobScheduling {
+                    id: r.get(0)?,
+                    schedule: from_json(&r.get::<_, String>(1)?, "jobs.schedule")?,
+                    status: JobStatus::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("jobs.status `{status}`")))?,
+                    priority: r.get(3)?,
+                    execution_options: from_json(
+                        &r.get::<_, String>(4)?,
+                        "jobs.execution_options",
+                    )?,
+                    created_at: from_ms(r.get(5)?),
+                    last_slot: opt_from_ms(r.get(6)?),
+                });
+                n += 1;
             }
-            Ok(out)
+            Ok(n)
         })
         .await
     }

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 pub use api::DurationStats;
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution};
-pub use jobs::JobFilter;
+pub use jobs::{JobFilter, JobScheduling};
 pub use schema::SCHEMA_VERSION;
 
 /// A storage failure.
