@@ -66,14 +66,14 @@ members() {
 cd "$plugins"
 if have_rustup_target; then
     echo "build-plugins: using rustup's $target target" >&2
-    cargo_cmd=(cargo build --release --target "$target")
+    cargo_cmd=(cargo build --release --target "$target" --target-dir "$plugins/target")
 else
     install_debian_toolchain
     echo "build-plugins: using Debian's rustc-web with -Zbuild-std" >&2
     # /usr/bin/cargo by absolute path: rustup's cargo usually comes first in PATH, and a
     # different compiler cannot build Debian's standard library source.
     cargo_cmd=(env RUSTC_BOOTSTRAP=1 /usr/bin/cargo build --release --target "$target"
-        --config "$plugins/.cargo/debian.toml")
+        --target-dir "$plugins/target" --config "$plugins/.cargo/debian.toml")
 fi
 
 mapfile -t members < <(members)
