@@ -19,6 +19,7 @@ pub mod executor;
 pub mod manifest;
 pub mod model;
 pub mod plugins;
+pub mod redact;
 pub mod schedule;
 pub mod service;
 pub mod store;

@@ -895,3 +895,64 @@ async fn shutdown_closes_streams_and_removes_the_address_file() {
     assert!(!env.api_address_file().exists());
     assert!(cnp.log().contains("admin API stopped"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_a_job_are_never_echoed_and_survive_a_read_modify_write() {
+    let (env, cnp, api) = start();
+    let hook = "https://hooks.slack.com/services/T000/B000/SECRETKEY123";
+    let mut job = manual_job(
+        "secretive",
+        json!({"ANTHROPIC_API_KEY": "sk-ant-secret-1", "MODE": "ci"}),
+    );
+    job["notifications"] = json!({
+        "on_failure": true,
+        "channels": [{"type": "webhook", "url": hook}, {"type": "email", "recipients": ["a@b.c"], "smtp_password": "hunter2"}]
+    });
+    let (s, created) = api.post("/api/jobs", job).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let (s, shown) = api.get("/api/jobs/secretive").await;
+    assert_eq!(s, StatusCode::OK);
+    let text = shown.to_string() + &created.to_string() + &api.get("/api/jobs").await.1.to_string();
+    for secret in ["SECRETKEY123", "sk-ant-secret-1", "hunter2"] {
+        assert!(!text.contains(secret), "`{secret}` echoed: {text}");
+    }
+    assert_eq!(
+        shown["notification_config"]["channels"][0]["url"],
+        "https://hooks.slack.com/<redacted>"
+    );
+    assert_eq!(
+        shown["execution_options"]["environment"]["MODE"], "ci",
+        "non-secrets shown"
+    );
+
+    // Read-modify-write (what `cnp job update` does): change the priority, send the rest back.
+    let mut spec = json!({
+        "name": "secretive",
+        "prompt": "say hello",
+        "schedule": {"type": "manual"},
+        "priority": 8,
+        "execution": {"environment": shown["execution_options"]["environment"].clone()},
+        "notifications": {"on_failure": true, "channels": shown["notification_config"]["channels"].clone()},
+    });
+    spec["tags"] = json!(["api-test"]);
+    let (s, updated) = api
+        .call(Method::PUT, "/api/jobs/secretive", Some(spec))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{updated}");
+    assert_eq!(updated["priority"], 8);
+    // The stored definition kept the secrets.
+    let db = env.db();
+    let (env_json, channels): (String, String) = db
+        .query_row(
+            "SELECT execution_options, notification_config FROM jobs WHERE name = 'secretive'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(env_json.contains("sk-ant-secret-1"), "{env_json}");
+    assert!(
+        channels.contains("SECRETKEY123") && channels.contains("hunter2"),
+        "{channels}"
+    );
+    assert!(!cnp.log().contains("SECRETKEY123"));
+}

@@ -43,7 +43,7 @@ pub async fn create(
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let job = st.engine().create_job(spec, None).await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((StatusCode::CREATED, Json(job.redacted())))
 }
 
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs",
@@ -70,7 +70,7 @@ pub async fn list(
     let (items, total) =
         tokio::try_join!(store.list_jobs(filter.clone()), store.count_jobs(filter))?;
     Ok(Json(Page {
-        items,
+        items: items.into_iter().map(Job::redacted).collect(),
         total,
         limit,
         offset,
@@ -87,7 +87,7 @@ pub async fn show(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(st.engine().job(&id).await?))
+    Ok(Json(st.engine().job(&id).await?.redacted()))
 }
 
 #[utoipa::path(put, path = "/api/jobs/{id}", tag = "jobs",
@@ -102,11 +102,18 @@ pub async fn show(
 pub async fn update(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-    ApiJson(spec): ApiJson<JobSpec>,
+    ApiJson(mut spec): ApiJson<JobSpec>,
 ) -> Result<Json<Job>, ApiError> {
     let job = st.engine().job(&id).await?;
     refuse_manifest_owned(&job, "change")?;
-    Ok(Json(st.engine().update_job(&job.id, spec, None).await?))
+    // A definition read from this API carries `<redacted>` where secrets were: keep those.
+    spec.restore_secrets(&job);
+    Ok(Json(
+        st.engine()
+            .update_job(&job.id, spec, None)
+            .await?
+            .redacted(),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/jobs/{id}", tag = "jobs",
@@ -175,7 +182,7 @@ pub async fn pause(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(st.engine().pause_job(&id).await?))
+    Ok(Json(st.engine().pause_job(&id).await?.redacted()))
 }
 
 #[utoipa::path(post, path = "/api/jobs/{id}/resume", tag = "jobs",
@@ -188,7 +195,7 @@ pub async fn resume(
     State(st): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    Ok(Json(st.engine().resume_job(&id).await?))
+    Ok(Json(st.engine().resume_job(&id).await?.redacted()))
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}/executions", tag = "jobs",

@@ -134,6 +134,8 @@ pub fn describe_plugin_error(e: &PluginError) -> String {
 /// A loaded plugin.
 pub struct Plugin {
     pub name: String,
+    /// `name`, shared with every call's log records.
+    label: Arc<str>,
     pub kind: PluginKind,
     pub path: PathBuf,
     /// SHA-256 of the `.wasm` file.
@@ -516,7 +518,7 @@ impl PluginHost {
         let started = Instant::now();
         let output = CapturedOutput::new(self.inner.settings.max_output_bytes);
         let state = PluginState::new(SandboxSpec {
-            plugin: Arc::from(plugin.name.as_str()),
+            plugin: plugin.label.clone(),
             clock: self.inner.clock.clone(),
             memory_bytes: plugin.sidecar.memory_bytes,
             allowed_hosts: plugin.sidecar.allowed_hosts.clone(),
@@ -577,7 +579,10 @@ impl PluginHost {
 
     fn count(&self, name: &str, started: Instant, failure: Option<&PluginFailure>) {
         let mut counts = self.inner.counts.lock().unwrap();
-        let c = counts.entry(name.to_owned()).or_default();
+        if !counts.contains_key(name) {
+            counts.insert(name.to_owned(), CallCounts::default());
+        }
+        let c = counts.get_mut(name).expect("inserted above");
         c.total_micros += started.elapsed().as_micros() as u64;
         match failure {
             None => c.ok += 1,

@@ -65,6 +65,10 @@ impl Sidecar {
     /// The configuration a call receives: the sidecar's defaults with the job's keys over them,
     /// as JSON text.
     pub fn merged_config(&self, job: Option<&serde_json::Value>) -> String {
+        let job_keys = matches!(job, Some(serde_json::Value::Object(m)) if !m.is_empty());
+        if self.config.is_empty() && !job_keys {
+            return "{}".to_owned();
+        }
         let mut merged = self.config.clone();
         if let Some(serde_json::Value::Object(job)) = job {
             for (k, v) in job {
@@ -193,6 +197,7 @@ impl PluginHost {
         let size_bytes = std::fs::metadata(wasm).map(|m| m.len()).unwrap_or(0);
         let plugin = Plugin {
             name: name.to_owned(),
+            label: Arc::from(name),
             kind,
             path: wasm.to_owned(),
             digest,

@@ -446,7 +446,12 @@ impl WasiHttpHooks for HttpGate {
     ) -> SendFuture {
         let _ = fut;
         if !self.allows(request.uri()) {
-            let what = format!("{} {}", request.method(), request.uri());
+            // The URL may carry a key in its path: keep it out of logs and execution records.
+            let what = format!(
+                "{} {}",
+                request.method(),
+                crate::redact::redact_url(&request.uri().to_string())
+            );
             tracing::warn!(plugin = %self.plugin, request = %what, "plugin HTTP request refused: host not granted");
             self.denied.lock().unwrap().push(what);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
