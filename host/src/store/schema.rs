@@ -90,6 +90,30 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // v2: retries link every attempt to the run's first attempt (for manual runs, whose slot is
+    // NULL, the (job, slot, attempt) key cannot).
+    r#"
+    ALTER TABLE executions ADD COLUMN first_attempt_id TEXT;
+    CREATE INDEX executions_first_attempt ON executions(first_attempt_id)
+        WHERE first_attempt_id IS NOT NULL;
+    "#,
+    // v3: notification deliveries, one row per (event, channel) attempt outcome.
+    r#"
+    CREATE TABLE notification_deliveries (
+        id           INTEGER PRIMARY KEY,
+        execution_id TEXT REFERENCES executions(id) ON DELETE CASCADE,
+        job_id       TEXT,
+        event        TEXT NOT NULL,
+        channel      TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        detail       TEXT,
+        created_at   INTEGER NOT NULL,
+        delivered_at INTEGER
+    );
+    CREATE INDEX notification_deliveries_execution ON notification_deliveries(execution_id);
+    CREATE INDEX notification_deliveries_created ON notification_deliveries(created_at);
+    "#,
 ];
 
 /// The schema version this build writes.
