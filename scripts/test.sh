@@ -9,6 +9,13 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "==> building the WebAssembly plugins (plugins/, incl. the hostile fixtures)"
 scripts/build-plugins.sh
+echo "==> test tools: aiosmtpd (a real SMTP server for the notification tests)"
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+    # Plain, then per-user, then past an "externally managed" system Python (PEP 668).
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet --user aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages aiosmtpd
+fi
 echo "==> building binaries"
 cargo build --workspace --bins --locked
 echo "==> running tests"

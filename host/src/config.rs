@@ -29,6 +29,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub logging: LoggingConfig,
     pub api: ApiConfig,
+    pub retry: RetryDefaults,
+    pub cooldown: CooldownConfig,
 }
 
 /// `[api]`: the admin HTTP API (REST + WebSocket) that the `cnp` CLI talks to.
@@ -123,11 +125,34 @@ pub struct ExecutorConfig {
     pub environment: std::collections::BTreeMap<String, String>,
 }
 
+/// `[notifications]`: channels, defaults, templates and rate limits (docs/notifications.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotificationsConfig {
+    /// Most notifications sent per hour, in all and per channel (a channel's own
+    /// `rate_limit_per_hour` overrides it for that channel); 0 = no limit.
     pub rate_limit_per_hour: u32,
+    /// Message templates (`failed.txt.j2`, `webhook.json.j2`, …); missing ones use built-ins.
     pub template_directory: PathBuf,
+    /// Named channels for jobs whose `notifications` name none, and for events about no job
+    /// (cooldown, plugin failures).
+    pub default_channels: Vec<String>,
+    /// For jobs without a `notifications` block.
+    pub on_success: bool,
+    pub on_failure: bool,
+    pub on_start: bool,
+    pub on_completion: bool,
+    /// Usage-limit cooldown entered/ended, to the default channels.
+    pub on_cooldown: bool,
+    /// A plugin trapped, timed out or failed, to the default channels.
+    pub on_plugin_failure: bool,
+    /// Base URL of API links in messages; default `http://<api.bind>`.
+    pub api_url: Option<String>,
+    /// Deliveries waiting at once; beyond it new ones are dropped (and recorded so).
+    pub queue_capacity: usize,
+    /// `[notifications.channels.<name>]`: `type = "log" | "webhook" | "email" | "system" |
+    /// "plugin"` and its keys; string values may say `${ENV_VAR}`.
+    pub channels: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +227,86 @@ pub enum LogFormat {
     Json,
 }
 
+/// `[retry]`: the retry policy of jobs whose definition has no `retry` (the manifest's `retry`
+/// fields; `max_attempts = 1`, the default, means such jobs are not retried).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryDefaults {
+    pub max_attempts: u32,
+    pub strategy: crate::model::RetryStrategy,
+    /// Seconds.
+    pub initial_interval: u64,
+    /// Seconds.
+    pub max_interval: Option<u64>,
+    pub multiplier: Option<f64>,
+    /// Seconds, for `custom`.
+    pub delays: Vec<u64>,
+    pub jitter: bool,
+}
+
+impl Default for RetryDefaults {
+    fn default() -> Self {
+        RetryDefaults {
+            max_attempts: 1,
+            strategy: crate::model::RetryStrategy::ExponentialBackoff,
+            initial_interval: 60,
+            max_interval: Some(3600),
+            multiplier: Some(2.0),
+            delays: Vec::new(),
+            jitter: false,
+        }
+    }
+}
+
+impl RetryDefaults {
+    /// As a job's retry configuration; `None` when it allows no retry.
+    pub fn as_retry_config(&self) -> Option<crate::model::RetryConfig> {
+        (self.max_attempts > 1).then(|| crate::model::RetryConfig {
+            max_attempts: self.max_attempts,
+            strategy: self.strategy,
+            initial_interval: Some(self.initial_interval),
+            max_interval: self.max_interval,
+            multiplier: self.multiplier,
+            delays: self.delays.clone(),
+            jitter: self.jitter,
+            plugin: None,
+            plugin_config: None,
+        })
+    }
+}
+
+/// `[cooldown]`: waiting out a Claude usage limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CooldownConfig {
+    /// Added to the reset instant the CLI names before runs start again.
+    #[serde(with = "humantime_serde")]
+    pub margin: Duration,
+    /// When no reset instant is known: the first probe comes this long after the limit…
+    #[serde(with = "humantime_serde")]
+    pub probe_initial: Duration,
+    /// …and each next one twice as long after the previous, up to this.
+    #[serde(with = "humantime_serde")]
+    pub probe_max: Duration,
+    /// The probe: a real CLI run with this prompt and `--max-turns 1` (keep it cheap).
+    pub probe_prompt: String,
+    /// A probe is stopped after this long (counted as "still limited").
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+impl Default for CooldownConfig {
+    fn default() -> Self {
+        CooldownConfig {
+            margin: Duration::from_secs(30),
+            probe_initial: Duration::from_secs(5 * 60),
+            probe_max: Duration::from_secs(3600),
+            probe_prompt: "Reply with the single word OK.".into(),
+            probe_timeout: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
 impl Default for JobEngineConfig {
     fn default() -> Self {
         JobEngineConfig {
@@ -245,6 +350,16 @@ impl Default for NotificationsConfig {
         NotificationsConfig {
             rate_limit_per_hour: 100,
             template_directory: PathBuf::from("./templates"),
+            default_channels: Vec::new(),
+            on_success: false,
+            on_failure: true,
+            on_start: false,
+            on_completion: false,
+            on_cooldown: true,
+            on_plugin_failure: true,
+            api_url: None,
+            queue_capacity: 1024,
+            channels: Default::default(),
         }
     }
 }
@@ -283,6 +398,13 @@ pub enum ConfigError {
     Invalid {
         path: PathBuf,
         field: &'static str,
+        message: String,
+    },
+    /// Like `Invalid`, for keys named at run time (`notifications.channels.ops.url`).
+    #[error("invalid config file {path}: {key}: {message}")]
+    InvalidKey {
+        path: PathBuf,
+        key: String,
         message: String,
     },
 }
@@ -413,8 +535,44 @@ impl Config {
                 "must be at least 1024".into(),
             ));
         }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid(
+                "retry.max_attempts",
+                "must be at least 1 (1 = no retries)".into(),
+            ));
+        }
+        if self.cooldown.probe_initial.is_zero() {
+            return Err(invalid(
+                "cooldown.probe_initial",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.cooldown.probe_max < self.cooldown.probe_initial {
+            return Err(invalid(
+                "cooldown.probe_max",
+                "must be at least cooldown.probe_initial".into(),
+            ));
+        }
+        if self.cooldown.probe_timeout.is_zero() {
+            return Err(invalid(
+                "cooldown.probe_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.cooldown.probe_prompt.trim().is_empty() {
+            return Err(invalid("cooldown.probe_prompt", "is empty".into()));
+        }
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "is empty".into()));
+        }
+        // Named channels parse and their `${VAR}` references are set (resolved again when
+        // the service starts; the config itself keeps the references, not the secrets).
+        if let Err(e) = crate::notify::NotifySettings::from_config(&self.notifications, None) {
+            return Err(ConfigError::InvalidKey {
+                path: path.to_owned(),
+                key: e.key,
+                message: e.message,
+            });
         }
         Ok(())
     }

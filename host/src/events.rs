@@ -32,6 +32,14 @@ pub enum Event {
     },
     /// A line of a run's output.
     Log(LogLine),
+    /// A Claude usage-limit cooldown began (`active`) or ended. `until`: when runs start again,
+    /// if the CLI named a reset.
+    Cooldown {
+        active: bool,
+        until: Option<DateTime<Utc>>,
+        reason: String,
+        timestamp: DateTime<Utc>,
+    },
 }
 
 /// Cloneable handle to the bus.

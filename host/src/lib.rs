@@ -18,6 +18,7 @@ pub mod events;
 pub mod executor;
 pub mod manifest;
 pub mod model;
+pub mod notify;
 pub mod plugins;
 pub mod redact;
 pub mod schedule;

@@ -262,7 +262,7 @@ pub enum RetryStrategy {
     Custom,
 }
 
-/// Who hears about a job's runs (delivery arrives with the notifications issue).
+/// Who hears about a job's runs (delivered by `notify::NotificationService`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationConfig {
@@ -272,6 +272,11 @@ pub struct NotificationConfig {
     pub on_failure: bool,
     #[serde(default)]
     pub on_start: bool,
+    /// Every final outcome (success or failure after the last attempt).
+    #[serde(default)]
+    pub on_completion: bool,
+    /// `{channel: <name>}` references to `[notifications.channels.<name>]` (optionally with
+    /// overrides such as `to`), or inline definitions (`{type: webhook, url: …}`).
     #[serde(default)]
     #[ts(type = "Array<Record<string, unknown>>")]
     pub channels: Vec<serde_json::Value>,
@@ -332,6 +337,10 @@ pub struct JobExecution {
     pub usage: Option<serde_json::Value>,
     pub resource_usage: Option<ResourceUsage>,
     pub pid: Option<u32>,
+    /// The run's first attempt: its own id for a first attempt, that attempt's id for its
+    /// retries (`None` for rows recorded before schema v2).
+    #[serde(default)]
+    pub first_attempt_id: Option<String>,
 }
 
 /// Where an execution stands.

@@ -89,10 +89,8 @@ pub fn restore_value(new: &mut Value, old: &Value) {
                 restore_value(val, prev);
             }
         }
-        (n @ Value::String(_), prev) => {
-            if n.as_str().is_some_and(|s| s.contains(MARK)) {
-                *n = prev.clone();
-            }
+        (n @ Value::String(_), prev) if n.as_str().is_some_and(|s| s.contains(MARK)) => {
+            *n = prev.clone();
         }
         _ => {}
     }

@@ -67,13 +67,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
     let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
     let plugins = start_plugins(&config).await;
-    let engine = Engine::start_with_plugins(
+    let events = EventBus::default();
+    let notifications = start_notifications(&config, &store, plugins.clone(), &events)?;
+    let engine = Engine::start_with_notifications(
         store.clone(),
         runner,
         engine_settings,
         Clock::System,
-        EventBus::default(),
+        events,
         plugins.clone(),
+        Some(notifications.clone()),
     )
     .await
     .context("starting the engine")?;
@@ -115,6 +118,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
+    // Notifications of the last runs go out (bounded: a dead server does not hold the stop).
+    notifications
+        .shutdown(
+            config
+                .job_engine
+                .shutdown_grace
+                .min(std::time::Duration::from_secs(10)),
+        )
+        .await;
     if let Some(api) = api {
         api.stop().await;
     }
@@ -155,6 +167,31 @@ fn check_cli(command: &[String]) {
              (npm install -g @anthropic-ai/claude-code) or executor.claude_cli_path points at it"
         );
     }
+}
+
+/// The notification service as `[notifications]` says (named channels with their `${VAR}`
+/// references resolved now: a missing variable stops the start, naming the key).
+fn start_notifications(
+    config: &Config,
+    store: &Store,
+    plugins: Option<PluginHost>,
+    events: &EventBus,
+) -> anyhow::Result<crate::notify::NotificationService> {
+    let api_url = config
+        .api
+        .enabled
+        .then(|| format!("http://{}", config.api.bind.trim()))
+        // A port picked at start is not known yet: no API links then.
+        .filter(|u| !u.ends_with(":0"));
+    let settings = crate::notify::NotifySettings::from_config(&config.notifications, api_url)
+        .map_err(|e| anyhow::anyhow!("[notifications] {e}"))?;
+    let channels = settings.channels.len();
+    let defaults = settings.default_channels.join(", ");
+    let svc =
+        crate::notify::NotificationService::start(settings, store.clone(), Clock::System, plugins);
+    svc.follow_events(events);
+    tracing::info!(channels, default_channels = %defaults, "notifications ready");
+    Ok(svc)
 }
 
 /// The plugin runtime with the plugins folder loaded, or `None` when plugins are disabled or

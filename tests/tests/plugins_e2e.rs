@@ -314,6 +314,23 @@ fn a_notifier_plugin_delivers_the_failure_to_a_granted_webhook() {
         note.contains("webhook-notifier") && note.contains("HTTP 200"),
         "{note}"
     );
+    // Delivered through the notification service: recorded like every channel.
+    let (channel, status, detail): (String, String, String) =
+        cnp.wait_for("the delivery record", || {
+            env.db()
+                .query_row(
+                    "SELECT channel, status, detail FROM notification_deliveries
+                     WHERE execution_id = ?1",
+                    [&failed.id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .ok()
+        });
+    assert_eq!(
+        (channel.as_str(), status.as_str()),
+        ("plugin webhook-notifier", "sent")
+    );
+    assert!(detail.contains("HTTP 200"), "{detail}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         receiver.requests().len(),

@@ -9,9 +9,11 @@
 //! ```
 
 mod auth;
+mod cooldown;
 mod error;
 mod executions;
 mod jobs;
+mod notifications;
 mod openapi;
 mod prompts;
 mod system;
@@ -127,6 +129,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/executions/{id}", get(executions::show))
         .route("/api/executions/{id}/cancel", post(executions::cancel))
         .route("/api/executions/{id}/logs", get(executions::logs))
+        .route(
+            "/api/executions/{id}/notifications",
+            get(notifications::of_execution),
+        )
+        .route("/api/notifications", get(notifications::recent))
         .route("/api/prompts", get(prompts::list).post(prompts::create))
         .route(
             "/api/prompts/{id}",
@@ -136,6 +143,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/plugins", get(system::plugins))
         .route("/api/status", get(system::status))
+        .route("/api/cooldown", get(cooldown::show))
+        .route("/api/cooldown/clear", post(cooldown::clear))
         .route("/api/openapi.json", get(openapi::serve))
         .route(WS_PATH, get(ws::upgrade))
         .route("/metrics", get(system::metrics_prometheus))

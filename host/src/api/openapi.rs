@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
-use super::{error, executions, jobs, prompts, system, ws};
+use super::{cooldown, error, executions, jobs, notifications, prompts, system, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,9 +19,10 @@ use super::{error, executions, jobs, prompts, system, ws};
         jobs::create, jobs::list, jobs::show, jobs::update, jobs::delete, jobs::execute,
         jobs::pause, jobs::resume, jobs::executions,
         executions::list, executions::show, executions::cancel, executions::logs,
+        notifications::of_execution, notifications::recent,
         prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,
         system::stats, system::health, system::metrics_json, system::metrics_prometheus,
-        system::plugins, system::status,
+        system::plugins, system::status, cooldown::show, cooldown::clear,
         ws::upgrade, serve,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
@@ -83,6 +84,8 @@ mod tests {
             "/api/executions/{id}",
             "/api/executions/{id}/cancel",
             "/api/executions/{id}/logs",
+            "/api/executions/{id}/notifications",
+            "/api/notifications",
             "/api/jobs/stats",
             "/api/jobs/health",
             "/api/jobs/metrics",
@@ -91,6 +94,8 @@ mod tests {
             "/api/prompts/{id}",
             "/api/plugins",
             "/api/status",
+            "/api/cooldown",
+            "/api/cooldown/clear",
             "/api/openapi.json",
             "/api/ws",
         ] {

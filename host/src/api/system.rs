@@ -44,6 +44,9 @@ pub struct Stats {
     /// completed / (completed + failed + timed_out + interrupted); 0.0 before any finished.
     pub success_rate: f64,
     pub avg_execution_time_ms: f64,
+    /// The Claude usage-limit cooldown in force (`null` when none).
+    #[schema(value_type = Option<Object>)]
+    pub cooldown: Option<crate::engine::Cooldown>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -104,6 +107,7 @@ pub async fn stats(State(st): State<ApiState>) -> Result<Json<Stats>, ApiError> 
             0.0
         },
         avg_execution_time_ms: avg,
+        cooldown: st.engine().cooldown(),
     }))
 }
 
@@ -152,6 +156,8 @@ pub struct Metrics {
     pub durations: DurationMetrics,
     pub queue: QueueStats,
     pub cooldown_active: bool,
+    /// When the cooldown ends (unix seconds); `null` when none, or its reset is unknown.
+    pub cooldown_until_seconds: Option<i64>,
     pub plugins: Vec<PluginCalls>,
     pub process: ProcessMetrics,
 }
@@ -199,6 +205,7 @@ async fn collect(st: &ApiState) -> Result<Metrics, ApiError> {
         .collect();
     let (execs, d) = tokio::try_join!(store.execution_counts(), store.duration_stats(bounds))?;
     let exec = |s: ExecutionStatus| execs.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n);
+    let cooldown = st.engine().cooldown();
     let plugins = st
         .plugins()
         .map(|p| p.list())
@@ -234,7 +241,8 @@ async fn collect(st: &ApiState) -> Result<Metrics, ApiError> {
                 .collect(),
         },
         queue: st.engine().status().into(),
-        cooldown_active: false,
+        cooldown_active: cooldown.is_some(),
+        cooldown_until_seconds: cooldown.and_then(|c| c.until).map(|t| t.timestamp()),
         plugins,
         process: ProcessMetrics {
             rss_bytes: rss_bytes(),
@@ -327,6 +335,11 @@ fn prometheus_text(m: &Metrics) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP cnp_cooldown_until_seconds When the cooldown ends (unix time); 0 when none or its reset is unknown.\n# TYPE cnp_cooldown_until_seconds gauge\ncnp_cooldown_until_seconds {}",
+        m.cooldown_until_seconds.unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
         "# HELP cnp_plugin_calls_total Plugin calls since the plugin was loaded, by result.\n# TYPE cnp_plugin_calls_total counter"
     );
     for p in &m.plugins {
@@ -373,9 +386,9 @@ pub struct ServiceStatus {
     #[schema(value_type = Object)]
     pub manifests: ManifestStatus,
     pub plugins: PluginSummary,
-    /// The Claude usage-limit cooldown in force; `null` (none) until cooldowns arrive.
+    /// The Claude usage-limit cooldown in force (`null` when none); see `GET /api/cooldown`.
     #[schema(value_type = Option<Object>)]
-    pub cooldown: Option<serde_json::Value>,
+    pub cooldown: Option<crate::engine::Cooldown>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -401,6 +414,6 @@ pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
         engine: st.engine().status(),
         manifests: st.inner.manifests.get(),
         plugins,
-        cooldown: None,
+        cooldown: st.engine().cooldown(),
     })
 }

@@ -64,6 +64,14 @@ pub enum WsMessage {
     /// The stream fell behind and `missed` events were dropped (stored logs are re-read for an
     /// execution stream, so its lines stay complete).
     Lagged { missed: u64 },
+    /// A Claude usage-limit cooldown began (`active`) or ended (sent on every stream that is
+    /// not for one execution: it holds back every job's runs).
+    Cooldown {
+        active: bool,
+        until: Option<DateTime<Utc>>,
+        reason: String,
+        timestamp: DateTime<Utc>,
+    },
 }
 
 /// `stdout` → info, `stderr` → warn, cnp's own lines → info, or error when they say so.
@@ -134,7 +142,7 @@ fn status_message(ev: &Event) -> Option<WsMessage> {
             message: message.clone(),
             timestamp: *timestamp,
         }),
-        Event::Log(_) => None,
+        Event::Log(_) | Event::Cooldown { .. } => None,
     }
 }
 
@@ -260,6 +268,17 @@ impl Stream {
                     }
                     log_message(l)
                 }
+                Ok(Event::Cooldown {
+                    active,
+                    until,
+                    reason,
+                    timestamp,
+                }) => WsMessage::Cooldown {
+                    active,
+                    until,
+                    reason,
+                    timestamp,
+                },
                 Ok(ev) => {
                     let (of_job, exec) = match &ev {
                         Event::JobChanged { job_id, .. } => (job_id, None),
@@ -269,7 +288,7 @@ impl Stream {
                             status,
                             ..
                         } => (job_id, Some((execution_id, *status))),
-                        Event::Log(_) => unreachable!("handled above"),
+                        Event::Log(_) | Event::Cooldown { .. } => unreachable!("handled above"),
                     };
                     if job_id.as_ref().is_some_and(|j| j != of_job) {
                         continue;

@@ -13,7 +13,7 @@ use serde_json::json;
 use super::client::{seg, Client};
 use super::output::{self, Format};
 use crate::manifest::{JobSpec, ScheduleSpec};
-use crate::model::{ExecutionOptions, Job, JobExecution, JobStatus, PRIORITY_DEFAULT};
+use crate::model::{ExecutionOptions, Job, JobExecution, PRIORITY_DEFAULT};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -150,10 +150,20 @@ pub enum JobCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// One execution's details.
+    /// One execution's details (with its notification deliveries).
     Execution {
         /// Execution id.
         execution: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Notification deliveries: one execution's, or (without an id) the most recent ones.
+    Notifications {
+        /// Execution id.
+        execution: Option<String>,
+        /// Most recent deliveries shown (without an execution id).
+        #[arg(long, default_value_t = 20)]
+        last: u32,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
@@ -341,23 +351,7 @@ pub fn blank_spec(name: &str) -> JobSpec {
 }
 
 /// The definition of a stored job, for editing it (`update`: GET, change, PUT).
-pub fn spec_of(job: &Job) -> JobSpec {
-    JobSpec {
-        name: job.name.clone(),
-        prompt_id: job.prompt_id.clone(),
-        prompt: job.prompt.clone(),
-        schedule: ScheduleSpec::from_schedule(&job.schedule),
-        priority: job.priority,
-        tags: job.tags.clone(),
-        enabled: job.status != JobStatus::Disabled,
-        paused: job.status == JobStatus::Paused,
-        execution: job.execution_options.clone(),
-        retry: job.retry_config.clone(),
-        notifications: job.notification_config.clone(),
-        resource_limits: job.resource_limits.clone(),
-        conditions: Vec::new(),
-    }
-}
+pub use crate::service::spec_of;
 
 /// The one job of a YAML file (the manifest format).
 pub fn spec_from_file(path: &std::path::Path, tz: chrono_tz::Tz) -> anyhow::Result<JobSpec> {
@@ -659,6 +653,48 @@ pub async fn run(client: &Client, cmd: JobCommand) -> anyhow::Result<ExitCode> {
             let e = client.execution(&execution).await?;
             if !output::print_structured(format, &e)? {
                 output::print_table(&output::execution_detail(&e));
+                // A daemon without the route (older) simply shows none.
+                let d: Vec<crate::notify::Delivery> = client
+                    .get::<super::client::Page<_>>(
+                        &format!("/api/executions/{}/notifications", seg(&execution)),
+                        &[],
+                    )
+                    .await
+                    .map(|p| p.items)
+                    .unwrap_or_default();
+                if !d.is_empty() {
+                    println!("\nNotifications:");
+                    output::print_table(&output::delivery_table(&d));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        JobCommand::Notifications {
+            execution,
+            last,
+            format,
+        } => {
+            let page: super::client::Page<crate::notify::Delivery> = match &execution {
+                Some(id) => {
+                    client
+                        .get(&format!("/api/executions/{}/notifications", seg(id)), &[])
+                        .await?
+                }
+                None => {
+                    client
+                        .get(
+                            "/api/notifications",
+                            &[("limit", last.clamp(1, 1000).to_string())],
+                        )
+                        .await?
+                }
+            };
+            if !output::print_structured(format, &page.items)? {
+                if page.items.is_empty() {
+                    println!("no notifications");
+                } else {
+                    output::print_table(&output::delivery_table(&page.items));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -95,6 +95,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// The Claude usage-limit cooldown: show it, or clear it by hand.
+    Cooldown {
+        #[command(subcommand)]
+        action: Option<CooldownCommand>,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        format: Format,
+    },
     /// Print a shell completion script (`cnp completions bash > /etc/bash_completion.d/cnp`).
     Completions {
         #[arg(value_enum)]
@@ -110,9 +117,18 @@ impl Command {
             Command::Job(_)
                 | Command::Prompt(_)
                 | Command::Status { .. }
+                | Command::Cooldown { .. }
                 | Command::Plugin(PluginCommand::List { .. })
         )
     }
+}
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub enum CooldownCommand {
+    /// The cooldown in force (the default).
+    Show,
+    /// End the cooldown now: deferred runs are released in priority order.
+    Clear,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -194,6 +210,14 @@ fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Job(cmd) => job::run(&client, cmd).await,
             Command::Prompt(cmd) => prompt::run(&client, cmd).await,
             Command::Status { format } => status::status(&client, format).await,
+            Command::Cooldown { action, format } => {
+                status::cooldown(
+                    &client,
+                    matches!(action, Some(CooldownCommand::Clear)),
+                    format,
+                )
+                .await
+            }
             Command::Plugin(PluginCommand::List { format }) => {
                 status::plugins(&client, format).await
             }
@@ -218,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(_)
         | Command::Prompt(_)
         | Command::Status { .. }
+        | Command::Cooldown { .. }
         | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cnp", &mut std::io::stdout());

@@ -318,6 +318,22 @@ pub fn execution_detail(e: &JobExecution) -> Table {
     detail_table(rows)
 }
 
+/// Notification deliveries: when, event, channel, status, attempts, receipt or error.
+pub fn delivery_table(d: &[crate::notify::Delivery]) -> Table {
+    let mut t = table(["Time", "Event", "Channel", "Status", "Tries", "Detail"]);
+    for x in d {
+        t.add_row(vec![
+            local_time(Some(x.created_at)),
+            x.event.clone(),
+            x.channel.clone(),
+            x.status.clone(),
+            x.attempts.to_string(),
+            first_line(x.detail.as_deref().unwrap_or("-"), 80),
+        ]);
+    }
+    t
+}
+
 pub fn prompt_table(prompts: &[Prompt]) -> Table {
     let mut t = table(["ID", "TITLE", "TAGS", "SIZE", "UPDATED"]);
     for p in prompts {

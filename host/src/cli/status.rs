@@ -77,10 +77,30 @@ fn cooldown_text(v: Option<&Value>) -> String {
                         output::relative(t)
                     )
                 });
+            let probe = o
+                .get("next_probe")
+                .and_then(|t| t.as_str())
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| {
+                    let t = t.with_timezone(&chrono::Utc);
+                    format!(
+                        "reset unknown, next probe {} ({})",
+                        output::local_time(Some(t)),
+                        output::relative(t)
+                    )
+                });
+            let until = until.or(probe);
             let reason = o
                 .get("reason")
                 .or_else(|| o.get("message"))
                 .and_then(|r| r.as_str());
+            let held = o
+                .get("deferred")
+                .and_then(|d| d.as_u64())
+                .filter(|d| *d > 0)
+                .map(|d| format!(" — {d} run(s) deferred"))
+                .unwrap_or_default();
+            let reason = reason.map(|r| format!("{r}{held}"));
             match (until, reason) {
                 (Some(u), Some(r)) => format!("active {u}: {r}"),
                 (Some(u), None) => format!("active {u}"),
@@ -151,6 +171,31 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
                 println!("  {e}");
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cnp cooldown [show]` and `cnp cooldown clear`.
+pub async fn cooldown(client: &Client, clear: bool, format: Format) -> anyhow::Result<ExitCode> {
+    let v: Value = if clear {
+        client
+            .post("/api/cooldown/clear", &serde_json::json!({}))
+            .await?
+    } else {
+        client.get("/api/cooldown", &[]).await?
+    };
+    if output::print_structured(format, &v)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !clear {
+        println!("Cooldown: {}", cooldown_text(v.get("cooldown")));
+    } else if v.get("cleared").and_then(|c| c.as_bool()) == Some(true) {
+        println!(
+            "cooldown cleared: {} deferred run(s) released in priority order",
+            s(&v, "/cooldown/deferred")
+        );
+    } else {
+        println!("no cooldown in force");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,8 +13,8 @@ use crate::model::{
     ExecutionStatus, Job, JobExecution, Outcome, RetryConfig, RetryStrategy, Schedule, Trigger,
 };
 use crate::plugins::{
-    ConditionTrigger, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginKind, RetryDecision,
-    RunContext, Verdict,
+    ConditionTrigger, ExecutionInfo, JobInfo, OutcomeKind, PluginKind, RetryDecision, RunContext,
+    Verdict,
 };
 
 /// Delays are never longer than this, whatever a strategy says.
@@ -112,7 +112,7 @@ pub(super) async fn plan_retry(
     info: ExecutionInfo,
     note: &(dyn Fn(String) + Sync),
 ) -> Option<(DateTime<Utc>, String)> {
-    let cfg = job.retry_config.as_ref()?;
+    let cfg = retry_config(engine, job)?;
     if !matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
         return None;
     }
@@ -188,6 +188,13 @@ pub(super) async fn plan_retry(
     Some((at, how))
 }
 
+/// The job's retry policy: its own `retry`, else the `[retry]` defaults (if they allow retries).
+pub(super) fn retry_config<'a>(engine: &'a Engine, job: &'a Job) -> Option<&'a RetryConfig> {
+    job.retry_config
+        .as_ref()
+        .or(engine.shared.settings.default_retry.as_ref())
+}
+
 /// The built-in strategies. `attempt` is the failed attempt (1-based). Jitter picks uniformly
 /// between half the delay and the delay ("equal jitter"), so retries of many jobs spread out.
 pub fn builtin_delay(cfg: &RetryConfig, attempt: u32, rng: &mut impl Rng) -> chrono::TimeDelta {
@@ -232,8 +239,9 @@ fn is_not_found(message: &str) -> bool {
     m.contains("not found") || m.contains("no such file")
 }
 
-/// Hands an event to the job's notifier-plugin channels (`type: plugin`), in the background:
-/// delivery never delays the scheduler. Outcomes are noted on the execution.
+/// Hands an event about a run to the notification service (the job's channels, or the
+/// default ones), which delivers in the background: never delays the scheduler. Outcomes are
+/// recorded (`notification_deliveries`) and noted on the execution.
 pub(super) fn notify_plugins(
     engine: &Engine,
     job: &Job,
@@ -242,53 +250,30 @@ pub(super) fn notify_plugins(
     summary: String,
     note: std::sync::Arc<dyn Fn(String) + Send + Sync>,
 ) {
-    let Some(cfg) = &job.notification_config else {
-        return;
-    };
-    use crate::plugins::EventKind as K;
-    let wanted = match kind {
-        K::RunStarted => cfg.on_start,
-        K::RunSucceeded => cfg.on_success,
-        K::RunFailed | K::RetryScheduled => cfg.on_failure,
-        _ => true,
-    };
-    if !wanted {
-        return;
-    }
-    let channels: Vec<(String, Option<serde_json::Value>)> = cfg
-        .channels
-        .iter()
-        .filter(|c| c.get("type").and_then(|t| t.as_str()) == Some("plugin"))
-        .filter_map(|c| {
-            let name = c.get("plugin")?.as_str()?.to_owned();
-            Some((name, c.get("config").cloned()))
-        })
-        .collect();
-    if channels.is_empty() {
-        return;
-    }
-    let s = &engine.shared;
-    let Some(host) = s.plugins.get().cloned() else {
-        note(format!(
-            "notifier plugins ({}) not asked: plugins are disabled",
-            names(channels.iter().map(|(n, _)| n.as_str()))
-        ));
-        return;
-    };
-    let event = NotifyEvent {
+    let id = execution.as_ref().map(|e| e.execution_id.clone());
+    notify_run(engine, job, kind, id, execution, summary, note);
+}
+
+/// [`notify_plugins`] naming the execution (for events without a finished run: started).
+pub(super) fn notify_run(
+    engine: &Engine,
+    job: &Job,
+    kind: crate::plugins::EventKind,
+    execution_id: Option<String>,
+    execution: Option<ExecutionInfo>,
+    summary: String,
+    note: std::sync::Arc<dyn Fn(String) + Send + Sync>,
+) {
+    engine.notifications().notify(crate::notify::Notification {
         kind,
         job: Some(job_info(engine, job)),
+        job_config: job.notification_config.clone(),
+        execution_id,
         execution,
         summary,
-        at: s.clock.now().timestamp_millis(),
-    };
-    s.tasks.spawn(async move {
-        for (name, config) in channels {
-            match host.deliver(&name, config.as_ref(), &event).await {
-                Ok(receipt) => note(format!("notified via plugin `{name}`: {receipt}")),
-                Err(f) => note(format!("notification not delivered: {f}")),
-            }
-        }
+        at: engine.shared.clock.now(),
+        details: Default::default(),
+        note: Some(note),
     });
 }
 

@@ -18,6 +18,7 @@
 //! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
 mod clock;
+mod cooldown;
 mod hooks;
 mod jobs;
 mod queue;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use clock::Clock;
+pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
 pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV};
 
@@ -60,6 +62,10 @@ pub struct EngineSettings {
     pub health_check_interval: Duration,
     pub retention_days: Option<u32>,
     pub max_execution_history: u32,
+    /// `[retry]`: for jobs without their own `retry` (`None`: not retried).
+    pub default_retry: Option<crate::model::RetryConfig>,
+    /// `[cooldown]`.
+    pub cooldown: crate::config::CooldownConfig,
 }
 
 impl EngineSettings {
@@ -77,6 +83,8 @@ impl EngineSettings {
                 .cleanup_old_executions
                 .then_some(c.job_engine.cleanup_retention_days),
             max_execution_history: c.database.max_execution_history,
+            default_retry: c.retry.as_retry_config(),
+            cooldown: c.cooldown.clone(),
         }
     }
 }
@@ -120,6 +128,8 @@ struct State {
     queue: DispatchQueue,
     /// Running executions and how to stop them.
     running: HashMap<String, RunningRun>,
+    /// The usage-limit cooldown in force: while set, the dispatcher starts nothing.
+    cooldown: Option<Cooldown>,
 }
 
 struct RunningRun {
@@ -170,6 +180,10 @@ struct Shared {
     tasks: TaskTracker,
     /// The plugin runtime, when plugins are enabled ([`Engine::start_with_plugins`]).
     plugins: std::sync::OnceLock<crate::plugins::PluginHost>,
+    /// Where run events go ([`Engine::start_with_notifications`]; a default one otherwise).
+    notifications: std::sync::OnceLock<crate::notify::NotificationService>,
+    /// Wakes the cooldown task (entered, extended, cleared).
+    cooldown_changed: Notify,
 }
 
 /// The engine; cheap to clone.
@@ -186,6 +200,8 @@ pub struct EngineStatus {
     pub queued: usize,
     pub running: usize,
     pub max_concurrent_jobs: usize,
+    /// Whether a usage-limit cooldown holds runs back (its detail: [`Engine::cooldown`]).
+    pub cooldown_active: bool,
 }
 
 impl Engine {
@@ -211,6 +227,20 @@ impl Engine {
         events: EventBus,
         plugins: Option<crate::plugins::PluginHost>,
     ) -> Result<Engine, EngineError> {
+        Self::start_with_notifications(store, runner, settings, clock, events, plugins, None).await
+    }
+
+    /// [`Engine::start_with_plugins`] with the notification service run events go to (`None`:
+    /// one with the default settings, made on first use).
+    pub async fn start_with_notifications(
+        store: Store,
+        runner: Arc<dyn Runner>,
+        settings: EngineSettings,
+        clock: Clock,
+        events: EventBus,
+        plugins: Option<crate::plugins::PluginHost>,
+        notifications: Option<crate::notify::NotificationService>,
+    ) -> Result<Engine, EngineError> {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (fires_tx, fires_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -229,6 +259,10 @@ impl Engine {
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
             plugins: plugins.map(std::sync::OnceLock::from).unwrap_or_default(),
+            notifications: notifications
+                .map(std::sync::OnceLock::from)
+                .unwrap_or_default(),
+            cooldown_changed: Notify::new(),
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -237,6 +271,7 @@ impl Engine {
         s.tasks.spawn(run::run_recorder(engine.clone(), fires_rx));
         s.tasks.spawn(run::run_dispatcher(engine.clone()));
         s.tasks.spawn(run::run_housekeeping(engine.clone()));
+        s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
         Ok(engine)
     }
 
@@ -254,6 +289,8 @@ impl Engine {
         if let Some(seen) = s.store.get_state("heartbeat").await? {
             tracing::info!(last_seen = %seen, "previous cnp instance's last heartbeat");
         }
+        // A cooldown in force when cnp stopped holds runs back from the start.
+        cooldown::restore(self).await?;
         // Runs recorded ahead of a slot that came due while cnp was down are withdrawn: the
         // misfire policy decides those slots (below, as the timer finds them late).
         let grace = chrono::Duration::from_std(s.settings.misfire_grace).unwrap_or_default();
@@ -303,6 +340,7 @@ impl Engine {
                 // Scheduled runs recorded ahead of their slot are withdrawn if the job is paused
                 // or changed before the slot.
                 epoch: scheduled.then_some(epoch),
+                slot: scheduled.then_some(e.scheduled_for).flatten(),
             };
             match e.scheduled_for {
                 // Not due yet (a delayed run, or a slot recorded ahead): it waits for its time.
@@ -411,6 +449,20 @@ impl Engine {
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// The notification service (one with the default settings unless the engine was started
+    /// with one).
+    pub fn notifications(&self) -> &crate::notify::NotificationService {
+        let s = &self.shared;
+        s.notifications.get_or_init(|| {
+            crate::notify::NotificationService::start(
+                crate::notify::NotifySettings::default(),
+                s.store.clone(),
+                s.clock.clone(),
+                s.plugins.get().cloned(),
+            )
+        })
     }
 
     pub fn events(&self) -> &EventBus {
@@ -625,6 +677,7 @@ impl Engine {
             scheduled_for: Some(due.unwrap_or(now)),
             retry_count: 0,
             epoch: None,
+            slot: None,
         };
         self.publish_exec(
             &run.execution_id,
@@ -721,7 +774,23 @@ impl Engine {
             queued: st.queue.len(),
             running: st.running.len(),
             max_concurrent_jobs: self.shared.settings.max_concurrent_jobs,
+            cooldown_active: st.cooldown.is_some(),
         }
+    }
+
+    /// The usage-limit cooldown in force, if any.
+    pub fn cooldown(&self) -> Option<Cooldown> {
+        let st = self.shared.state.lock().unwrap();
+        st.cooldown.clone().map(|mut c| {
+            c.deferred = st.queue.len();
+            c
+        })
+    }
+
+    /// Ends the cooldown now (by hand): held runs are released in priority order. Returns the
+    /// cooldown that was cleared (`None` when there was none).
+    pub async fn clear_cooldown(&self) -> Result<Option<Cooldown>, EngineError> {
+        cooldown::end(self, "cleared by hand").await
     }
 
     /// Stops scheduling and dispatching, lets running runs finish for up to `grace`, then kills

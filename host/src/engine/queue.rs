@@ -19,6 +19,9 @@ pub struct QueuedRun {
     /// For scheduled runs: the job's epoch when the slot was decided. A run recorded ahead of its
     /// slot is withdrawn at the slot if the job's epoch moved meanwhile (paused, rescheduled).
     pub epoch: Option<u32>,
+    /// For a first attempt of a schedule slot (scheduled or catch-up): the slot. Slots that
+    /// piled up during a cooldown follow the job's misfire policy.
+    pub slot: Option<DateTime<Utc>>,
 }
 
 impl PartialEq for QueuedRun {
@@ -101,6 +104,33 @@ impl DispatchQueue {
         None
     }
 
+    /// Takes every run out (ready and held), for a re-ordered release.
+    pub fn drain(&mut self) -> Vec<QueuedRun> {
+        let mut all: Vec<QueuedRun> = std::mem::take(&mut self.ready).into_vec();
+        for (_, q) in self.held.drain() {
+            all.extend(q);
+        }
+        all
+    }
+
+    /// Execution id → job id of the runs waiting.
+    pub fn job_ids(&self) -> std::collections::HashMap<String, String> {
+        self.ready
+            .iter()
+            .chain(self.held.values().flatten())
+            .map(|r| (r.execution_id.clone(), r.job_id.clone()))
+            .collect()
+    }
+
+    /// The execution ids waiting.
+    pub fn ids(&self) -> Vec<String> {
+        self.ready
+            .iter()
+            .chain(self.held.values().flatten())
+            .map(|r| r.execution_id.clone())
+            .collect()
+    }
+
     /// Runs waiting (ready or held).
     pub fn len(&self) -> usize {
         self.ready.len() + self.held.values().map(VecDeque::len).sum::<usize>()
@@ -124,6 +154,7 @@ mod tests {
             scheduled_for: None,
             retry_count: 0,
             epoch: None,
+            slot: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
 use crate::model::{ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
 use crate::plugins::{EventKind, ExecutionInfo};
-use crate::store::{Claim, FinishedRun};
+use crate::store::{Claim, FinishedRun, NewRetry};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
 /// policy says so.
@@ -34,9 +34,12 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
     while runs.peek().is_some() {
         let mut queued = 0;
         let mut announced = Vec::new();
+        let mut deferred = Vec::new();
+        let cooling;
         {
             let mut st = s.state.lock().unwrap();
             let st = &mut *st;
+            cooling = st.cooldown.clone();
             for run in runs.by_ref().take(RELEASE_CHUNK) {
                 let reason = match st.jobs.get_mut(run.job_id.as_str()) {
                     None => Some("the job was deleted before the run started".to_owned()),
@@ -62,7 +65,10 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
                             ))
                         } else {
                             entry.queued += 1;
-                            if announce {
+                            if cooling.is_some() {
+                                // Held back by the cooldown: recorded as deferred.
+                                deferred.push(run.execution_id.clone());
+                            } else if announce {
                                 announced.push((run.execution_id.clone(), run.job_id.clone()));
                             }
                             st.queue.push(run);
@@ -78,6 +84,9 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
         }
         if queued > 0 {
             s.dispatch.notify_one();
+        }
+        if let Some(c) = &cooling {
+            super::cooldown::defer_in_store(engine, &deferred, c);
         }
         let now = s.clock.now();
         for (execution_id, job_id) in announced {
@@ -164,6 +173,7 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
                     scheduled_for: e.scheduled_for,
                     retry_count: e.retry_count,
                     epoch: Some(fire.epoch),
+                    slot: e.slot,
                 };
                 match run.scheduled_for {
                     // Recorded ahead of its slot: the timer releases it then.
@@ -212,9 +222,13 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 let mut st = s.state.lock().unwrap();
                 let st = &mut *st;
                 let jobs = &st.jobs;
-                let run = st
-                    .queue
-                    .pop(|job_id| jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel));
+                // During a usage-limit cooldown nothing starts: runs wait in the queue.
+                let run = if st.cooldown.is_some() {
+                    None
+                } else {
+                    st.queue
+                        .pop(|job_id| jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel))
+                };
                 run.map(|run| {
                     let known = st.jobs.get_mut(run.job_id.as_str()).map(|e| {
                         e.queued = e.queued.saturating_sub(1);
@@ -247,7 +261,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
         );
         let engine2 = engine.clone();
         s.tasks.spawn(async move {
-            execute(&engine2, run.clone(), cancel).await;
+            let again = execute(&engine2, run.clone(), cancel).await;
             drop(permit);
             let s = &engine2.shared;
             {
@@ -257,40 +271,53 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                     e.running = e.running.saturating_sub(1);
                 }
                 st.queue.release(&run.job_id);
+                if let Some(again) = again {
+                    // Hit the usage limit: back in the queue (whatever the overlap policy: it
+                    // is the same run), held there until the cooldown ends.
+                    if let Some(e) = st.jobs.get_mut(again.job_id.as_str()) {
+                        e.queued += 1;
+                    }
+                    st.queue.push(again);
+                }
             }
             s.dispatch.notify_one();
         });
     }
 }
 
-/// One run, from claiming it in the store to recording its end.
-async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
+/// One run, from claiming it in the store to recording its end. Returns the run when it hit
+/// the usage limit: it goes back to the dispatch queue, deferred until the cooldown ends.
+async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> Option<QueuedRun> {
     let s = &engine.shared;
     let now = s.clock.now();
     // One write claims the run and reads the job's current definition and prompt.
-    let (job, prompt, trigger) = match s.store.claim_execution(run.execution_id.clone(), now).await
+    let (job, prompt, trigger, log_seq) = match s
+        .store
+        .claim_execution(run.execution_id.clone(), now)
+        .await
     {
         Ok(Claim::Started {
             job,
             prompt,
             trigger,
-        }) => (job, prompt, trigger),
-        Ok(Claim::NotPending) => return, // cancelled (or the job deleted) while queued
+            log_seq,
+        }) => (job, prompt, trigger, log_seq),
+        Ok(Claim::NotPending) => return None, // cancelled (or the job deleted) while queued
         Ok(Claim::PromptMissing { message }) => {
             let report = failed_report(now, message);
             let status = report.outcome.status();
-            finish(engine, &run, None, report, status).await;
-            return;
+            finish(engine, &run, None, report, status, None).await;
+            return None;
         }
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot mark run started: not run");
-            return;
+            return None;
         }
     };
     let observer = Arc::new(Observer {
         engine: engine.clone(),
         execution_id: run.execution_id.clone(),
-        seq: AtomicU64::new(0),
+        seq: AtomicU64::new(log_seq),
         buffer: Mutex::new(Vec::new()),
     });
     let note = |m: String| observer.note(m);
@@ -299,14 +326,14 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
         Gate::Skip(reason) => {
             observer.flush();
             record_skipped(engine, &run, reason).await;
-            return;
+            return None;
         }
         Gate::Defer { until, reason } => {
             // Notes are not kept for a deferred run (it starts its log afresh when it runs);
             // the reason is on the execution.
             observer.buffer.lock().unwrap().clear();
             defer(engine, run, until, reason).await;
-            return;
+            return None;
         }
     }
     engine.publish_exec(
@@ -315,11 +342,12 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
         ExecutionStatus::Running,
         None,
     );
-    let max_attempts = job.retry_config.as_ref().map_or(1, |r| r.max_attempts);
-    hooks::notify_plugins(
+    let max_attempts = hooks::retry_config(engine, &job).map_or(1, |r| r.max_attempts);
+    hooks::notify_run(
         engine,
         &job,
         EventKind::RunStarted,
+        Some(run.execution_id.clone()),
         None,
         format!("{}: run started", job.name),
         observer.clone().noter(),
@@ -369,70 +397,145 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) {
         };
         status = ExecutionStatus::Interrupted;
     }
+    if let Outcome::UsageLimit { resets_at, message } = &report.outcome {
+        if !cancel.is_cancelled() {
+            let again = usage_limited(engine, &job, run, *resets_at, message, &observer).await;
+            observer.flush();
+            return again;
+        }
+    }
     let info = hooks::execution_info(&run, &report, status, max_attempts);
     let outcome = report.outcome.clone();
-    finish(engine, &run, Some(prompt), report, status).await;
-    after_run(engine, &job, &run, &outcome, status, info, &observer).await;
+    let note = |m: String| observer.note(m);
+    // The retry is decided before the end is recorded, so both go in one write.
+    let retry = hooks::plan_retry(engine, &job, &run, &outcome, status, info.clone(), &note).await;
+    let planned = retry.map(|(at, how)| (uuid::Uuid::now_v7().to_string(), at, how));
+    let recorded = finish(
+        engine,
+        &run,
+        Some(prompt),
+        report,
+        status,
+        planned.as_ref().map(|(id, at, _)| NewRetry {
+            id: id.clone(),
+            at: *at,
+            now: s.clock.now(),
+        }),
+    )
+    .await;
+    let retry = planned.filter(|_| recorded);
+    after_run(engine, &job, &run, status, retry, info, &observer).await;
     observer.flush();
+    None
 }
 
-/// After a recorded run: schedule its retry, or notify of its final outcome.
+/// The run hit the Claude usage limit: the cooldown begins (or goes on), and the run goes back
+/// to `deferred` — not finished, not an attempt (its retry count stays), not in the job's
+/// statistics; its log keeps what this try printed.
+async fn usage_limited(
+    engine: &Engine,
+    job: &Job,
+    run: QueuedRun,
+    resets_at: Option<DateTime<Utc>>,
+    message: &str,
+    observer: &Arc<Observer>,
+) -> Option<QueuedRun> {
+    let s = &engine.shared;
+    let newly = super::cooldown::enter(
+        engine,
+        resets_at,
+        message.to_owned(),
+        Some((&run.execution_id, &run.job_id)),
+    )
+    .await;
+    let reason =
+        format!("deferred: Claude usage limit ({message}); runs again when the cooldown ends");
+    observer.note(format!(
+        "usage limit: {message} — not counted as an attempt; the run waits for the cooldown to end{}",
+        resets_at
+            .map(|t| format!(
+                " (reset {})",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ))
+            .unwrap_or_default()
+    ));
+    match s
+        .store
+        .defer_limited(run.execution_id.clone(), reason.clone())
+        .await
+    {
+        Ok(true) => {
+            engine.publish_exec(
+                &run.execution_id,
+                &run.job_id,
+                ExecutionStatus::Deferred,
+                Some(reason),
+            );
+        }
+        Ok(false) => return None, // cancelled meanwhile
+        Err(e) => {
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot put the usage-limited run back");
+            return None;
+        }
+    }
+    if newly {
+        hooks::notify_plugins(
+            engine,
+            job,
+            EventKind::CooldownEntered,
+            None,
+            format!(
+                "{}: Claude usage limit — cooldown entered: {message}",
+                job.name
+            ),
+            observer.clone().noter(),
+        );
+    }
+    Some(QueuedRun { epoch: None, ..run })
+}
+
+/// After a recorded run: arm its retry (already recorded with the run's end), or notify of its
+/// final outcome.
 async fn after_run(
     engine: &Engine,
     job: &Job,
     run: &QueuedRun,
-    outcome: &Outcome,
     status: ExecutionStatus,
+    retry: Option<(String, DateTime<Utc>, String)>,
     info: ExecutionInfo,
     observer: &Arc<Observer>,
 ) {
-    let s = &engine.shared;
     let note = |m: String| observer.note(m);
-    let retry = hooks::plan_retry(engine, job, run, outcome, status, info.clone(), &note).await;
     let summary = |what: &str| format!("{}: {what} (attempt {})", job.name, info.attempt);
     match retry {
-        Some((at, how)) => {
-            let id = uuid::Uuid::now_v7().to_string();
-            let now = s.clock.now();
-            match s
-                .store
-                .schedule_retry(run.execution_id.clone(), id.clone(), at, now)
-                .await
-            {
-                Ok(true) => {
-                    note(format!(
-                        "attempt {} of {} failed: retry at {} ({how}), execution {id}",
-                        info.attempt,
-                        info.max_attempts,
-                        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    ));
-                    engine.publish_exec(&id, &run.job_id, ExecutionStatus::Queued, None);
-                    let retry = QueuedRun {
-                        execution_id: id,
-                        job_id: run.job_id.clone(),
-                        priority: job.priority,
-                        seq: 0,
-                        scheduled_for: Some(at),
-                        retry_count: run.retry_count + 1,
-                        epoch: None,
-                    };
-                    // Recorded: if the timer has stopped (shutdown), the next start runs it.
-                    let _ = engine.timer(at, retry);
-                    hooks::notify_plugins(
-                        engine,
-                        job,
-                        EventKind::RetryScheduled,
-                        Some(info.clone()),
-                        summary("failed, retry scheduled"),
-                        observer.clone().noter(),
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(execution = %run.execution_id, error = %e, "cannot record the retry");
-                    note(format!("retry not recorded: {e}"));
-                }
-            }
+        Some((id, at, how)) => {
+            note(format!(
+                "attempt {} of {} failed: retry at {} ({how}), execution {id}",
+                info.attempt,
+                info.max_attempts,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ));
+            engine.publish_exec(&id, &run.job_id, ExecutionStatus::Queued, None);
+            let retry = QueuedRun {
+                execution_id: id,
+                job_id: run.job_id.clone(),
+                priority: job.priority,
+                seq: 0,
+                scheduled_for: Some(at),
+                retry_count: run.retry_count + 1,
+                epoch: None,
+                slot: None,
+            };
+            // Recorded: if the timer has stopped (shutdown), the next start runs it.
+            let _ = engine.timer(at, retry);
+            hooks::notify_plugins(
+                engine,
+                job,
+                EventKind::RetryScheduled,
+                Some(info.clone()),
+                summary("failed, retry scheduled"),
+                observer.clone().noter(),
+            );
         }
         None => match status {
             ExecutionStatus::Completed => hooks::notify_plugins(
@@ -542,15 +645,16 @@ fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
     }
 }
 
-/// Records a run's end: its status (normally the outcome's), stats, log line and event, in one
-/// write.
+/// Records a run's end: its status (normally the outcome's), stats, log line and event — and
+/// its next attempt, when one is planned — in one write. Returns whether the retry was recorded.
 async fn finish(
     engine: &Engine,
     run: &QueuedRun,
     prompt: Option<String>,
     report: RunReport,
     status: ExecutionStatus,
-) {
+    retry: Option<NewRetry>,
+) -> bool {
     let s = &engine.shared;
     let error = report.outcome.error_message();
     let finished = FinishedRun {
@@ -569,13 +673,15 @@ async fn finish(
         resource_usage: report.resource_usage,
         pid: report.pid,
     };
-    match s.store.finish_execution(finished).await {
-        Ok(_) => {
+    match s.store.finish_with_retry(finished, retry).await {
+        Ok((_, retried)) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
             engine.publish_exec(&run.execution_id, &run.job_id, status, error);
+            retried
         }
         Err(e) => {
-            tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run")
+            tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run");
+            false
         }
     }
 }

@@ -339,7 +339,7 @@ fn fire(
     }
 }
 
-fn policy_name(p: crate::model::MisfirePolicy) -> String {
+pub(super) fn policy_name(p: crate::model::MisfirePolicy) -> String {
     match p {
         crate::model::MisfirePolicy::Skip => "skip".into(),
         crate::model::MisfirePolicy::RunLatest => "run_latest".into(),

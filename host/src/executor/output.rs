@@ -1357,6 +1357,10 @@ mod tests {
             ("Session limit reached ∙ resets 7:04am", Some(Some("2026-11-24T07:05:00Z"))),
             ("Claude AI usage limit reached|1795698475", Some(Some("2026-11-26T13:07:55Z"))),
             ("Claude AI usage limit reached|1795698475000", Some(Some("2026-11-26T13:07:55Z"))),
+            // An epoch already past is kept as it is (the engine treats a past reset as unknown
+            // and probes); a garbage epoch leaves the reset unknown.
+            ("Claude AI usage limit reached|1700000000", Some(Some("2023-11-14T22:13:20Z"))),
+            ("Claude AI usage limit reached|soon", Some(None)),
             // macOS wording; Apr 23 2026 is long past → next year.
             ("You've hit your limit · resets Apr 23 at 4pm", Some(Some("2027-04-23T16:01:00Z"))),
             ("You've hit your limit · resets Apr 23 at 4pm (UTC)", Some(Some("2027-04-23T16:01:00Z"))),

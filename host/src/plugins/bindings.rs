@@ -8,8 +8,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use cnp::plugin::{clock, log, types};
-pub use exports::cnp::plugin::{condition, notify, retry};
+// `self::`: under `rustdoc --test` the crate itself (`cnp`) is also an extern name.
+pub use self::cnp::plugin::{clock, log, types};
+pub use self::exports::cnp::plugin::{condition, notify, retry};
 
 /// The WIT package version this host implements; components must match its major (for 0.x,
 /// its minor) version.

@@ -210,7 +210,12 @@ struct Inner {
     calls: Arc<Semaphore>,
     ticker: Arc<EpochTicker>,
     compiles: AtomicU64,
+    /// Told of every failed call (the notification service reports plugin failures).
+    failure_listener: RwLock<Option<FailureListener>>,
 }
+
+/// Called with the plugin's name and kind when a call fails.
+pub type FailureListener = Arc<dyn Fn(&str, PluginKind, &PluginFailure) + Send + Sync>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -340,6 +345,7 @@ impl PluginHost {
                 calls: Arc::new(Semaphore::new(calls as usize)),
                 ticker,
                 compiles: AtomicU64::new(0),
+                failure_listener: RwLock::new(None),
             }),
         })
     }
@@ -573,8 +579,17 @@ impl PluginHost {
         self.count(&plugin.name, call.started, r.as_ref().err());
         if let Err(f) = &r {
             tracing::warn!(plugin = %plugin.name, kind = %plugin.kind, failure = f.kind(), "{f}");
+            let listener = self.inner.failure_listener.read().unwrap().clone();
+            if let Some(l) = listener {
+                l(&plugin.name, plugin.kind, f);
+            }
         }
         r
+    }
+
+    /// Sets who is told of failed calls (trap, timeout, memory limit, error).
+    pub fn set_failure_listener(&self, listener: FailureListener) {
+        *self.inner.failure_listener.write().unwrap() = Some(listener);
     }
 
     fn count(&self, name: &str, started: Instant, failure: Option<&PluginFailure>) {

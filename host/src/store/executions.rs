@@ -35,6 +35,9 @@ pub enum Claim {
         job: Box<Job>,
         prompt: String,
         trigger: Trigger,
+        /// The next free log line number: a run put back (deferred by a usage limit) keeps the
+        /// lines of its earlier try and goes on after them.
+        log_seq: u64,
     },
     /// No longer pending (cancelled, finished, or its job deleted).
     NotPending,
@@ -62,6 +65,15 @@ pub struct FinishedRun {
     pub pid: Option<u32>,
 }
 
+/// The next attempt of a failed run (see [`Store::finish_with_retry`]).
+#[derive(Debug, Clone)]
+pub struct NewRetry {
+    pub id: String,
+    /// When it is due.
+    pub at: DateTime<Utc>,
+    pub now: DateTime<Utc>,
+}
+
 /// Which executions to list.
 #[derive(Debug, Clone, Default)]
 pub struct ExecutionFilter {
@@ -74,7 +86,7 @@ pub struct ExecutionFilter {
 pub(super) const EXEC_COLUMNS: &str =
     "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
     completed_at, execution_time_ms, prompt, output, error, retry_count, outcome, exit_code, \
-    session_id, cost_usd, usage, resource_usage, pid";
+    session_id, cost_usd, usage, resource_usage, pid, first_attempt_id";
 
 pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
     let status: String = r.get(2)?;
@@ -102,6 +114,7 @@ pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
         usage: opt_json(r, 17, "executions.usage")?,
         resource_usage: opt_json(r, 18, "executions.resource_usage")?,
         pid: r.get(19)?,
+        first_attempt_id: r.get(20)?,
     })
 }
 
@@ -109,8 +122,8 @@ fn insert_execution_conn(c: &Connection, e: &NewExecution) -> Result<bool, Store
     let mut stmt = c.prepare_cached(
         "INSERT OR IGNORE INTO executions
             (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count, prompt, error,
-             completed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             completed_at, first_attempt_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)",
     )?;
     let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
     let n = stmt.execute(params![
@@ -141,8 +154,8 @@ impl Store {
             let mut ins = c.prepare_cached(
                 "INSERT OR IGNORE INTO executions
                     (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
-                     prompt, error, completed_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11
+                     prompt, error, completed_at, first_attempt_id)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1
                  WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND status = 'active')",
             )?;
             let mut upd = c.prepare_cached(
@@ -284,7 +297,12 @@ impl Store {
                     "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3 WHERE id = ?1",
                 )?
                 .execute(params![id, to_ms(at), prompt])?;
-                Ok(Claim::Started { job: Box::new(job), prompt, trigger })
+                let log_seq: i64 = c
+                    .prepare_cached(
+                        "SELECT COALESCE(MAX(seq) + 1, 0) FROM execution_logs WHERE execution_id = ?1",
+                    )?
+                    .query_row([&id], |r| r.get(0))?;
+                Ok(Claim::Started { job: Box::new(job), prompt, trigger, log_seq: log_seq as u64 })
             })
         })
         .await
@@ -324,6 +342,29 @@ impl Store {
     /// finished (e.g. marked interrupted) is not counted twice: returns `false` then.
     pub async fn finish_execution(&self, run: FinishedRun) -> Result<bool, StoreError> {
         self.write(move |c| finish_conn(c, &run)).await
+    }
+
+    /// [`Store::finish_execution`] and, when `retry` is given, the next attempt recorded in the
+    /// same transaction (see [`Store::schedule_retry`]): a crash cannot leave a failed attempt
+    /// whose retry was planned but never recorded. Returns (finished, retry recorded).
+    pub async fn finish_with_retry(
+        &self,
+        run: FinishedRun,
+        retry: Option<NewRetry>,
+    ) -> Result<(bool, bool), StoreError> {
+        self.write(move |c| {
+            atomic(c, |c| {
+                if !finish_conn(c, &run)? {
+                    return Ok((false, false));
+                }
+                let recorded = match &retry {
+                    Some(r) => super::hooks::insert_retry_conn(c, &run.id, r)?,
+                    None => false,
+                };
+                Ok((true, recorded))
+            })
+        })
+        .await
     }
 
     pub async fn get_execution(&self, id: String) -> Result<Option<JobExecution>, StoreError> {

@@ -51,6 +51,26 @@ impl Store {
     }
 }
 
+/// Inserts the next attempt of `failed_id`: same job and slot, `retry_count + 1`, linked to
+/// the run's first attempt (`first_attempt_id`).
+pub(super) fn insert_retry_conn(
+    c: &rusqlite::Connection,
+    failed_id: &str,
+    r: &super::NewRetry,
+) -> Result<bool, StoreError> {
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO executions
+                (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
+                 first_attempt_id)
+             SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1,
+                    COALESCE(first_attempt_id, id)
+             FROM executions WHERE id = ?1",
+        )?
+        .execute(params![failed_id, r.id, to_ms(r.at), to_ms(r.now)])?;
+    Ok(n == 1)
+}
+
 impl Store {
     /// Records the retry of failed execution `failed_id` as a new queued execution, due at `at`,
     /// for the same slot with `retry_count + 1` — once only: the (job, slot, attempt) key makes a
@@ -63,15 +83,15 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO executions
-                        (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count)
-                     SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1
-                     FROM executions WHERE id = ?1",
-                )?
-                .execute(params![failed_id, new_id, to_ms(at), to_ms(now)])?;
-            Ok(n == 1)
+            insert_retry_conn(
+                c,
+                &failed_id,
+                &super::NewRetry {
+                    id: new_id,
+                    at,
+                    now,
+                },
+            )
         })
         .await
     }

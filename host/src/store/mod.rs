@@ -8,9 +8,11 @@
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod api;
+mod cooldown;
 mod executions;
 mod hooks;
 mod jobs;
+mod notifications;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +25,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
-pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution};
+pub use cooldown::CollapsedSlots;
+pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry};
 pub use jobs::{JobFilter, JobScheduling};
 pub use schema::SCHEMA_VERSION;
 
