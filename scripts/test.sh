@@ -23,7 +23,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 # pipefail: cargo's own exit status decides
-cargo test --workspace --locked -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
 # The plugins' own logic, natively (each plugin enables a different SDK feature: one at a time).
 for plugin in decorrelated-jitter webhook-notifier business-hours; do
     (cd plugins && cargo test --locked -p "$plugin") 2>&1 | tee -a "$log" || status=$?
