@@ -279,7 +279,7 @@ fn restart_after_kill_9_interrupts_kills_leftovers_and_accounts_for_every_slot()
     let running_before: Vec<&ExecRow> = before.iter().filter(|e| e.status == "running").collect();
     let slow_id = env.job("slow").unwrap().id;
     let fast_id = env.job("fast").unwrap().id;
-    // Slots are recorded up to 2 s ahead (`RECORD_AHEAD`); a row recorded ahead whose slot had
+    // Slots are recorded up to 1.5 s ahead (`RECORD_AHEAD`); a row recorded ahead whose slot had
     // not come at the crash was never released: the restart withdraws it, and its slot is missed
     // like the others.
     let ahead_before: Vec<&ExecRow> = before

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  timer (heaps of next slots and of recorded runs waiting for their time)
-//!    └─ slots decided 2 s ahead ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
+//!    └─ slots decided 1.5 s ahead ─▶ recorder (one transaction per burst; unique (job, slot, attempt) key)
 //!         └─ recorded runs ─▶ timer, until their slot ─▶ dispatch queue (priority 10→1, FIFO within)
 //!                                        └─ dispatcher (global semaphore + per-job max_parallel)
 //!                                              └─ run task ─▶ Runner (the Claude CLI) ─▶ store + event bus

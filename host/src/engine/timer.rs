@@ -34,8 +34,10 @@ const PRECISE_WAKE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How long before its slot a scheduled run is recorded. Recording 10,000 fires takes
 /// ~0.1–0.3 s on a small machine; this leaves room for a slow disk or a much larger burst
-/// (a record that is still in flight at the slot delays only that release).
-pub const RECORD_AHEAD: std::time::Duration = std::time::Duration::from_secs(2);
+/// (a record that is still in flight at the slot delays only that release). Not a whole number
+/// of seconds: slots mostly fall on whole seconds, and recording the slot 2 s ahead at the very
+/// instant another slot is released would put that write in front of the release's claim.
+pub const RECORD_AHEAD: std::time::Duration = std::time::Duration::from_millis(1500);
 
 /// A slot on the heap: `(due as Unix nanoseconds, job index, generation)`.
 type SlotEntry = (i64, u32, u32);
@@ -162,7 +164,10 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
         }
     }
     // Stopping: scheduled runs recorded ahead of their slot and not released are withdrawn, so
-    // the next start decides their slots (as if they had never been recorded).
+    // the next start decides their slots (as if they had never been recorded). Closing first:
+    // a run the recorder hands over from now on comes back to it (and it withdraws it itself),
+    // instead of landing in a channel nobody reads any more.
+    rx.close();
     while let Ok(cmd) = rx.try_recv() {
         h.push(cmd);
     }
