@@ -326,6 +326,11 @@ async fn every_rest_route_with_auth_and_error_bodies() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        res.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "a 413 closes the connection (the unread body makes it unusable)"
+    );
     assert_error(&res.json().await.unwrap(), "payload_too_large", None);
 
     // ---- read, list, filter, paginate
