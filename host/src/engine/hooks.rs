@@ -242,7 +242,7 @@ fn is_not_found(message: &str) -> bool {
 /// Hands an event about a run to the notification service (the job's channels, or the
 /// default ones), which delivers in the background: never delays the scheduler. Outcomes are
 /// recorded (`notification_deliveries`) and noted on the execution.
-pub(super) fn notify_plugins(
+pub(super) fn notify_event(
     engine: &Engine,
     job: &Job,
     kind: crate::plugins::EventKind,
@@ -254,7 +254,7 @@ pub(super) fn notify_plugins(
     notify_run(engine, job, kind, id, execution, summary, note);
 }
 
-/// [`notify_plugins`] naming the execution (for events without a finished run: started).
+/// [`notify_event`] naming the execution (for events without a finished run: started).
 pub(super) fn notify_run(
     engine: &Engine,
     job: &Job,

@@ -479,7 +479,7 @@ async fn usage_limited(
         }
     }
     if newly {
-        hooks::notify_plugins(
+        hooks::notify_event(
             engine,
             job,
             EventKind::CooldownEntered,
@@ -506,8 +506,7 @@ async fn after_run(
     observer: &Arc<Observer>,
 ) {
     let note = |m: String| observer.note(m);
-    let summary = |what: &str| format!("{}: {what} (attempt {})", job.name, info.attempt);
-    match retry {
+    let event = match retry {
         Some((id, at, how)) => {
             note(format!(
                 "attempt {} of {} failed: retry at {} ({how}), execution {id}",
@@ -528,36 +527,26 @@ async fn after_run(
             };
             // Recorded: if the timer has stopped (shutdown), the next start runs it.
             let _ = engine.timer(at, retry);
-            hooks::notify_plugins(
-                engine,
-                job,
-                EventKind::RetryScheduled,
-                Some(info.clone()),
-                summary("failed, retry scheduled"),
-                observer.clone().noter(),
-            );
+            Some((EventKind::RetryScheduled, "failed, retry scheduled"))
         }
         None => match status {
-            ExecutionStatus::Completed => hooks::notify_plugins(
-                engine,
-                job,
-                EventKind::RunSucceeded,
-                Some(info.clone()),
-                summary("succeeded"),
-                observer.clone().noter(),
-            ),
+            ExecutionStatus::Completed => Some((EventKind::RunSucceeded, "succeeded")),
             ExecutionStatus::Failed | ExecutionStatus::TimedOut | ExecutionStatus::Interrupted => {
-                hooks::notify_plugins(
-                    engine,
-                    job,
-                    EventKind::RunFailed,
-                    Some(info.clone()),
-                    summary("failed"),
-                    observer.clone().noter(),
-                )
+                Some((EventKind::RunFailed, "failed"))
             }
-            _ => {}
+            _ => None,
         },
+    };
+    if let Some((kind, what)) = event {
+        let summary = format!("{}: {what} (attempt {})", job.name, info.attempt);
+        hooks::notify_event(
+            engine,
+            job,
+            kind,
+            Some(info),
+            summary,
+            observer.clone().noter(),
+        );
     }
 }
 
