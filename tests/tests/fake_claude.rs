@@ -134,8 +134,6 @@ fn ok_stream_is_shaped_like_the_real_one() {
 
 #[test]
 fn scenarios_classify_as_intended() {
-    let reset = 1_795_503_600_i64; // 2026-11-24T07:00:00Z
-    let reset_s = reset.to_string();
     type Check = fn(&Outcome) -> bool;
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>, i32, Check);
     let cases: Vec<Case> = vec![
@@ -179,16 +177,6 @@ fn scenarios_classify_as_intended() {
             }
             },
         ),
-        (
-            "usage-limit",
-            vec![("FAKE_CLAUDE_RESET_EPOCH", &reset_s)],
-            vec![],
-            1,
-            |o| {
-                matches!(o, Outcome::UsageLimit { resets_at: Some(t), message }
-                if t.timestamp() == 1_795_503_600 && message.starts_with("You've hit your 5-hour limit · resets "))
-            },
-        ),
         ("usage-limit-text", vec![], vec![], 1, |o| {
             matches!(o, Outcome::UsageLimit { resets_at: Some(t), message }
                 if t.hour() == 7 && t.minute() == 1 && message == "You've hit your session limit · resets 7am (UTC)")
@@ -204,16 +192,6 @@ fn scenarios_classify_as_intended() {
                     message: "You're out of extra usage".into(),
                 }
             },
-        ),
-        (
-            "usage-limit-text",
-            vec![(
-                "FAKE_CLAUDE_LIMIT_TEXT",
-                "Claude AI usage limit reached|1795698475",
-            )],
-            vec![],
-            1,
-            |o| matches!(o, Outcome::UsageLimit { resets_at: Some(t), .. } if t.timestamp() == 1_795_698_475),
         ),
     ];
     for (scenario, envs, args, code, check) in cases {
@@ -233,14 +211,45 @@ fn scenarios_classify_as_intended() {
             assert!(r.parser().result().is_some(), "{scenario} has a result");
         }
     }
+    // Resets relative to this test's clock (never a fixed instant: the calendar moves on).
+    let now = Utc::now().timestamp();
+    let reset = (now + 3 * 3600) / 3600 * 3600; // on the hour, about 3 h away
+    let r = run_scenario(
+        "usage-limit",
+        &[("FAKE_CLAUDE_RESET_EPOCH", &reset.to_string())],
+        &[],
+    );
+    assert_eq!(r.code, Some(1), "usage-limit: {}", r.stderr);
+    let o = r.outcome();
+    assert!(
+        matches!(&o, Outcome::UsageLimit { resets_at: Some(t), message }
+            if t.timestamp() == reset && message.starts_with("You've hit your 5-hour limit · resets ")),
+        "{o:?}"
+    );
+    let epoch = now + 2 * 86_400 + 475;
+    let text = format!("Claude AI usage limit reached|{epoch}");
+    let r = run_scenario("usage-limit-text", &[("FAKE_CLAUDE_LIMIT_TEXT", &text)], &[]);
+    assert_eq!(r.code, Some(1), "usage-limit-text: {}", r.stderr);
+    let o = r.outcome();
+    assert!(
+        matches!(&o, Outcome::UsageLimit { resets_at: Some(t), .. } if t.timestamp() == epoch),
+        "{o:?}"
+    );
 }
 
 #[test]
 fn usage_limit_structured_and_text_agree() {
     // The reset text the fake writes resolves (within the cut seconds) to the structured instant,
     // in UTC and in another zone.
-    let reset = 1_795_698_475_i64; // 2026-11-26T13:07:55Z: more than a day away → with a date
-    for tz in ["UTC", "America/New_York"] {
+    // Built from this test's clock: one reset more than a day away (written with a date), one
+    // within the day (a time only); both with seconds the text form cuts.
+    let now = Utc::now().timestamp();
+    for (reset, tz) in [
+        (now + 2 * 86_400 + 475, "UTC"),
+        (now + 2 * 86_400 + 475, "America/New_York"),
+        (now + 5 * 3600 + 475, "UTC"),
+        (now + 5 * 3600 + 475, "America/New_York"),
+    ] {
         let r = run_scenario(
             "usage-limit",
             &[("FAKE_CLAUDE_RESET_EPOCH", &reset.to_string()), ("TZ", tz)],
