@@ -242,6 +242,8 @@ pub struct RetryDefaults {
     /// Seconds, for `custom`.
     pub delays: Vec<u64>,
     pub jitter: bool,
+    /// Runs interrupted by cnp's own stop: `retry` (one linked attempt at restart) or `fail`.
+    pub on_interrupt: crate::model::OnInterrupt,
 }
 
 impl Default for RetryDefaults {
@@ -254,6 +256,7 @@ impl Default for RetryDefaults {
             multiplier: Some(2.0),
             delays: Vec::new(),
             jitter: false,
+            on_interrupt: crate::model::OnInterrupt::Retry,
         }
     }
 }
@@ -271,6 +274,7 @@ impl RetryDefaults {
             jitter: self.jitter,
             plugin: None,
             plugin_config: None,
+            on_interrupt: Some(self.on_interrupt),
         })
     }
 }

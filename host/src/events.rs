@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::model::{ExecutionStatus, JobStatus, LogLine};
+use crate::model::{AttemptRef, ExecutionStatus, JobStatus, LogLine};
 
 /// Something that happened in the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,6 +29,8 @@ pub enum Event {
         status: ExecutionStatus,
         message: Option<String>,
         timestamp: DateTime<Utc>,
+        /// The retry recorded as this attempt ended (the run is not over).
+        next_attempt: Option<AttemptRef>,
     },
     /// A line of a run's output.
     Log(LogLine),

@@ -230,11 +230,12 @@ pub struct PluginRef {
 pub struct RetryConfig {
     pub max_attempts: u32,
     pub strategy: RetryStrategy,
-    /// Seconds before the first retry (fixed delay, or the start of a backoff).
-    #[serde(default)]
+    /// Seconds before the first retry (fixed delay, or the start of a backoff); also written
+    /// `delay`, and as a duration (`90s`, `5m`).
+    #[serde(default, alias = "delay", deserialize_with = "seconds::opt")]
     pub initial_interval: Option<u64>,
-    /// Upper bound on any delay, in seconds.
-    #[serde(default)]
+    /// Upper bound on any delay, in seconds (or a duration).
+    #[serde(default, deserialize_with = "seconds::opt")]
     pub max_interval: Option<u64>,
     #[serde(default)]
     pub multiplier: Option<f64>,
@@ -251,6 +252,65 @@ pub struct RetryConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[ts(type = "Record<string, unknown> | null")]
     pub plugin_config: Option<serde_json::Value>,
+    /// A run cut short by a crash, kill or forced shutdown of cnp: `retry` (the default when
+    /// the job has a retry policy) records one linked attempt at restart, counted against
+    /// `max_attempts`; `fail` leaves it `interrupted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_interrupt: Option<OnInterrupt>,
+}
+
+impl RetryConfig {
+    /// Whether a run of this policy that cnp's stop interrupted is tried again.
+    pub fn retries_interrupted(&self) -> bool {
+        self.on_interrupt.unwrap_or_default() == OnInterrupt::Retry
+    }
+}
+
+/// Whole seconds written as a number (`90`) or a duration (`"90s"`, `"1m 30s"`).
+mod seconds {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secs {
+        Number(u64),
+        Text(String),
+    }
+
+    pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<Secs>::deserialize(d)? {
+            None => Ok(None),
+            Some(Secs::Number(n)) => Ok(Some(n)),
+            Some(Secs::Text(t)) => {
+                let t = t.trim();
+                if let Ok(n) = t.parse::<u64>() {
+                    return Ok(Some(n));
+                }
+                let d = humantime::parse_duration(t).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "`{t}` is not a number of seconds or a duration like `90s`: {e}"
+                    ))
+                })?;
+                if d.subsec_nanos() != 0 {
+                    return Err(serde::de::Error::custom(format!(
+                        "`{t}`: whole seconds only"
+                    )));
+                }
+                Ok(Some(d.as_secs()))
+            }
+        }
+    }
+}
+
+/// What becomes of a run that cnp's own stop (crash, kill -9, forced shutdown) interrupted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum OnInterrupt {
+    /// One more attempt (if `max_attempts` allows), linked to the interrupted one.
+    #[default]
+    Retry,
+    /// Stays `interrupted`.
+    Fail,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -341,6 +401,63 @@ pub struct JobExecution {
     /// retries (`None` for rows recorded before schema v2).
     #[serde(default)]
     pub first_attempt_id: Option<String>,
+}
+
+/// One attempt of a run, as the run's chain lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct AttemptRef {
+    pub id: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub status: ExecutionStatus,
+    /// When it is (or was) due.
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+/// An execution with where its run stands as a whole: a failed attempt whose retry is pending
+/// is not the run's end (`GET /api/executions/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct ExecutionDetail {
+    #[serde(flatten)]
+    pub execution: JobExecution,
+    /// This execution's attempt (1-based) and how many the job's retry policy allows.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The attempt recorded after this one, if any (a retry).
+    pub next_attempt: Option<AttemptRef>,
+    /// Every attempt of the run so far, first to latest.
+    pub attempts: Vec<AttemptRef>,
+    /// Where the run stands: the latest attempt's status, or `retry_pending` when that attempt
+    /// is a retry still waiting to start.
+    pub run_status: RunStatus,
+}
+
+/// Where a run (all its attempts) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The first attempt waits to start.
+    Queued,
+    /// An attempt failed; the next one is recorded and waits for its time.
+    RetryPending,
+    Running,
+    /// The latest attempt is finished and no other is recorded: the run is over.
+    Finished,
+}
+
+impl RunStatus {
+    /// From the run's attempts, first to latest.
+    pub fn of(attempts: &[AttemptRef]) -> RunStatus {
+        match attempts.last() {
+            None => RunStatus::Finished,
+            Some(a) if a.status == ExecutionStatus::Running => RunStatus::Running,
+            Some(a) if a.status.is_terminal() => RunStatus::Finished,
+            Some(a) if a.attempt > 1 => RunStatus::RetryPending,
+            Some(_) => RunStatus::Queued,
+        }
+    }
 }
 
 /// Where an execution stands.

@@ -263,6 +263,7 @@ async fn a_failed_run_is_retried_per_strategy_then_marked_failed() {
         jitter: false,
         plugin: None,
         plugin_config: None,
+        on_interrupt: None,
     });
     let job = h.engine.create_job(s, None).await.unwrap();
     let first = h.engine.run_now(&job.id).await.unwrap();
@@ -309,6 +310,7 @@ async fn permanent_errors_fail_fast_and_global_retry_defaults_apply() {
         jitter: false,
         plugin: None,
         plugin_config: None,
+        on_interrupt: None,
     });
     let h = start(
         dir.path(),

@@ -237,10 +237,11 @@ async fn running_rows_become_interrupted_and_queued_rows_stay_pending() {
         .unwrap();
     assert!(claimed(&store, "run").await);
     let found = store
-        .recover_interrupted(t0() + Duration::minutes(5))
+        .recover_interrupted(t0() + Duration::minutes(5), Default::default())
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1, None);
     let e = store.get_execution("run".into()).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Interrupted);
     assert!(e.error.unwrap().contains("cnp stopped"));
@@ -257,6 +258,49 @@ async fn running_rows_become_interrupted_and_queued_rows_stay_pending() {
     assert!(!claimed(&store, "wait").await);
     let j = store.get_job("a".into()).await.unwrap().unwrap();
     assert_eq!((j.execution_count, j.failure_count), (1, 1));
+}
+
+#[tokio::test]
+async fn an_interrupted_run_gets_one_linked_retry_in_the_same_transaction() {
+    let (_d, store) = open();
+    store.insert_job(job("a")).await.unwrap();
+    store
+        .insert_execution(fire("id-a", "run", t0()))
+        .await
+        .unwrap();
+    assert!(claimed(&store, "run").await);
+    let now = t0() + Duration::minutes(5);
+    let retry = |id: &str| {
+        std::collections::HashMap::from([(
+            "run".to_string(),
+            cnp::store::NewRetry {
+                id: id.into(),
+                at: now,
+                now,
+            },
+        )])
+    };
+    let found = store.recover_interrupted(now, retry("again")).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].1.as_deref(), Some("again"));
+    let e = store.get_execution("run".into()).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Interrupted);
+    assert!(e.error.unwrap().contains("attempt 2 recorded as execution again"));
+    let r = store.get_execution("again".into()).await.unwrap().unwrap();
+    assert_eq!(r.status, ExecutionStatus::Queued);
+    assert_eq!(r.retry_count, 1);
+    assert_eq!(r.first_attempt_id.as_deref(), Some("run"));
+    assert_eq!(r.trigger, Trigger::Retry);
+    assert_eq!(r.scheduled_for, Some(now));
+    // A second restart right after the first: nothing is `running`, nothing recorded twice.
+    let again = store.recover_interrupted(now, retry("twice")).await.unwrap();
+    assert!(again.is_empty());
+    assert!(store.get_execution("twice".into()).await.unwrap().is_none());
+    let pending = store.pending_executions().await.unwrap();
+    assert_eq!(
+        pending.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["again"]
+    );
 }
 
 #[tokio::test]

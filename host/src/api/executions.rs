@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::{ApiState, ListParams, Page, MAX_LIMIT};
-use crate::model::{JobExecution, LogLine};
+use crate::model::{ExecutionDetail, JobExecution, LogLine};
 use crate::store::ExecutionFilter;
 
 /// Answer of `POST /api/executions/{id}/cancel`.
@@ -75,17 +75,14 @@ pub async fn list(
 #[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
-        (status = 200, description = "The execution", body = Object),
+        (status = 200, description = "The execution, with its run's attempts: `attempt` of `max_attempts`, `next_attempt` (the retry recorded after it), `attempts` (first to latest) and `run_status` (`queued`, `retry_pending`, `running` or `finished`: a failed attempt whose retry is pending is not the run's end)", body = Object),
         (status = 404, description = "No such execution", body = super::ErrorBody),
     ))]
 pub async fn show(
     State(st): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<Json<JobExecution>, ApiError> {
-    match st.engine().store().get_execution(id.clone()).await? {
-        Some(e) => Ok(Json(e)),
-        None => Err(ApiError::not_found("execution", &id)),
-    }
+) -> Result<Json<ExecutionDetail>, ApiError> {
+    Ok(Json(st.engine().execution_detail(&id).await?))
 }
 
 #[utoipa::path(post, path = "/api/executions/{id}/cancel", tag = "executions",

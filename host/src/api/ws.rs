@@ -19,7 +19,7 @@ use tokio::sync::broadcast::Receiver;
 use super::error::ApiError;
 use super::ApiState;
 use crate::events::Event;
-use crate::model::{ExecutionStatus, JobExecution, LogLine, LogStream};
+use crate::model::{ExecutionStatus, JobExecution, LogLine, LogStream, RunStatus};
 use crate::store::ExecutionFilter;
 
 /// Query of `GET /api/ws`.
@@ -51,6 +51,14 @@ pub enum WsMessage {
         progress: Option<f64>,
         message: Option<String>,
         timestamp: DateTime<Utc>,
+        /// `retry_pending` when this attempt failed and its retry is recorded (the run is not
+        /// over: follow `nextAttemptId`); absent otherwise.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        run_status: Option<RunStatus>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_attempt_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_attempt_at: Option<DateTime<Utc>>,
     },
     /// A line of a run's output.
     Log {
@@ -109,6 +117,9 @@ fn exec_status(e: &JobExecution, message: Option<String>) -> WsMessage {
         progress: None,
         message,
         timestamp: e.completed_at.or(e.started_at).unwrap_or(e.queued_at),
+        run_status: None,
+        next_attempt_id: None,
+        next_attempt_at: None,
     }
 }
 
@@ -124,6 +135,9 @@ fn status_message(ev: &Event) -> Option<WsMessage> {
             job_id: job_id.clone(),
             execution_id: None,
             status: status.map_or("deleted", |s| s.as_str()).to_owned(),
+            run_status: None,
+            next_attempt_id: None,
+            next_attempt_at: None,
             progress: None,
             message: Some(message.clone()),
             timestamp: *timestamp,
@@ -134,6 +148,7 @@ fn status_message(ev: &Event) -> Option<WsMessage> {
             status,
             message,
             timestamp,
+            next_attempt,
         } => Some(WsMessage::JobStatus {
             job_id: job_id.clone(),
             execution_id: Some(execution_id.clone()),
@@ -141,6 +156,9 @@ fn status_message(ev: &Event) -> Option<WsMessage> {
             progress: None,
             message: message.clone(),
             timestamp: *timestamp,
+            run_status: next_attempt.as_ref().map(|_| RunStatus::RetryPending),
+            next_attempt_id: next_attempt.as_ref().map(|a| a.id.clone()),
+            next_attempt_at: next_attempt.as_ref().and_then(|a| a.scheduled_for),
         }),
         Event::Log(_) | Event::Cooldown { .. } => None,
     }
@@ -327,7 +345,22 @@ impl Stream {
             return;
         }
         if exec.status.is_terminal() {
-            let _ = self.send(&exec_status(&exec, exec.error.clone())).await;
+            let mut msg = exec_status(&exec, exec.error.clone());
+            // Ended before the client came: say whether the run goes on with another attempt.
+            if let Ok(d) = self.st.engine().execution_detail(&id).await {
+                if let (WsMessage::JobStatus { run_status, next_attempt_id, next_attempt_at, .. }, Some(next)) =
+                    (&mut msg, d.next_attempt)
+                {
+                    *run_status = Some(match d.run_status {
+                        RunStatus::Finished => RunStatus::Finished,
+                        RunStatus::Running => RunStatus::Running,
+                        _ => RunStatus::RetryPending,
+                    });
+                    *next_attempt_id = Some(next.id);
+                    *next_attempt_at = next.scheduled_for;
+                }
+            }
+            let _ = self.send(&msg).await;
             return self.close(1000, "execution finished").await;
         }
         let mut next_check: Option<Instant> = None;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Job, JobExecution, Prompt};
+use crate::model::{ExecutionDetail, Job, JobExecution, Prompt};
 
 /// Where the API listens when nothing says otherwise.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8377";
@@ -392,6 +392,11 @@ impl Client {
     }
 
     pub async fn execution(&self, id: &str) -> Result<JobExecution, ClientError> {
+        self.get(&format!("/api/executions/{}", seg(id)), &[]).await
+    }
+
+    /// The execution with its run's attempts (`next_attempt`, `run_status`).
+    pub async fn execution_detail(&self, id: &str) -> Result<ExecutionDetail, ClientError> {
         self.get(&format!("/api/executions/{}", seg(id)), &[]).await
     }
 

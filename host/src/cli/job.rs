@@ -13,7 +13,9 @@ use serde_json::json;
 use super::client::{seg, Client};
 use super::output::{self, Format};
 use crate::manifest::{JobSpec, ScheduleSpec};
-use crate::model::{ExecutionOptions, Job, JobExecution, PRIORITY_DEFAULT};
+use crate::model::{
+    ExecutionOptions, Job, JobExecution, OnInterrupt, RetryConfig, RetryStrategy, PRIORITY_DEFAULT,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -244,6 +246,30 @@ pub struct JobFlags {
     /// Create the job paused.
     #[arg(long)]
     pub paused: bool,
+    /// Attempts in all for a failed run (1 = not retried). Gives the job its own retry policy
+    /// (from the service's `[retry]` defaults' shape: exponential backoff from 60 s) if it has
+    /// none.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// How retries are spaced: fixed, exponential_backoff, linear (custom needs a manifest).
+    #[arg(long, value_parser = parse_snake::<RetryStrategy>)]
+    pub retry_strategy: Option<RetryStrategy>,
+    /// The delay before the first retry (e.g. `30s`, `5m`).
+    #[arg(long, value_parser = parse_duration)]
+    pub retry_delay: Option<Duration>,
+    /// A run cut short by cnp's crash, kill or forced shutdown: `retry` (one linked attempt
+    /// when cnp starts again, counted against the attempts) or `fail` (stays interrupted).
+    #[arg(long, value_parser = parse_snake::<OnInterrupt>)]
+    pub on_interrupt: Option<OnInterrupt>,
+    /// Drop the job's own retry policy (the service's `[retry]` defaults apply again).
+    #[arg(long, conflicts_with_all = ["max_attempts", "retry_strategy", "retry_delay", "on_interrupt"])]
+    pub no_retry: bool,
+}
+
+/// A snake_case enum value as the manifest writes it (`exponential_backoff`).
+fn parse_snake<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.trim().to_owned()))
+        .map_err(|e| format!("`{s}`: {e}"))
 }
 
 impl JobFlags {
@@ -326,6 +352,45 @@ impl JobFlags {
         }
         if self.paused {
             spec.paused = true;
+        }
+        if self.no_retry {
+            spec.retry = None;
+        }
+        if self.max_attempts.is_some()
+            || self.retry_strategy.is_some()
+            || self.retry_delay.is_some()
+            || self.on_interrupt.is_some()
+        {
+            let r = spec.retry.get_or_insert_with(|| RetryConfig {
+                max_attempts: 3,
+                strategy: RetryStrategy::ExponentialBackoff,
+                initial_interval: Some(60),
+                max_interval: Some(3600),
+                multiplier: Some(2.0),
+                delays: Vec::new(),
+                jitter: false,
+                plugin: None,
+                plugin_config: None,
+                on_interrupt: None,
+            });
+            if let Some(n) = self.max_attempts {
+                r.max_attempts = n;
+            }
+            if let Some(st) = self.retry_strategy {
+                if st == RetryStrategy::Custom {
+                    bail!("--retry-strategy custom needs a list of delays or a plugin: set it in a manifest");
+                }
+                r.strategy = st;
+            }
+            if let Some(d) = self.retry_delay {
+                r.initial_interval = Some(d.as_secs());
+                if r.max_interval.is_some_and(|m| m < d.as_secs()) {
+                    r.max_interval = Some(d.as_secs());
+                }
+            }
+            if let Some(o) = self.on_interrupt {
+                r.on_interrupt = Some(o);
+            }
         }
         Ok(())
     }

@@ -42,6 +42,11 @@ pub enum WsMessage {
         message: Option<String>,
         #[serde(default)]
         timestamp: Option<DateTime<Utc>>,
+        /// Set when the attempt failed and its retry is recorded.
+        #[serde(default)]
+        next_attempt_id: Option<String>,
+        #[serde(default)]
+        next_attempt_at: Option<DateTime<Utc>>,
     },
     Log {
         execution_id: String,
@@ -186,9 +191,74 @@ pub fn exit_code_for(status: ExecutionStatus) -> u8 {
     }
 }
 
-/// `cnp job execute --wait`: progress and output until the run ends; the final output goes to
-/// stdout, everything else to stderr.
+/// `cnp job execute --wait`: progress and output until the run ends — across its retry
+/// attempts: a failed attempt whose retry is recorded is followed by the next one. The final
+/// output goes to stdout, everything else to stderr; the exit code is the last attempt's.
 pub async fn wait(client: &Client, id: &str, mode: LogMode) -> anyhow::Result<ExitCode> {
+    let mut id = id.to_owned();
+    let mut prefix = String::new();
+    loop {
+        let finished = match wait_attempt(client, &id, mode, &prefix).await? {
+            Ok(e) => e,
+            Err(code) => return Ok(code),
+        };
+        let detail = client.execution_detail(&id).await?;
+        let next = detail
+            .next_attempt
+            .filter(|_| finished.status != ExecutionStatus::Completed);
+        let of = |n: u32| format!("attempt {n}/{}", detail.max_attempts.max(n));
+        let label = if detail.max_attempts > 1 || detail.attempt > 1 {
+            format!("{} ", of(detail.attempt))
+        } else {
+            String::new()
+        };
+        let took = finished
+            .execution_time_ms
+            .map(|ms| format!(" in {}", output::duration_ms(ms)))
+            .unwrap_or_default();
+        let cost = finished
+            .cost_usd
+            .map(|c| format!(", ${c:.4}"))
+            .unwrap_or_default();
+        let mark = if finished.status == ExecutionStatus::Completed {
+            "✔"
+        } else {
+            "✘"
+        };
+        eprintln!(
+            "{mark} {label}execution {id} {}{took}{cost}",
+            output::execution_result(&finished, 300)
+        );
+        match next {
+            Some(n) => {
+                let when = n
+                    .scheduled_for
+                    .filter(|t| *t > Utc::now())
+                    .map(output::relative)
+                    .unwrap_or_else(|| "now".into());
+                eprintln!("{} {when} (execution {}) …", of(n.attempt), n.id);
+                prefix = format!("{}: ", of(n.attempt));
+                id = n.id;
+            }
+            None => {
+                if let Some(o) = &finished.output {
+                    if !o.is_empty() {
+                        println!("{o}");
+                    }
+                }
+                return Ok(ExitCode::from(exit_code_for(finished.status)));
+            }
+        }
+    }
+}
+
+/// Follows one attempt until it ends: `Err(code)` when the user stopped waiting.
+async fn wait_attempt(
+    client: &Client,
+    id: &str,
+    mode: LogMode,
+    prefix: &str,
+) -> anyhow::Result<Result<JobExecution, ExitCode>> {
     let mut ws = match client.websocket(&[("execution_id", id)]).await {
         Ok(w) => Some(w),
         Err(e) => {
@@ -217,8 +287,8 @@ pub async fn wait(client: &Client, id: &str, mode: LogMode) -> anyhow::Result<Ex
                     if e == id =>
                 {
                     pb.set_message(match message {
-                        Some(m) if !m.is_empty() => format!("{status} — {m}"),
-                        _ => status.clone(),
+                        Some(m) if !m.is_empty() => format!("{prefix}{status} — {m}"),
+                        _ => format!("{prefix}{status}"),
                     });
                     if ExecutionStatus::parse(&status).is_some_and(|s| s.is_terminal()) {
                         let ex = client.execution(id).await?;
@@ -236,7 +306,7 @@ pub async fn wait(client: &Client, id: &str, mode: LogMode) -> anyhow::Result<Ex
             },
             _ = poll.tick() => {
                 let ex = client.execution(id).await?;
-                pb.set_message(status_message(&ex));
+                pb.set_message(format!("{prefix}{}", status_message(&ex)));
                 if polled_logs {
                     logs.catch_up(client, Some(&pb), id).await;
                 }
@@ -247,39 +317,51 @@ pub async fn wait(client: &Client, id: &str, mode: LogMode) -> anyhow::Result<Ex
             _ = tokio::signal::ctrl_c() => {
                 pb.finish_and_clear();
                 eprintln!("stopped waiting; execution {id} goes on (cancel it with `cnp job cancel {id}`)");
-                return Ok(ExitCode::from(130));
+                return Ok(Err(ExitCode::from(130)));
             }
         }
     };
     logs.catch_up(client, Some(&pb), id).await;
     pb.finish_and_clear();
-    let took = finished
-        .execution_time_ms
-        .map(|ms| format!(" in {}", output::duration_ms(ms)))
-        .unwrap_or_default();
-    let cost = finished
-        .cost_usd
-        .map(|c| format!(", ${c:.4}"))
-        .unwrap_or_default();
-    let mark = if finished.status == ExecutionStatus::Completed {
-        "✔"
-    } else {
-        "✘"
-    };
-    eprintln!(
-        "{mark} execution {id} {}{took}{cost}",
-        output::execution_result(&finished, 300)
-    );
-    if let Some(o) = &finished.output {
-        if !o.is_empty() {
-            println!("{o}");
-        }
-    }
-    Ok(ExitCode::from(exit_code_for(finished.status)))
+    Ok(Ok(finished))
 }
 
-/// `cnp job logs`: stored lines, then (with `--follow`) live ones until the run ends.
+/// `cnp job logs`: stored lines, then (with `--follow`) live ones until the run ends — its
+/// retry attempts included: a failed attempt whose retry is recorded is followed by the next.
 pub async fn logs(client: &Client, id: &str, follow: bool, raw: bool) -> anyhow::Result<ExitCode> {
+    let mut id = id.to_owned();
+    loop {
+        let code = logs_of_attempt(client, &id, follow, raw).await?;
+        if !follow || code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+        let d = client.execution_detail(&id).await?;
+        match d.next_attempt {
+            Some(n) if d.execution.status != ExecutionStatus::Completed => {
+                let when = n
+                    .scheduled_for
+                    .filter(|t| *t > Utc::now())
+                    .map(output::relative)
+                    .unwrap_or_else(|| "now".into());
+                eprintln!(
+                    "— attempt {}/{} {when} (execution {}) —",
+                    n.attempt,
+                    d.max_attempts.max(n.attempt),
+                    n.id
+                );
+                id = n.id;
+            }
+            _ => return Ok(code),
+        }
+    }
+}
+
+async fn logs_of_attempt(
+    client: &Client,
+    id: &str,
+    follow: bool,
+    raw: bool,
+) -> anyhow::Result<ExitCode> {
     let mode = if raw { LogMode::Raw } else { LogMode::Pretty };
     let ex = client.execution(id).await?;
     let mut printer = LogPrinter::new(mode, false);
@@ -397,7 +479,7 @@ pub async fn monitor(
         tokio::select! {
             m = next_message(&mut ws) => match m {
                 Some(WsMessage::JobStatus { job_id, .. }) if job_id.as_deref().is_some_and(|x| x != j.id) => {}
-                Some(WsMessage::JobStatus { execution_id, status, message, timestamp, progress, .. }) => {
+                Some(WsMessage::JobStatus { execution_id, status, message, timestamp, progress, next_attempt_id, next_attempt_at, .. }) => {
                     let when = output::local_time(Some(timestamp.unwrap_or_else(Utc::now)));
                     let what = match &execution_id {
                         Some(e) => format!("execution {e} {status}"),
@@ -410,7 +492,14 @@ pub async fn monitor(
                         .filter(|m| !m.is_empty() && *m != status)
                         .map(|m| format!(" — {m}"))
                         .unwrap_or_default();
-                    println!("{when} {what}{progress}{msg}");
+                    let retry = match (next_attempt_id, next_attempt_at) {
+                        (Some(n), at) => format!(
+                            " — retry pending: execution {n}{}",
+                            at.map(|t| format!(" {}", output::relative(t))).unwrap_or_default()
+                        ),
+                        _ => String::new(),
+                    };
+                    println!("{when} {what}{progress}{msg}{retry}");
                 }
                 Some(WsMessage::Log { execution_id, seq, stream, message, timestamp, .. }) => {
                     let short: String = execution_id.chars().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();

@@ -113,16 +113,27 @@ pub(super) async fn plan_retry(
     note: &(dyn Fn(String) + Sync),
 ) -> Option<(DateTime<Utc>, String)> {
     let cfg = retry_config(engine, job)?;
-    if !matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) {
+    let interrupted = status == ExecutionStatus::Interrupted;
+    if !(matches!(status, ExecutionStatus::Failed | ExecutionStatus::TimedOut) || interrupted) {
         return None;
     }
     let attempt = run.retry_count + 1;
+    if interrupted && !cfg.retries_interrupted() {
+        note("interrupted by cnp's stop: not retried (on_interrupt = fail)".into());
+        return None;
+    }
     if attempt >= cfg.max_attempts {
         note(format!(
-            "attempt {attempt} of {} failed: no attempts left",
-            cfg.max_attempts
+            "attempt {attempt} of {} {}: no attempts left",
+            cfg.max_attempts,
+            if interrupted { "interrupted" } else { "failed" }
         ));
         return None;
+    }
+    let now = engine.shared.clock.now();
+    if interrupted {
+        // Not the run's fault: no backoff. Recorded now, it runs when cnp starts again.
+        return Some((now, "interrupted by cnp's stop; runs at the next start".into()));
     }
     match outcome {
         Outcome::AuthError { .. } | Outcome::InvalidArguments { .. } => {
@@ -138,7 +149,6 @@ pub(super) async fn plan_retry(
         _ => {}
     }
     let s = &engine.shared;
-    let now = s.clock.now();
     let builtin = || {
         let d = builtin_delay(cfg, attempt, &mut rand::rng());
         (now + d, format!("{} backoff", strategy_name(cfg.strategy)))
@@ -426,6 +436,7 @@ mod tests {
             jitter: false,
             plugin: None,
             plugin_config: None,
+            on_interrupt: None,
         }
     }
 

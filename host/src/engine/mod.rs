@@ -44,7 +44,8 @@ use crate::events::{Event, EventBus};
 use crate::executor::Runner;
 use crate::manifest::{JobSpec, SpecError};
 use crate::model::{
-    ExecutionOptions, ExecutionStatus, Job, JobStatus, MisfirePolicy, Schedule, Trigger,
+    ExecutionDetail, ExecutionOptions, ExecutionStatus, Job, JobStatus, MisfirePolicy, RetryConfig, RunStatus,
+    Schedule, Trigger,
 };
 use crate::schedule::{CompiledSchedule, CronCache};
 use crate::store::{JobScheduling, NewExecution, Store, StoreError};
@@ -278,12 +279,41 @@ impl Engine {
     async fn recover(&self) -> Result<(), EngineError> {
         let s = &self.shared;
         let now = s.clock.now();
-        let interrupted = s.store.recover_interrupted(now).await?;
-        for e in &interrupted {
-            tracing::warn!(
-                execution = %e.id, job = %e.job_id, pid = ?e.pid,
-                "run was still going when cnp stopped: marked interrupted"
-            );
+        // Runs cnp's stop cut short are interrupted; those whose policy says so get one linked
+        // attempt, due now (re-dispatched below with the other pending runs).
+        let mut retries = std::collections::HashMap::new();
+        let mut policies: HashMap<String, Option<RetryConfig>> = HashMap::new();
+        for e in s.store.running_executions().await? {
+            if !policies.contains_key(&e.job_id) {
+                let job = s.store.get_job(e.job_id.clone()).await?;
+                let cfg = job.and_then(|j| hooks::retry_config(self, &j).cloned());
+                policies.insert(e.job_id.clone(), cfg);
+            }
+            let Some(cfg) = &policies[&e.job_id] else {
+                continue;
+            };
+            if cfg.retries_interrupted() && e.retry_count + 1 < cfg.max_attempts {
+                let retry = crate::store::NewRetry {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    at: now,
+                    now,
+                };
+                retries.insert(e.id, retry);
+            }
+        }
+        let interrupted = s.store.recover_interrupted(now, retries).await?;
+        for (e, retry) in &interrupted {
+            match retry {
+                Some(id) => tracing::warn!(
+                    execution = %e.id, job = %e.job_id, pid = ?e.pid, retry = %id,
+                    "run was still going when cnp stopped: marked interrupted, attempt {} recorded (on_interrupt = retry)",
+                    e.retry_count + 2
+                ),
+                None => tracing::warn!(
+                    execution = %e.id, job = %e.job_id, pid = ?e.pid,
+                    "run was still going when cnp stopped: marked interrupted"
+                ),
+            }
             run::kill_leftover(e.pid, &e.id);
         }
         if let Some(seen) = s.store.get_state("heartbeat").await? {
@@ -445,6 +475,34 @@ impl Engine {
     /// The plugin runtime, if set.
     pub fn plugins(&self) -> Option<&crate::plugins::PluginHost> {
         self.shared.plugins.get()
+    }
+
+    /// An execution with its run's chain of attempts (see [`ExecutionDetail`]).
+    pub async fn execution_detail(&self, id: &str) -> Result<ExecutionDetail, EngineError> {
+        let store = &self.shared.store;
+        let execution = store
+            .get_execution(id.to_owned())
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                what: "execution",
+                id: id.to_owned(),
+            })?;
+        let attempts = store.attempts_of(id.to_owned()).await?;
+        let job = store.get_job(execution.job_id.clone()).await?;
+        let max_attempts = job
+            .as_ref()
+            .and_then(|j| hooks::retry_config(self, j))
+            .map_or(1, |r| r.max_attempts.max(1));
+        let attempt = execution.retry_count + 1;
+        let next_attempt = attempts.iter().find(|a| a.attempt == attempt + 1).cloned();
+        Ok(ExecutionDetail {
+            attempt,
+            max_attempts: max_attempts.max(attempts.len() as u32),
+            next_attempt,
+            run_status: RunStatus::of(&attempts),
+            attempts,
+            execution,
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -842,6 +900,7 @@ impl Engine {
             status,
             message,
             timestamp: self.shared.clock.now(),
+            next_attempt: None,
         });
     }
 }

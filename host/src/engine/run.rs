@@ -12,7 +12,9 @@ use super::hooks::{self, Gate};
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
-use crate::model::{ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy};
+use crate::model::{
+    AttemptRef, ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy,
+};
 use crate::plugins::{EventKind, ExecutionInfo};
 use crate::store::{Claim, FinishedRun, NewRetry};
 
@@ -96,6 +98,7 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
                 status: ExecutionStatus::Queued,
                 message: None,
                 timestamp: now,
+                next_attempt: None,
             });
         }
     }
@@ -509,9 +512,14 @@ async fn after_run(
     let event = match retry {
         Some((id, at, how)) => {
             note(format!(
-                "attempt {} of {} failed: retry at {} ({how}), execution {id}",
+                "attempt {} of {} {}: retry at {} ({how}), execution {id}",
                 info.attempt,
                 info.max_attempts,
+                if status == ExecutionStatus::Interrupted {
+                    "interrupted"
+                } else {
+                    "failed"
+                },
                 at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             ));
             engine.publish_exec(&id, &run.job_id, ExecutionStatus::Queued, None);
@@ -662,10 +670,23 @@ async fn finish(
         resource_usage: report.resource_usage,
         pid: report.pid,
     };
+    let next = retry.as_ref().map(|r| AttemptRef {
+        id: r.id.clone(),
+        attempt: run.retry_count + 2,
+        status: ExecutionStatus::Queued,
+        scheduled_for: Some(r.at),
+    });
     match s.store.finish_with_retry(finished, retry).await {
         Ok((_, retried)) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
-            engine.publish_exec(&run.execution_id, &run.job_id, status, error);
+            s.events.publish(Event::Execution {
+                execution_id: run.execution_id.clone(),
+                job_id: run.job_id.clone(),
+                status,
+                message: error,
+                timestamp: s.clock.now(),
+                next_attempt: next.filter(|_| retried),
+            });
             retried
         }
         Err(e) => {

@@ -6,6 +6,8 @@
 //!   child itself has exited (before it is reaped, so its pid cannot be reused), whatever is left
 //!   in its group (and in its cgroup, if it has one) is SIGKILLed: grandchildren never outlive
 //!   the run.
+//! - **No orphans.** Every group is registered with the orphan [`guardian`], a process that
+//!   SIGKILLs the groups still registered when cnp dies (kill -9 included).
 //! - **Pipes.** stdin gets the prompt, then is closed. stdout and stderr are read line by line by
 //!   two tokio tasks with a bounded reader (a 100 MB line never sits in memory): observer lines are
 //!   cut to `max_line_bytes`, and after `max_output_bytes` in total no more lines are forwarded
@@ -22,6 +24,7 @@
 //!   moving it after spawn would leave a window where it (or a fast grandchild) is outside.
 
 mod cgroup;
+pub mod guardian;
 mod limits;
 mod lines;
 mod watchdog;
@@ -148,6 +151,8 @@ pub async fn run(
             child
         }
     };
+    // From here on, a cnp killed by -9 takes the group with it (see `guardian`).
+    guardian::register(spawned.id());
     let started_at = Utc::now();
     supervise(spec, observer, spawned, enforcement, clock, started_at).await
 }
@@ -385,6 +390,7 @@ async fn supervise(
     }
     let reaped = reap(pid).await;
     guard.armed = false;
+    guardian::unregister(pid);
     let wall = clock.elapsed();
 
     // Let the readers see the end of the pipes; give up on pipes held open from elsewhere.
@@ -770,6 +776,7 @@ impl Drop for ChildGuard {
             .name("cnp-reaper".into())
             .spawn(move || {
                 let _ = wait4(pid as i32, 0);
+                guardian::unregister(pid);
                 if let Some(group) = cgroup {
                     group.remove_blocking();
                 }

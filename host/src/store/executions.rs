@@ -6,6 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::jobs::{get_job_conn, get_prompt_conn};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
+    AttemptRef,
     ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger,
 };
 
@@ -380,6 +381,34 @@ impl Store {
         .await
     }
 
+    /// The attempts of the run `id` belongs to (its first attempt and every retry), in order.
+    pub async fn attempts_of(&self, id: String) -> Result<Vec<AttemptRef>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, retry_count, status, scheduled_for FROM executions
+                 WHERE first_attempt_id = (SELECT COALESCE(first_attempt_id, id)
+                                           FROM executions WHERE id = ?1)
+                    OR id = ?1
+                 ORDER BY retry_count, rowid",
+            )?;
+            let mut rows = stmt.query([&id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let status: String = r.get(2)?;
+                out.push(AttemptRef {
+                    id: r.get(0)?,
+                    attempt: r.get::<_, u32>(1)? + 1,
+                    status: ExecutionStatus::parse(&status).ok_or_else(|| {
+                        StoreError::Corrupt(format!("execution status {status:?}"))
+                    })?,
+                    scheduled_for: opt_from_ms(r.get(3)?),
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Newest first.
     pub async fn list_executions(
         &self,
@@ -431,46 +460,84 @@ impl Store {
         .await
     }
 
-    /// Marks runs a previous process left `running` as `interrupted` (counted as failures).
-    /// Returns them, so their leftover processes can be dealt with.
+    /// Runs a previous process left `running` (cnp stopped while they were going).
+    pub async fn running_executions(&self) -> Result<Vec<JobExecution>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running' ORDER BY rowid"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(exec_from_row(r)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Marks runs a previous process left `running` as `interrupted` (counted as failures) and,
+    /// for those `retries` names, records their next attempt — in one transaction, so a second
+    /// restart right after the first finds nothing `running` left and records nothing twice.
+    /// Returns the runs marked, each with its recorded retry's id, so their leftover processes
+    /// can be dealt with.
     pub async fn recover_interrupted(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<Vec<JobExecution>, StoreError> {
+        mut retries: std::collections::HashMap<String, NewRetry>,
+    ) -> Result<Vec<(JobExecution, Option<String>)>, StoreError> {
         self.write(move |c| {
-            let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([])?;
-            let mut found = Vec::new();
-            while let Some(r) = rows.next()? {
-                found.push(exec_from_row(r)?);
-            }
-            for e in &found {
-                finish_conn(
-                    c,
-                    &FinishedRun {
-                        id: e.id.clone(),
-                        prompt: None,
-                        status: ExecutionStatus::Interrupted,
-                        started_at: e.started_at,
-                        completed_at: now,
-                        output: None,
-                        error: Some(
-                            "cnp stopped while this run was going (crash or kill); the run's \
-                             result is unknown"
-                                .into(),
-                        ),
-                        outcome: None,
-                        exit_code: None,
-                        session_id: None,
-                        cost_usd: None,
-                        usage: None,
-                        resource_usage: None,
-                        pid: e.pid,
-                    },
-                )?;
-            }
-            Ok(found)
+            atomic(c, |c| {
+                let sql =
+                    format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
+                let mut stmt = c.prepare(&sql)?;
+                let mut rows = stmt.query([])?;
+                let mut found = Vec::new();
+                while let Some(r) = rows.next()? {
+                    found.push(exec_from_row(r)?);
+                }
+                let mut out = Vec::with_capacity(found.len());
+                for e in found {
+                    let retry = retries.remove(&e.id);
+                    let mut error = String::from(
+                        "cnp stopped while this run was going (crash or kill); the run's result \
+                         is unknown",
+                    );
+                    if let Some(r) = &retry {
+                        error.push_str(&format!(
+                            "; attempt {} recorded as execution {}",
+                            e.retry_count + 2,
+                            r.id
+                        ));
+                    }
+                    finish_conn(
+                        c,
+                        &FinishedRun {
+                            id: e.id.clone(),
+                            prompt: None,
+                            status: ExecutionStatus::Interrupted,
+                            started_at: e.started_at,
+                            completed_at: now,
+                            output: None,
+                            error: Some(error),
+                            outcome: None,
+                            exit_code: None,
+                            session_id: None,
+                            cost_usd: None,
+                            usage: None,
+                            resource_usage: None,
+                            pid: e.pid,
+                        },
+                    )?;
+                    let recorded = match &retry {
+                        Some(r) => super::hooks::insert_retry_conn(c, &e.id, r)?,
+                        None => false,
+                    };
+                    out.push((e, retry.filter(|_| recorded).map(|r| r.id)));
+                }
+                Ok(out)
+            })
         })
         .await
     }

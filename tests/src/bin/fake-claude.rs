@@ -76,6 +76,8 @@
 //!   entry. Takes precedence over `FAKE_CLAUDE_SCENARIO`.
 //! - `FAKE_CLAUDE_SLEEP_MS`: sleep this long after the init event, before the rest (so streaming
 //!   is observable and timeouts can be tested).
+//! - `FAKE_CLAUDE_SLEEP_UNLESS=<path>`: no sleep when this path exists (checked when the sleep would begin):
+//!   runs started before a test creates it are slow, later ones quick.
 //! - `FAKE_CLAUDE_OUTPUT_BYTES`: this many bytes of extra assistant text after the init event
 //!   (stream-json: `assistant` events of at most 8 KiB of text each; text/json: plain lines of
 //!   8 KiB). Streamed, never held in memory: 100 MB is fine.
@@ -572,6 +574,12 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
+/// `FAKE_CLAUDE_SLEEP_MS`, unless the `FAKE_CLAUDE_SLEEP_UNLESS` path exists.
+fn sleep_ms() -> Option<u64> {
+    let skip = std::env::var_os("FAKE_CLAUDE_SLEEP_UNLESS").is_some_and(|p| Path::new(&p).exists());
+    env_u64("FAKE_CLAUDE_SLEEP_MS").filter(|_| !skip)
+}
+
 /// The scenario for this invocation: the next entry of `FAKE_CLAUDE_SCENARIOS`, or
 /// `FAKE_CLAUDE_SCENARIO`, or `ok`.
 fn pick_scenario() -> String {
@@ -885,7 +893,7 @@ impl Fake {
         if let Some(n) = env_u64("FAKE_CLAUDE_OUTPUT_BYTES") {
             self.runaway_output(n)?;
         }
-        if let Some(ms) = env_u64("FAKE_CLAUDE_SLEEP_MS") {
+        if let Some(ms) = sleep_ms() {
             std::thread::sleep(Duration::from_millis(ms));
         }
         Ok(())
@@ -1000,7 +1008,7 @@ impl Fake {
         let code = index_exit_code(&path).unwrap_or(0);
         let mut out = self.out.lock();
         match (
-            env_u64("FAKE_CLAUDE_SLEEP_MS"),
+            sleep_ms(),
             data.iter().position(|&b| b == b'\n'),
         ) {
             (Some(ms), Some(nl)) => {

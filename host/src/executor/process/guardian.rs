@@ -1,0 +1,230 @@
+//! The orphan guardian: CLI process groups never outlive a killed cnp.
+//!
+//! A run's CLI leads its own process group, so nothing of it dies with cnp by itself. On first
+//! use, cnp forks one small guardian process that holds the read end of a pipe whose only write
+//! end is cnp's (`O_CLOEXEC`: no child inherits it). cnp writes `+pgid` when it has spawned a
+//! run and `-pgid` once the run's group is gone (reaped, leftovers killed). When cnp dies — by
+//! kill -9 too — the kernel closes the write end, the guardian reads EOF, SIGKILLs every group
+//! still registered and exits. One process for all runs; nothing on the spawn path but a
+//! 5-byte non-blocking write.
+//!
+//! Why not `PR_SET_PDEATHSIG`: it fires when the *thread* that forked the child exits (tokio's
+//! blocking threads come and go), and it reaches only the direct child, not its group.
+//!
+//! The window between `spawn()` returning and the `+pgid` write is not covered; the restart-time
+//! cleanup (`engine::run::kill_leftover`, by the `CNP_EXECUTION_ID` marker) is the second line.
+//!
+//! The forked guardian runs only async-signal-safe calls (`read`, `kill`, `close_range`, `dup2`,
+//! `sigaction`, `_exit`) on memory prepared before the fork: cnp is multi-threaded.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+/// Groups the guardian can hold at once (more are left to the restart-time cleanup).
+const CAPACITY: usize = 1 << 16;
+const RECORD: usize = 5;
+
+struct Guardian {
+    /// The pipe's write end (non-blocking), `-1` when no guardian could be started.
+    fd: i32,
+    /// The guardian's pid (for diagnostics and tests).
+    pid: i32,
+    /// What is registered, so a new guardian can be told everything if the first one died.
+    live: HashSet<i32>,
+}
+
+static GUARDIAN: Mutex<Option<Guardian>> = Mutex::new(None);
+
+/// Registers a run's process group: killed if cnp dies while it is registered.
+pub fn register(pgid: u32) {
+    let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
+    let pgid = pgid as i32;
+    let guardian = g.get_or_insert_with(start);
+    guardian.live.insert(pgid);
+    if !send(guardian.fd, b'+', pgid) {
+        // The guardian is gone (killed by hand?): start another and tell it everything.
+        let live = std::mem::take(&mut guardian.live);
+        close(guardian.fd);
+        let fresh = g.insert(start());
+        for p in &live {
+            send(fresh.fd, b'+', *p);
+        }
+        fresh.live = live;
+    }
+}
+
+/// The group is gone (reaped, its leftovers killed): no longer the guardian's concern.
+pub fn unregister(pgid: u32) {
+    let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(guardian) = g.as_mut() {
+        if guardian.live.remove(&(pgid as i32)) {
+            send(guardian.fd, b'-', pgid as i32);
+        }
+    }
+}
+
+/// The guardian's pid, once one runs.
+pub fn pid() -> Option<u32> {
+    let g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
+    g.as_ref().filter(|g| g.pid > 0).map(|g| g.pid as u32)
+}
+
+fn send(fd: i32, op: u8, pgid: i32) -> bool {
+    if fd < 0 {
+        return true; // no guardian could be started: nothing to retry
+    }
+    let mut rec = [0u8; RECORD];
+    rec[0] = op;
+    rec[1..].copy_from_slice(&pgid.to_le_bytes());
+    loop {
+        #[allow(unsafe_code)]
+        // SAFETY: writes 5 bytes from a live buffer to our own pipe descriptor.
+        let n = unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
+        if n == RECORD as isize {
+            return true;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                // The guardian is not reading (stopped?): this group is left to the
+                // restart-time cleanup rather than blocking a run.
+                tracing::warn!(pgid, "orphan guardian's pipe is full: group not registered");
+                return true;
+            }
+            _ => return false, // EPIPE: the guardian died
+        }
+    }
+}
+
+fn close(fd: i32) {
+    if fd >= 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: closes our own descriptor once.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Forks the guardian. On failure, runs go on unguarded (logged).
+fn start() -> Guardian {
+    let failed = |what: &str| {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot start the orphan guardian ({what}): CLI processes may outlive a killed cnp until its restart");
+        Guardian {
+            fd: -1,
+            pid: -1,
+            live: HashSet::new(),
+        }
+    };
+    let mut fds = [0i32; 2];
+    #[allow(unsafe_code)]
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return failed("pipe");
+    }
+    let (read_fd, write_fd) = (fds[0], fds[1]);
+    // Everything the child uses is allocated before the fork.
+    let mut table: Vec<i32> = Vec::with_capacity(CAPACITY);
+    let mut buf = vec![0u8; RECORD * 1024];
+    let devnull = c"/dev/null";
+    #[allow(unsafe_code)]
+    // SAFETY: the child only makes async-signal-safe calls on pre-allocated memory and never
+    // returns (it ends in `_exit`).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        close(read_fd);
+        close(write_fd);
+        return failed("fork");
+    }
+    if pid == 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: see above.
+        unsafe {
+            guardian_main(read_fd, devnull.as_ptr(), &mut table, &mut buf)
+        }
+    }
+    close(read_fd);
+    #[allow(unsafe_code)]
+    // SAFETY: sets a flag on our own descriptor.
+    unsafe {
+        let flags = libc::fcntl(write_fd, libc::F_GETFL);
+        libc::fcntl(write_fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    tracing::debug!(pid, "orphan guardian started");
+    Guardian {
+        fd: write_fd,
+        pid,
+        live: HashSet::new(),
+    }
+}
+
+/// The guardian process: register/unregister groups until EOF, then kill what is left.
+#[allow(unsafe_code)]
+unsafe fn guardian_main(
+    read_fd: i32,
+    devnull: *const libc::c_char,
+    table: &mut Vec<i32>,
+    buf: &mut [u8],
+) -> ! {
+    // Terminal signals (Ctrl-C reaches the whole foreground group) must not end it: only EOF.
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGPIPE,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ] {
+        libc::signal(sig, libc::SIG_IGN);
+    }
+    libc::prctl(libc::PR_SET_NAME, c"cnp-guardian".as_ptr() as libc::c_ulong, 0, 0, 0);
+    // Hold nothing of cnp's: no sockets, no database files, no pipes a caller waits on.
+    let null = libc::open(devnull, libc::O_RDWR);
+    if null >= 0 {
+        libc::dup2(null, 0);
+        libc::dup2(null, 1);
+        libc::dup2(null, 2);
+    }
+    let fd = if libc::dup2(read_fd, 3) == 3 { 3 } else { read_fd };
+    libc::syscall(libc::SYS_close_range, (fd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+    let mut carry = 0usize;
+    loop {
+        let n = libc::read(fd, buf.as_mut_ptr().add(carry).cast(), buf.len() - carry);
+        if n < 0 {
+            if *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            break; // cnp is gone
+        }
+        let end = carry + n as usize;
+        let whole = end / RECORD * RECORD;
+        let mut i = 0;
+        while i < whole {
+            let pgid = i32::from_le_bytes([buf[i + 1], buf[i + 2], buf[i + 3], buf[i + 4]]);
+            match buf[i] {
+                b'+' if table.len() < table.capacity() => table.push(pgid),
+                b'-' => {
+                    if let Some(k) = table.iter().position(|p| *p == pgid) {
+                        table.swap_remove(k);
+                    }
+                }
+                _ => {}
+            }
+            i += RECORD;
+        }
+        carry = end - whole;
+        buf.copy_within(whole..end, 0);
+    }
+    for pgid in table.iter() {
+        if *pgid > 1 {
+            libc::kill(-*pgid, libc::SIGKILL);
+        }
+    }
+    libc::_exit(0)
+}
