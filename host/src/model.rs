@@ -224,7 +224,7 @@ pub struct PluginRef {
     pub config: Option<serde_json::Value>,
 }
 
-/// How failed runs are retried (the retry service itself arrives with its own issue).
+/// How failed runs are retried.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {

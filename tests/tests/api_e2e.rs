@@ -961,3 +961,59 @@ async fn secrets_in_a_job_are_never_echoed_and_survive_a_read_modify_write() {
     );
     assert!(!cnp.log().contains("SECRETKEY123"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_with_a_retry_pending_says_so_in_detail_and_stream() {
+    let (_env, cnp, api) = start();
+    let mut job = manual_job("flaky", json!({"FAKE_CLAUDE_SCENARIO": "error"}));
+    job["retry"] = json!({"max_attempts": 3, "strategy": "fixed", "delay": "1h"});
+    let (s, _) = api.post("/api/jobs", job).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(api.ws_url(&format!("job_id=flaky&token={}", api.token)))
+            .await
+            .expect("connect");
+    let (_, r) = api.post_empty("/api/jobs/flaky/execute").await;
+    let first = r["execution_id"].as_str().unwrap().to_owned();
+    let started = chrono::Utc::now();
+
+    let (msgs, _) = read_messages(&mut ws, DEADLINE, |m| {
+        m["type"] == "jobStatus" && m["status"] == "failed"
+    })
+    .await;
+    let failed = msgs.iter().find(|m| m["status"] == "failed").unwrap();
+    assert_eq!(failed["runStatus"], "retry_pending", "{failed}");
+    let next_id = failed["nextAttemptId"].as_str().expect("nextAttemptId").to_owned();
+    assert_ne!(next_id, first);
+    let next_at: chrono::DateTime<chrono::Utc> =
+        failed["nextAttemptAt"].as_str().unwrap().parse().unwrap();
+    let wait = next_at - started;
+    assert!(
+        wait > chrono::TimeDelta::minutes(59) && wait <= chrono::TimeDelta::minutes(61),
+        "the retry is due an hour after the failure: {failed}"
+    );
+    // Statuses before the end carry no chain fields.
+    for m in msgs.iter().filter(|m| m["status"] == "running") {
+        assert!(m.get("runStatus").is_none(), "{m}");
+    }
+
+    let (s, d) = api.get(&format!("/api/executions/{first}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["status"], "failed", "{d}");
+    assert_eq!(d["attempt"], 1, "{d}");
+    assert_eq!(d["max_attempts"], 3, "{d}");
+    assert_eq!(d["run_status"], "retry_pending", "{d}");
+    assert_eq!(d["next_attempt"]["id"], next_id.as_str(), "{d}");
+    assert_eq!(d["next_attempt"]["attempt"], 2, "{d}");
+    assert_eq!(d["next_attempt"]["status"], "queued", "{d}");
+    let attempts = d["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{d}");
+    assert_eq!(attempts[0]["id"], first.as_str());
+    assert_eq!(attempts[1]["id"], next_id.as_str());
+    // The pending attempt's own detail: attempt 2 of 3, nothing after it yet.
+    let (_, d2) = api.get(&format!("/api/executions/{next_id}")).await;
+    assert_eq!(d2["attempt"], 2, "{d2}");
+    assert!(d2["next_attempt"].is_null(), "{d2}");
+    assert_eq!(d2["run_status"], "retry_pending", "{d2}");
+    drop(cnp);
+}

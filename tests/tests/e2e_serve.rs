@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use support::*;
@@ -272,6 +273,10 @@ fn restart_after_kill_9_interrupts_kills_leftovers_and_accounts_for_every_slot()
         attempts += 1;
         assert!(attempts < 10, "running runs without a pid:\n{}", env.dump());
     }
+    // The orphan guardian would kill the slow runs' groups the moment cnp dies; stopped, it
+    // cannot, so what follows tests the second line of defence: the restart-time cleanup.
+    let guardian = guardian_of(cnp.pid()).expect("cnp's orphan guardian");
+    kill(Pid::from_raw(guardian as i32), Signal::SIGSTOP).unwrap();
     cnp.kill9();
     let killed_at = now_ms();
 
@@ -352,6 +357,7 @@ fn restart_after_kill_9_interrupts_kills_leftovers_and_accounts_for_every_slot()
         "{}",
         cnp.log()
     );
+    kill(Pid::from_raw(guardian as i32), Signal::SIGKILL).unwrap();
 
     // New runs go on completing; runs recorded before the crash but not started are run.
     cnp.wait_for("2 fast runs of slots after the restart completed", || {

@@ -1060,3 +1060,15 @@ impl Cnp {
         (format!("http://{}", addr.trim()), token.trim().to_owned())
     }
 }
+
+/// The orphan guardian `cnp serve` (pid `cnp`) forked at its first run, if it is alive.
+pub fn guardian_of(cnp: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+        (comm == "cnp-guardian" && ppid == cnp).then_some(pid)
+    })
+}
