@@ -16,18 +16,49 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
         || python3 -m pip install --quiet --user aiosmtpd 2>/dev/null \
         || python3 -m pip install --quiet --user --break-system-packages aiosmtpd
 fi
+echo "==> test tools: faketime (the shifted-clock passes below)"
+if ! command -v faketime >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+fi
 echo "==> building binaries"
 cargo build --workspace --bins --locked
 echo "==> running tests"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+shifted_log="$(mktemp)"
+trap 'rm -f "$log" "$shifted_log"' EXIT
 status=0
 # pipefail: cargo's own exit status decides
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# No date may break the suite: the whole workspace again, with the test binaries (and so cnp and
+# the fake CLI they start) on a system clock shifted by libfaketime. Monotonic time stays real
+# (timeouts and tokio timers are unaffected); cargo itself runs on the real clock.
+#   1. the last 90 s of 2027 (a year rollover during the run);
+#   2. 90 s before the next DST change in America/New_York, a zone the tests schedule in.
+next_dst_change() {
+    python3 -c '
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+zone = ZoneInfo("America/New_York")
+t = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+offset = t.astimezone(zone).utcoffset()
+while t.astimezone(zone).utcoffset() == offset:
+    t += timedelta(hours=1)
+print(int(t.timestamp()))'
+}
+for at in "$(date -u -d 2027-12-31T23:58:30Z +%s)" "$(( $(next_dst_change) - 90 ))"; do
+    echo "==> running tests again with the clock at $(date -u -d "@$at" +%FT%TZ)"
+    shift_s=$(( at - $(date +%s) ))
+    [ "$shift_s" -ge 0 ] && shift_s="+$shift_s"
+    CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="faketime -f $shift_s" \
+        FAKETIME_DONT_FAKE_MONOTONIC=1 CNP_TEST_CLOCK_NEAR="$at" \
+        cargo test --workspace --locked --no-fail-fast -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 \
+        | tee -a "$shifted_log" || status=$?
+done
 # The plugins' own logic, natively (each plugin enables a different SDK feature: one at a time).
 for plugin in decorrelated-jitter webhook-notifier business-hours; do
     (cd plugins && cargo test --locked -p "$plugin") 2>&1 | tee -a "$log" || status=$?
 done
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+summary='/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }'
+awk "$summary"' END { printf "shifted-clock passes: %d passed, %d failed\n", p, f }' "$shifted_log"
+awk "$summary"' END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

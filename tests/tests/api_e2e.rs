@@ -983,7 +983,10 @@ async fn a_failed_attempt_with_a_retry_pending_says_so_in_detail_and_stream() {
     .await;
     let failed = msgs.iter().find(|m| m["status"] == "failed").unwrap();
     assert_eq!(failed["runStatus"], "retry_pending", "{failed}");
-    let next_id = failed["nextAttemptId"].as_str().expect("nextAttemptId").to_owned();
+    let next_id = failed["nextAttemptId"]
+        .as_str()
+        .expect("nextAttemptId")
+        .to_owned();
     assert_ne!(next_id, first);
     let next_at: chrono::DateTime<chrono::Utc> =
         failed["nextAttemptAt"].as_str().unwrap().parse().unwrap();

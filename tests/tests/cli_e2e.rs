@@ -852,34 +852,66 @@ fn execute_wait_follows_the_run_through_its_retry_attempts() {
     let o = cli(&env, &["job", "execute", "flaky", "--wait"]);
     let stderr = err(&o);
     assert_eq!(code(&o), 0, "the final attempt succeeded:\n{stderr}");
-    assert!(out(&o).contains("Hello from fake claude: try hard"), "{}", out(&o));
+    assert!(
+        out(&o).contains("Hello from fake claude: try hard"),
+        "{}",
+        out(&o)
+    );
     for n in 1..=3 {
-        assert!(stderr.contains(&format!("attempt {n}/3")), "attempt {n}/3 in:\n{stderr}");
+        assert!(
+            stderr.contains(&format!("attempt {n}/3")),
+            "attempt {n}/3 in:\n{stderr}"
+        );
     }
-    assert!(stderr.contains("attempt 2/3 in "), "the wait for attempt 2 is announced:\n{stderr}");
+    assert!(
+        stderr.contains("attempt 2/3 in "),
+        "the wait for attempt 2 is announced:\n{stderr}"
+    );
     let attempts = history(&env, "flaky", 10);
     assert_eq!(attempts.len(), 3, "three attempts: {attempts:?}");
     let statuses: Vec<ExecutionStatus> = attempts.iter().rev().map(|e| e.status).collect();
     assert_eq!(
         statuses,
-        [ExecutionStatus::Failed, ExecutionStatus::Failed, ExecutionStatus::Completed]
+        [
+            ExecutionStatus::Failed,
+            ExecutionStatus::Failed,
+            ExecutionStatus::Completed
+        ]
     );
 
     // The same policy from flags; a run whose attempts all fail ends with the last one's code.
     ok(cli(
         &env,
         &[
-            "job", "create", "hopeless", "--prompt", "x", "--env", "FAKE_CLAUDE_SCENARIO=error",
-            "--max-attempts", "2", "--retry-strategy", "fixed", "--retry-delay", "1s",
-            "--on-interrupt", "fail",
+            "job",
+            "create",
+            "hopeless",
+            "--prompt",
+            "x",
+            "--env",
+            "FAKE_CLAUDE_SCENARIO=error",
+            "--max-attempts",
+            "2",
+            "--retry-strategy",
+            "fixed",
+            "--retry-delay",
+            "1s",
+            "--on-interrupt",
+            "fail",
         ],
     ));
-    let job: serde_json::Value = json(&ok(cli(&env, &["job", "show", "hopeless", "--format", "json"])));
+    let job: serde_json::Value = json(&ok(cli(
+        &env,
+        &["job", "show", "hopeless", "--format", "json"],
+    )));
     assert_eq!(job["retry_config"]["max_attempts"], 2, "{job}");
     assert_eq!(job["retry_config"]["strategy"], "fixed", "{job}");
     assert_eq!(job["retry_config"]["initial_interval"], 1, "{job}");
     assert_eq!(job["retry_config"]["on_interrupt"], "fail", "{job}");
     let e = fails(cli(&env, &["job", "execute", "hopeless", "--wait"]), 1);
-    assert!(e.contains("attempt 1/2") && e.contains("attempt 2/2"), "{e}");
+    assert!(
+        e.contains("attempt 1/2") && e.contains("attempt 2/2"),
+        "{e}"
+    );
     assert_eq!(history(&env, "hopeless", 10).len(), 2);
 }

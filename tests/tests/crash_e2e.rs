@@ -49,7 +49,9 @@ fn attempts(env: &Env) -> Vec<(String, String, String, Option<String>, i64)> {
         )
         .unwrap();
     let rows = s
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
@@ -130,7 +132,11 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
             .iter()
             .flat_map(|n| env.executions(n))
             .collect();
-        if rows.len() != total || rows.iter().any(|e| e.status != "running" || e.pid.is_none()) {
+        if rows.len() != total
+            || rows
+                .iter()
+                .any(|e| e.status != "running" || e.pid.is_none())
+        {
             return None;
         }
         let live = live_groups();
@@ -148,7 +154,11 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
     let mut left: Vec<i32>;
     loop {
         let live = live_groups();
-        left = groups.iter().copied().filter(|g| live.contains_key(g)).collect();
+        left = groups
+            .iter()
+            .copied()
+            .filter(|g| live.contains_key(g))
+            .collect();
         if left.is_empty() || killed.elapsed() > Duration::from_secs(2) {
             break;
         }
@@ -177,7 +187,11 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
     // Let anything that would wrongly come later show up.
     std::thread::sleep(Duration::from_secs(2));
     let rows_later = attempts(&env);
-    assert_eq!(rows.len(), rows_later.len(), "attempts recorded after the retries settled");
+    assert_eq!(
+        rows.len(),
+        rows_later.len(),
+        "attempts recorded after the retries settled"
+    );
 
     let by_id: HashMap<&str, _> = rows_later.iter().map(|r| (r.0.as_str(), r)).collect();
     let mut retry_of: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -199,7 +213,10 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
                 assert_eq!(r.2, "completed", "{r:?}");
                 assert_eq!(r.4, 1, "the retry is attempt 2: {r:?}");
             }
-            _ => assert!(retries.is_empty(), "{job} run {id} was retried: {retries:?}"),
+            _ => assert!(
+                retries.is_empty(),
+                "{job} run {id} was retried: {retries:?}"
+            ),
         }
     }
     assert_eq!(rows_later.len(), total + POLICY, "no other attempts");
@@ -212,7 +229,11 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
         }
     }
     for r in &rows_later {
-        assert_eq!(invocations.get(&r.0).copied(), Some(1), "invocations of {r:?}");
+        assert_eq!(
+            invocations.get(&r.0).copied(),
+            Some(1),
+            "invocations of {r:?}"
+        );
     }
     cnp.assert_running();
 }

@@ -182,6 +182,29 @@ fn scheduled_run_invokes_the_cli_and_records_a_completed_execution() {
     assert_eq!(rec.job_id(), Some(job.id.as_str()));
     assert_eq!(exec.pid, Some(rec.pid as i64));
 
+    // One clock: the test, cnp and the CLI agree on the time. Under scripts/test.sh's
+    // shifted-clock passes `CNP_TEST_CLOCK_NEAR` says where the test's clock must be, which
+    // proves the shift reached all three processes (this test would pass vacuously otherwise).
+    let cli_started_ms = (rec.started_unix_ns / 1_000_000) as i64;
+    assert!(
+        (cli_started_ms - started).abs() < 5_000 && (now_ms() - started).abs() < 60_000,
+        "cnp started the run at {}, the CLI at {}, the test is at {}",
+        ms_to_rfc3339(started),
+        ms_to_rfc3339(cli_started_ms),
+        ms_to_rfc3339(now_ms())
+    );
+    if let Some(near) = std::env::var("CNP_TEST_CLOCK_NEAR")
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        assert!(
+            (now_ms() / 1000 - near).abs() < 3_600,
+            "the shifted clock should be near {}, it is {}",
+            ms_to_rfc3339(near * 1000),
+            ms_to_rfc3339(now_ms())
+        );
+    }
+
     // The streamed lines.
     let logs = cnp.wait_for("the run's log lines", || {
         let l = env.logs(&exec.id);

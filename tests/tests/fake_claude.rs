@@ -228,7 +228,11 @@ fn scenarios_classify_as_intended() {
     );
     let epoch = now + 2 * 86_400 + 475;
     let text = format!("Claude AI usage limit reached|{epoch}");
-    let r = run_scenario("usage-limit-text", &[("FAKE_CLAUDE_LIMIT_TEXT", &text)], &[]);
+    let r = run_scenario(
+        "usage-limit-text",
+        &[("FAKE_CLAUDE_LIMIT_TEXT", &text)],
+        &[],
+    );
     assert_eq!(r.code, Some(1), "usage-limit-text: {}", r.stderr);
     let o = r.outcome();
     assert!(

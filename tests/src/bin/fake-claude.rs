@@ -1007,10 +1007,7 @@ impl Fake {
         };
         let code = index_exit_code(&path).unwrap_or(0);
         let mut out = self.out.lock();
-        match (
-            sleep_ms(),
-            data.iter().position(|&b| b == b'\n'),
-        ) {
+        match (sleep_ms(), data.iter().position(|&b| b == b'\n')) {
             (Some(ms), Some(nl)) => {
                 out.write_all(&data[..=nl])?;
                 out.flush()?;

@@ -61,6 +61,13 @@ pub fn cnp_bin() -> &'static Path {
         build
             .args(["build", "--quiet", "-p", "cnp-host", "--bin", "cnp"])
             .current_dir(workspace);
+        // Under scripts/test.sh's shifted-clock pass the tests (and so cnp and the fake CLI)
+        // run inside libfaketime; the build tool itself runs on the real clock.
+        if std::env::var_os("FAKETIME").is_some() {
+            for var in ["LD_PRELOAD", "FAKETIME", "FAKETIME_DONT_FAKE_MONOTONIC"] {
+                build.env_remove(var);
+            }
+        }
         if dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
