@@ -1020,3 +1020,28 @@ async fn a_failed_attempt_with_a_retry_pending_says_so_in_detail_and_stream() {
     assert_eq!(d2["run_status"], "retry_pending", "{d2}");
     drop(cnp);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_enabled_false_turns_both_metrics_endpoints_off() {
+    let env = Env::new(ConfigOpts::default());
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        config.replacen("[job_engine]\n", "[job_engine]\nmetrics_enabled = false\n", 1),
+    )
+    .unwrap();
+    env.enable_api();
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let api = Api::new(base, token);
+
+    for path in ["/api/jobs/metrics", "/metrics"] {
+        let (s, v) = api.get(path).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert_error(&v, "metrics_disabled", None);
+    }
+    // The rest of the API is unaffected.
+    let (s, v) = api.get("/api/jobs/stats").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    cnp.assert_running();
+}

@@ -60,6 +60,8 @@ struct Inner {
     token: ApiToken,
     started: Instant,
     max_body_bytes: usize,
+    /// `[job_engine] metrics_enabled`: off → `/metrics` and `/api/jobs/metrics` answer 404.
+    metrics_enabled: bool,
     /// Cancelled when the service stops: WebSocket streams close.
     stop: CancellationToken,
 }
@@ -80,6 +82,7 @@ impl ApiState {
                 token,
                 started: Instant::now(),
                 max_body_bytes,
+                metrics_enabled: true,
                 stop: CancellationToken::new(),
             }),
         }
@@ -91,6 +94,18 @@ impl ApiState {
 
     fn token(&self) -> &ApiToken {
         &self.inner.token
+    }
+
+    /// Turns the metrics endpoints off (`[job_engine] metrics_enabled = false`).
+    pub fn without_metrics(mut self) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the state is shared")
+            .metrics_enabled = false;
+        self
+    }
+
+    pub(crate) fn metrics_enabled(&self) -> bool {
+        self.inner.metrics_enabled
     }
 
     fn max_body_bytes(&self) -> usize {
@@ -249,7 +264,10 @@ async fn try_start(
     if let Err(e) = std::fs::write(&address_file, format!("{addr}\n")) {
         tracing::warn!(file = %address_file.display(), error = %e, "cannot write the API address file");
     }
-    let state = ApiState::new(engine, manifests, plugins, token, config.api.max_body_bytes);
+    let mut state = ApiState::new(engine, manifests, plugins, token, config.api.max_body_bytes);
+    if !config.job_engine.metrics_enabled {
+        state = state.without_metrics();
+    }
     let app = router(state.clone());
     let stop = CancellationToken::new();
     let shutdown = stop.clone();

@@ -198,6 +198,13 @@ pub struct ProcessMetrics {
 }
 
 async fn collect(st: &ApiState) -> Result<Metrics, ApiError> {
+    if !st.metrics_enabled() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "metrics_disabled",
+            "metrics are turned off ([job_engine] metrics_enabled = false)",
+        ));
+    }
     let store = st.engine().store();
     let bounds: Vec<u64> = DURATION_BUCKETS_S
         .iter()
@@ -263,13 +270,19 @@ fn rss_bytes() -> u64 {
 }
 
 #[utoipa::path(get, path = "/api/jobs/metrics", tag = "monitoring",
-    responses((status = 200, description = "Performance metrics", body = Metrics)))]
+    responses(
+        (status = 200, description = "Performance metrics", body = Metrics),
+        (status = 404, description = "Metrics are turned off (`[job_engine] metrics_enabled = false`)"),
+    ))]
 pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, ApiError> {
     collect(&st).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "monitoring",
-    responses((status = 200, description = "The same facts in the Prometheus text exposition format 0.0.4", content_type = "text/plain")))]
+    responses(
+        (status = 200, description = "The same facts in the Prometheus text exposition format 0.0.4", content_type = "text/plain"),
+        (status = 404, description = "Metrics are turned off (`[job_engine] metrics_enabled = false`)"),
+    ))]
 pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let m = collect(&st).await?;
     Ok((
