@@ -29,6 +29,7 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub logging: LoggingConfig,
     pub api: ApiConfig,
+    pub dashboard: DashboardConfig,
     pub retry: RetryDefaults,
     pub cooldown: CooldownConfig,
 }
@@ -56,6 +57,33 @@ impl Default for ApiConfig {
             bind: "127.0.0.1:8377".into(),
             token_file: None,
             max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[dashboard]`: the web dashboard, served by the API server under `/ui/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    pub enabled: bool,
+    /// A password that logs in as well as the API token does; `${VAR}` reads it from the
+    /// environment. Unset: only the API token logs in.
+    pub password: Option<String>,
+    /// How long a login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Browsers on this machine (a loopback peer asking for a loopback host) are logged in
+    /// without the token. Off unless set: any local user or program could then act as admin.
+    pub trust_loopback: bool,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: true,
+            password: None,
+            session_ttl: Duration::from_secs(12 * 3600),
+            trust_loopback: false,
         }
     }
 }
@@ -508,6 +536,21 @@ impl Config {
                 "executor.max_output_bytes",
                 "must be at least executor.max_line_bytes".into(),
             ));
+        }
+        if self.dashboard.session_ttl < Duration::from_secs(60) {
+            return Err(invalid(
+                "dashboard.session_ttl",
+                "must be at least 1 minute".into(),
+            ));
+        }
+        if let Some(p) = &self.dashboard.password {
+            if p.trim().len() < 8 {
+                return Err(invalid(
+                    "dashboard.password",
+                    "must be at least 8 characters (or leave it unset: the API token logs in)"
+                        .into(),
+                ));
+            }
         }
         if self.plugins.call_timeout.is_zero() {
             return Err(invalid(

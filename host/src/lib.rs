@@ -24,3 +24,4 @@ pub mod redact;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod text;

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use axum::extract::{Query, Request, State};
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -15,7 +15,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::{ApiState, HEALTH_PATH, WS_PATH};
+use super::{session, ApiState, HEALTH_PATH, WS_PATH};
 
 /// The API token. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -90,10 +90,12 @@ impl ApiToken {
 }
 
 /// Middleware: every route but liveness needs `Authorization: Bearer <token>`; the WebSocket
-/// route also takes `?token=` (browsers cannot set headers on a WebSocket).
+/// route also takes `?token=` (browsers cannot set headers on a WebSocket). A dashboard session
+/// cookie works too (with its CSRF token on anything but a read); dashboard pages check their
+/// own login.
 pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == HEALTH_PATH {
+    if path == HEALTH_PATH || super::dashboard::is_dashboard_path(path) {
         return next.run(req).await;
     }
     let header_token = req
@@ -116,7 +118,25 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
     });
     match token {
         Some(t) if state.token().matches(&t) => next.run(req).await,
-        _ => ApiError::unauthorized().into_response(),
+        Some(_) => ApiError::unauthorized().into_response(),
+        None => {
+            let Some(s) = session::from_headers(&state, req.headers()).await else {
+                return ApiError::unauthorized().into_response();
+            };
+            let read = matches!(*req.method(), Method::GET | Method::HEAD);
+            let csrf_ok = req
+                .headers()
+                .get(session::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| s.csrf_matches(t));
+            if !session::same_origin(req.headers()) || !(read || csrf_ok) {
+                return ApiError::forbidden(
+                    "a dashboard session needs a same-origin request with its X-CSRF-Token",
+                )
+                .into_response();
+            }
+            next.run(req).await
+        }
     }
 }
 

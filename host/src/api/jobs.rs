@@ -62,9 +62,9 @@ pub async fn list(
     let filter = JobFilter {
         status: q.job_status()?,
         tag: q.tag.clone().filter(|t| !t.is_empty()),
-        source: None,
         limit: Some(limit),
         offset,
+        ..Default::default()
     };
     let store = st.engine().store();
     let (items, total) =

@@ -10,12 +10,14 @@
 
 mod auth;
 mod cooldown;
+mod dashboard;
 mod error;
 mod executions;
 mod jobs;
 mod notifications;
 mod openapi;
 mod prompts;
+mod session;
 mod system;
 mod ws;
 
@@ -62,6 +64,8 @@ struct Inner {
     max_body_bytes: usize,
     /// `[job_engine] metrics_enabled`: off → `/metrics` and `/api/jobs/metrics` answer 404.
     metrics_enabled: bool,
+    /// `[dashboard]`, the password resolved.
+    dashboard: DashboardSettings,
     /// Cancelled when the service stops: WebSocket streams close.
     stop: CancellationToken,
 }
@@ -83,6 +87,7 @@ impl ApiState {
                 started: Instant::now(),
                 max_body_bytes,
                 metrics_enabled: true,
+                dashboard: DashboardSettings::default(),
                 stop: CancellationToken::new(),
             }),
         }
@@ -104,6 +109,18 @@ impl ApiState {
         self
     }
 
+    /// Sets how the web dashboard is served (`[dashboard]`).
+    pub fn with_dashboard(mut self, settings: DashboardSettings) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("set before the state is shared")
+            .dashboard = settings;
+        self
+    }
+
+    fn dashboard(&self) -> &DashboardSettings {
+        &self.inner.dashboard
+    }
+
     pub(crate) fn metrics_enabled(&self) -> bool {
         self.inner.metrics_enabled
     }
@@ -122,6 +139,59 @@ impl ApiState {
 
     fn stopping(&self) -> &CancellationToken {
         &self.inner.stop
+    }
+}
+
+/// `[dashboard]` as the server uses it.
+#[derive(Clone)]
+pub struct DashboardSettings {
+    pub enabled: bool,
+    /// Logs in besides the API token.
+    pub password: Option<ApiToken>,
+    pub session_ttl: Duration,
+    pub trust_loopback: bool,
+    /// Where the API token is (the login page says so).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        let c = crate::config::DashboardConfig::default();
+        DashboardSettings {
+            enabled: c.enabled,
+            password: None,
+            session_ttl: c.session_ttl,
+            trust_loopback: c.trust_loopback,
+            token_file: None,
+        }
+    }
+}
+
+impl DashboardSettings {
+    /// From the config, with `${VAR}` in the password read from the environment.
+    pub fn from_config(
+        c: &crate::config::DashboardConfig,
+        token_file: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let password = match &c.password {
+            None => None,
+            Some(p) => {
+                let p = crate::notify::config::expand_env(p, &|v| std::env::var(v).ok())
+                    .map_err(|e| anyhow::anyhow!("dashboard.password: {e}"))?;
+                anyhow::ensure!(
+                    p.len() >= 8,
+                    "dashboard.password: must be at least 8 characters"
+                );
+                Some(ApiToken::new(p))
+            }
+        };
+        Ok(DashboardSettings {
+            enabled: c.enabled,
+            password,
+            session_ttl: c.session_ttl,
+            trust_loopback: c.trust_loopback,
+            token_file: Some(token_file),
+        })
     }
 }
 
@@ -163,6 +233,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/openapi.json", get(openapi::serve))
         .route(WS_PATH, get(ws::upgrade))
         .route("/metrics", get(system::metrics_prometheus))
+        .merge(dashboard::routes(&state))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(axum::middleware::from_fn_with_state(
@@ -268,7 +339,11 @@ async fn try_start(
     if !config.job_engine.metrics_enabled {
         state = state.without_metrics();
     }
-    let app = router(state.clone());
+    state = state.with_dashboard(DashboardSettings::from_config(
+        &config.dashboard,
+        token_file.clone(),
+    )?);
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
@@ -283,6 +358,9 @@ async fn try_start(
         token_file = %token_file.display(),
         "admin API listening on http://{addr}"
     );
+    if config.dashboard.enabled {
+        tracing::info!("dashboard: open http://{addr}/ (log in with the API token)");
+    }
     Ok(ApiServer {
         addr,
         state,

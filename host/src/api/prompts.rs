@@ -107,6 +107,12 @@ pub async fn create(
     State(st): State<ApiState>,
     ApiJson(input): ApiJson<PromptInput>,
 ) -> Result<(StatusCode, Json<Prompt>), ApiError> {
+    Ok((StatusCode::CREATED, Json(create_prompt(&st, input).await?)))
+}
+
+/// Stores a new prompt (the API's and the dashboard's way): checked, with an id from its
+/// title when none is given.
+pub(super) async fn create_prompt(st: &ApiState, input: PromptInput) -> Result<Prompt, ApiError> {
     validate(&input)?;
     let store = st.engine().store();
     let id = match &input.id {
@@ -140,10 +146,7 @@ pub async fn create(
         created_at: now,
         updated_at: now,
     };
-    Ok((
-        StatusCode::CREATED,
-        Json(store.upsert_prompt(prompt).await?),
-    ))
+    Ok(store.upsert_prompt(prompt).await?)
 }
 
 #[utoipa::path(get, path = "/api/prompts/{id}", tag = "prompts",
@@ -175,6 +178,15 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<PromptInput>,
 ) -> Result<Json<Prompt>, ApiError> {
+    Ok(Json(update_prompt(&st, &id, input).await?))
+}
+
+/// Replaces a stored prompt's title, text and tags (its id stays).
+pub(super) async fn update_prompt(
+    st: &ApiState,
+    id: &str,
+    input: PromptInput,
+) -> Result<Prompt, ApiError> {
     validate(&input)?;
     if input.id.as_deref().is_some_and(|i| i != id) {
         return Err(ApiError::invalid(
@@ -183,8 +195,8 @@ pub async fn update(
         ));
     }
     let store = st.engine().store();
-    let Some(old) = store.get_prompt(id.clone()).await? else {
-        return Err(ApiError::not_found("prompt", &id));
+    let Some(old) = store.get_prompt(id.to_owned()).await? else {
+        return Err(ApiError::not_found("prompt", id));
     };
     let prompt = Prompt {
         title: input.title.trim().to_owned(),
@@ -193,7 +205,7 @@ pub async fn update(
         updated_at: st.engine().clock().now(),
         ..old
     };
-    Ok(Json(store.upsert_prompt(prompt).await?))
+    Ok(store.upsert_prompt(prompt).await?)
 }
 
 #[utoipa::path(delete, path = "/api/prompts/{id}", tag = "prompts",

@@ -387,6 +387,14 @@ fn parse_spec(v: &Value) -> Result<ChannelSpec, String> {
     Ok(spec)
 }
 
+/// What a channel definition is, without its secrets (`webhook https://hooks.slack.com/<redacted>`).
+pub fn describe_channel(v: &Value) -> String {
+    match parse_spec(v) {
+        Ok(spec) => inline_label(&spec),
+        Err(e) => format!("invalid: {e}"),
+    }
+}
+
 /// A name for an inline channel that does not show its secrets.
 fn inline_label(spec: &ChannelSpec) -> String {
     match spec {

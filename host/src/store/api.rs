@@ -23,24 +23,8 @@ impl Store {
     /// How many jobs [`Store::list_jobs`] would return without its limit and offset.
     pub async fn count_jobs(&self, f: JobFilter) -> Result<u64, StoreError> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT COUNT(*) FROM jobs WHERE 1=1");
-            let mut args: Vec<String> = Vec::new();
-            if let Some(s) = f.status {
-                args.push(s.as_str().to_owned());
-                sql.push_str(&format!(" AND status = ?{}", args.len()));
-            }
-            if let Some(t) = &f.tag {
-                args.push(t.clone());
-                sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?{})",
-                    args.len()
-                ));
-            }
-            if let Some(s) = &f.source {
-                args.push(s.clone());
-                sql.push_str(&format!(" AND source = ?{}", args.len()));
-            }
-            count(c, &sql, &args)
+            let (cond, args) = super::jobs::job_filter_sql(&f);
+            count(c, &format!("SELECT COUNT(*) FROM jobs WHERE 1=1{cond}"), &args)
         })
         .await
     }

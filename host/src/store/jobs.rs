@@ -43,8 +43,67 @@ pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub tag: Option<String>,
     pub source: Option<String>,
+    /// Only jobs whose name contains this (case-insensitive for ASCII).
+    pub name_contains: Option<String>,
+    pub sort: JobSort,
+    pub descending: bool,
     pub limit: Option<u32>,
     pub offset: u32,
+}
+
+/// The order of a job list (ties by name).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum JobSort {
+    #[default]
+    Name,
+    NextRun,
+    LastRun,
+    Priority,
+    SuccessRate,
+}
+
+impl JobSort {
+    fn order_by(self, descending: bool) -> String {
+        let dir = if descending { "DESC" } else { "ASC" };
+        match self {
+            JobSort::Name => format!("name {dir}"),
+            // Jobs with no next/last run go last either way.
+            JobSort::NextRun => format!("next_run_time IS NULL, next_run_time {dir}, name"),
+            JobSort::LastRun => format!("last_run_time IS NULL, last_run_time {dir}, name"),
+            JobSort::Priority => format!("priority {dir}, name"),
+            JobSort::SuccessRate => format!(
+                "(success_count + failure_count) = 0, \
+                 CAST(success_count AS REAL) / MAX(1, success_count + failure_count) {dir}, name"
+            ),
+        }
+    }
+}
+
+/// The `WHERE` conditions of a [`JobFilter`] (after `WHERE 1=1`), with their arguments.
+pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
+    let mut sql = String::new();
+    let mut args: Vec<String> = Vec::new();
+    if let Some(s) = f.status {
+        args.push(s.as_str().to_owned());
+        sql.push_str(&format!(" AND status = ?{}", args.len()));
+    }
+    if let Some(t) = &f.tag {
+        args.push(t.clone());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(s) = &f.source {
+        args.push(s.clone());
+        sql.push_str(&format!(" AND source = ?{}", args.len()));
+    }
+    if let Some(n) = f.name_contains.as_deref().filter(|n| !n.is_empty()) {
+        let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        args.push(format!("%{escaped}%"));
+        sql.push_str(&format!(" AND name LIKE ?{} ESCAPE '\\'", args.len()));
+    }
+    (sql, args)
 }
 
 fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
@@ -369,31 +428,15 @@ impl Store {
 }
 
 fn list_jobs_conn(c: &Connection, f: &JobFilter) -> Result<Vec<Job>, StoreError> {
-    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1");
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
-    if let Some(s) = f.status {
-        args.push(Box::new(s.as_str()));
-        sql.push_str(&format!(" AND status = ?{}", args.len()));
-    }
-    if let Some(t) = &f.tag {
-        args.push(Box::new(t.clone()));
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?{})",
-            args.len()
-        ));
-    }
-    if let Some(s) = &f.source {
-        args.push(Box::new(s.clone()));
-        sql.push_str(&format!(" AND source = ?{}", args.len()));
-    }
-    sql.push_str(" ORDER BY name");
-    sql.push_str(&format!(
-        " LIMIT {} OFFSET {}",
+    let (cond, args) = job_filter_sql(f);
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1{cond} ORDER BY {} LIMIT {} OFFSET {}",
+        f.sort.order_by(f.descending),
         f.limit.map(i64::from).unwrap_or(-1),
         f.offset
-    ));
+    );
     let mut stmt = c.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(job_from_row(r)?);

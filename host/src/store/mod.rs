@@ -9,6 +9,7 @@
 
 mod api;
 mod cooldown;
+mod dashboard;
 mod executions;
 mod hooks;
 mod jobs;
@@ -26,8 +27,9 @@ use tokio::sync::oneshot;
 
 pub use api::DurationStats;
 pub use cooldown::CollapsedSlots;
+pub use dashboard::{DashboardSession, DayStats, JobCost, RecentRun, RunChain};
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry};
-pub use jobs::{JobFilter, JobScheduling};
+pub use jobs::{JobFilter, JobScheduling, JobSort};
 pub use schema::SCHEMA_VERSION;
 
 /// A storage failure.

@@ -114,6 +114,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX notification_deliveries_execution ON notification_deliveries(execution_id);
     CREATE INDEX notification_deliveries_created ON notification_deliveries(created_at);
     "#,
+    // v4: web dashboard login sessions (a SHA-256 of the cookie, never the cookie itself).
+    r#"
+    CREATE TABLE dashboard_sessions (
+        id_hash    TEXT PRIMARY KEY,
+        csrf       TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,132 @@
+//! Short human text shared by the CLI and the dashboard: durations, first lines, and the
+//! Claude CLI's `stream-json` lines as readable log lines.
+
+/// `850ms`, `12.3s`, `4m 05s`, `2h 03m`, `3d 04h`.
+pub fn duration_ms(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    if s < 60 {
+        return format!("{:.1}s", ms as f64 / 1000.0);
+    }
+    if s < 3600 {
+        return format!("{}m {:02}s", s / 60, s % 60);
+    }
+    if s < 86_400 {
+        return format!("{}h {:02}m", s / 3600, (s % 3600) / 60);
+    }
+    format!("{}d {:02}h", s / 86_400, (s % 86_400) / 3600)
+}
+
+/// The first line of `s`, cut to `max` characters.
+pub fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().next().unwrap_or_default();
+    let cut: String = line.chars().take(max).collect();
+    if cut.len() < line.len() || s.lines().nth(1).is_some() {
+        format!("{cut}…")
+    } else {
+        cut
+    }
+}
+
+/// A log line for people: the CLI's `stream-json` events become short text (assistant text,
+/// tool calls, the session start); other lines are shown as they are. `None`: nothing worth
+/// showing (tool results, the final `result` event, which the caller prints itself).
+pub fn pretty_log_line(stream: &str, line: &str) -> Option<String> {
+    let t = line.trim();
+    if stream != "stdout" || !t.starts_with('{') {
+        return Some(match stream {
+            "stderr" => format!("[stderr] {line}"),
+            "system" => format!("[cnp] {line}"),
+            _ => line.to_owned(),
+        });
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
+        return Some(line.to_owned());
+    };
+    let kind = v.get("type").and_then(|x| x.as_str()).unwrap_or_default();
+    match kind {
+        "system" => {
+            let sub = v.get("subtype").and_then(|x| x.as_str()).unwrap_or("");
+            if sub == "init" {
+                let model = v.get("model").and_then(|x| x.as_str()).unwrap_or("?");
+                Some(format!("[claude] session started (model {model})"))
+            } else {
+                None
+            }
+        }
+        "assistant" => {
+            let content = v
+                .pointer("/message/content")
+                .and_then(|c| c.as_array())
+                .cloned()
+                .unwrap_or_default();
+            let parts: Vec<String> = content
+                .iter()
+                .filter_map(|c| match c.get("type").and_then(|x| x.as_str()) {
+                    Some("text") => c
+                        .get("text")
+                        .and_then(|x| x.as_str())
+                        .map(|s| s.trim().to_owned()),
+                    Some("tool_use") => Some(format!(
+                        "[tool] {}",
+                        c.get("name").and_then(|x| x.as_str()).unwrap_or("?")
+                    )),
+                    _ => None,
+                })
+                .filter(|s| !s.is_empty())
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("\n"))
+        }
+        "result" | "user" | "rate_limit_event" => None,
+        _ => Some(line.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(duration_ms(850), "850ms");
+        assert_eq!(duration_ms(12_340), "12.3s");
+        assert_eq!(duration_ms(245_000), "4m 05s");
+        assert_eq!(duration_ms(7_380_000), "2h 03m");
+        assert_eq!(duration_ms(3 * 86_400_000 + 4 * 3_600_000), "3d 04h");
+    }
+
+    #[test]
+    fn first_lines_are_cut() {
+        assert_eq!(first_line("abc", 10), "abc");
+        assert_eq!(first_line("abcdef", 3), "abc…");
+        assert_eq!(first_line("a\nb", 10), "a…");
+    }
+
+    #[test]
+    fn stream_json_lines_read_as_text() {
+        let l = r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hello"},{"type":"tool_use","name":"Bash"}]}}"#;
+        assert_eq!(
+            pretty_log_line("stdout", l).as_deref(),
+            Some("Hello\n[tool] Bash")
+        );
+        assert_eq!(
+            pretty_log_line("stdout", r#"{"type":"result","result":"x"}"#),
+            None
+        );
+        assert_eq!(
+            pretty_log_line(
+                "stdout",
+                r#"{"type":"system","subtype":"init","model":"opus"}"#
+            )
+            .as_deref(),
+            Some("[claude] session started (model opus)")
+        );
+        assert_eq!(
+            pretty_log_line("stderr", "boom").as_deref(),
+            Some("[stderr] boom")
+        );
+        assert_eq!(pretty_log_line("stdout", "plain").as_deref(), Some("plain"));
+    }
+}
