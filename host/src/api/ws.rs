@@ -344,6 +344,11 @@ impl Stream {
         if !self.backlog(&id, &mut lines).await {
             return;
         }
+        // Lines published before this stream subscribed may reach the database only with the
+        // run's next log flush: read it once more after that.
+        let mut catch_up = (!exec.status.is_terminal()).then(|| {
+            Instant::now() + crate::engine::LOG_FLUSH_INTERVAL + Duration::from_millis(150)
+        });
         if exec.status.is_terminal() {
             let mut msg = exec_status(&exec, exec.error.clone());
             // Ended before the client came: say whether the run goes on with another attempt.
@@ -370,8 +375,12 @@ impl Stream {
                 (Some(_), None) => Some(Instant::now() + GAP_POLL),
                 (Some(_), at) => at,
             };
+            let check_at = match (next_check, catch_up) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let gap_timer = async move {
-                match next_check {
+                match check_at {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
@@ -385,6 +394,9 @@ impl Stream {
             let ev = match woke {
                 Wake::Event(ev) => Some(ev),
                 Wake::GapCheck => {
+                    if catch_up.is_some_and(|t| t <= Instant::now()) {
+                        catch_up = None;
+                    }
                     next_check = None;
                     None
                 }

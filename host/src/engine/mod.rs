@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 pub use clock::Clock;
 pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
-pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV};
+pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV, LOG_FLUSH_INTERVAL};
 
 use crate::config::Config;
 use crate::events::{Event, EventBus};

@@ -380,7 +380,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     };
     let fut = s.runner.run(request, observer.clone());
     tokio::pin!(fut);
-    let mut flush = tokio::time::interval(Duration::from_millis(250));
+    let mut flush = tokio::time::interval(LOG_FLUSH_INTERVAL);
     let report = loop {
         tokio::select! {
             r = &mut fut => break r,
@@ -705,6 +705,8 @@ struct Observer {
 }
 
 const LOG_BATCH: usize = 256;
+/// A running run's lines reach the database at most this long after they were printed.
+pub const LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 
 impl Observer {
     /// A line from cnp itself on the run's log (and in the service log).

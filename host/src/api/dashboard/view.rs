@@ -56,16 +56,16 @@ pub fn exec_status(s: ExecutionStatus) -> Value {
         ExecutionStatus::Skipped => ("↷", "muted"),
         ExecutionStatus::Running => ("▶", "run"),
         ExecutionStatus::Queued => ("…", "wait"),
-        ExecutionStatus::Deferred => ("⏸", "wait"),
+        ExecutionStatus::Deferred => ("◷", "wait"),
     };
     context! { word => s.as_str().replace('_', " "), mark, class, value => s.as_str() }
 }
 
 pub fn job_status(s: JobStatus, held: bool) -> Value {
     let (mark, class, word) = match (s, held) {
-        (JobStatus::Active, true) => ("⏸", "wait", "held (cooldown)"),
+        (JobStatus::Active, true) => ("◷", "wait", "held (cooldown)"),
         (JobStatus::Active, false) => ("●", "ok", "active"),
-        (JobStatus::Paused, _) => ("⏸", "muted", "paused"),
+        (JobStatus::Paused, _) => ("Ⅱ", "muted", "paused"),
         (JobStatus::Disabled, _) => ("⊘", "muted", "disabled"),
     };
     context! { word, mark, class, value => s.as_str() }

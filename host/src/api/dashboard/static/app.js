@@ -16,6 +16,15 @@
     if (m) return `${m}m ${String(r).padStart(2, "0")}s`;
     return `${r}s`;
   }
+  // To the second, for countdowns: `1h 59m 58s`.
+  function countdown(ms) {
+    const s = Math.max(0, Math.round(ms / 1000));
+    const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const pad = (n) => String(n).padStart(2, "0");
+    if (d) return `${d}d ${h}h ${pad(m)}m`;
+    if (h) return `${h}h ${pad(m)}m ${pad(r)}s`;
+    return m ? `${m}m ${pad(r)}s` : `${r}s`;
+  }
   function relative(t) {
     const diff = t - Date.now();
     return diff >= 0 ? `in ${span(diff)}` : `${span(-diff)} ago`;
@@ -48,7 +57,7 @@
       const t = new Date(el.dateTime);
       if (isNaN(t)) continue;
       const left = t - Date.now();
-      el.textContent = left > 0 ? `${fmt.format(t)} (in ${span(left)})` : "now";
+      el.textContent = left > 0 ? `${fmt.format(t)} (in ${countdown(left)})` : "now";
       el.title = `${fmt.format(t)} (${localZone})`;
     }
   }

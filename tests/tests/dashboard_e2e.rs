@@ -1,0 +1,432 @@
+//! The web dashboard in a real browser: headless Chromium driven over WebDriver (Debian's
+//! `chromium` and `chromium-driver`, which scripts/test.sh installs) against the real
+//! `cnp serve` with the fake CLI. On a failure, a screenshot of the page is written to
+//! `$TMPDIR/cnp-dashboard-failures/` (outside the test's own temp dir, which is removed) and
+//! named in the failure message.
+
+mod support;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+use support::{ConfigOpts, Env};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// chromedriver on a free port, and one browser session on it.
+struct Browser {
+    driver: Child,
+    client: Client,
+    shots: PathBuf,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    async fn start(dir: &Path) -> Browser {
+        assert!(
+            Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists(),
+            "the browser tests need Debian's chromium and chromium-driver \
+             (scripts/test.sh installs them: apt-get install chromium chromium-driver)"
+        );
+        let port = free_port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let profile = dir.join("chromium-profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                    "--window-size=1280,800",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        }))
+        .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        let client = loop {
+            let mut b = ClientBuilder::new(
+                hyper_util::client::legacy::connect::HttpConnector::new(),
+            );
+            match b.capabilities(caps.clone()).connect(&url).await {
+                Ok(c) => break c,
+                Err(e) if start.elapsed() < WAIT => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot start a browser session through chromedriver: {e}"),
+            }
+        };
+        let shots = std::env::temp_dir().join("cnp-dashboard-failures");
+        std::fs::create_dir_all(&shots).unwrap();
+        Browser {
+            driver,
+            client,
+            shots,
+        }
+    }
+
+    /// Runs a test body; on a failure, saves a screenshot and names it in the panic.
+    async fn run<F, Fut>(self, name: &str, body: F)
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let c = self.client.clone();
+        let result = std::panic::AssertUnwindSafe(body(c.clone()))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = result {
+            let shot = self.shots.join(format!("{name}-{}.png", std::process::id()));
+            let url = c.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            if let Ok(png) = c.screenshot().await {
+                let _ = std::fs::write(&shot, png);
+            }
+            let _ = c.close().await;
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{msg}\n(page {url}; screenshot {})", shot.display());
+        }
+        let _ = c.close().await;
+    }
+}
+
+/// A running service with the dashboard, and a browser.
+async fn setup(env: &Env) -> (support::Cnp, String, String, Browser) {
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(env);
+    let browser = Browser::start(&env.root()).await;
+    (cnp, base, token, browser)
+}
+
+/// Polls `f` until it gives `Some`, or fails naming `what`.
+async fn eventually<T, Fut: Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> Fut) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+async fn login(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/ui/login")).await.unwrap();
+    let field = c.find(Locator::Id("secret")).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    c.find(Locator::Css("form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually("the jobs page after login", || async {
+        text_of(c, "main h1").await.filter(|t| t.starts_with("Jobs"))
+    })
+    .await;
+}
+
+async fn api(base: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    assert!(res.status().is_success(), "{path}: {}", res.status());
+    res.json().await.unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_is_required_and_a_wrong_token_is_refused() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    browser
+        .run("login", |c| async move {
+            // A fresh browser gets the login page, wherever it goes.
+            c.goto(&format!("{base}/ui/jobs/new")).await.unwrap();
+            let url = c.current_url().await.unwrap();
+            assert_eq!(url.path(), "/ui/login", "{url}");
+            assert_eq!(c.title().await.unwrap(), "Log in · cnp");
+            // A wrong token: refused, still on the login page, with a message.
+            c.find(Locator::Id("secret"))
+                .await
+                .unwrap()
+                .send_keys("not-the-token")
+                .await
+                .unwrap();
+            c.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+            let err = eventually("the login error", || async { text_of(&c, "#secret-error").await }).await;
+            assert!(err.contains("not the API token"), "{err}");
+            assert_eq!(c.current_url().await.unwrap().path(), "/ui/login");
+            // The right one: back where the user was going.
+            c.find(Locator::Id("secret")).await.unwrap().send_keys(&token).await.unwrap();
+            c.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+            eventually("the form the user asked for", || async {
+                text_of(&c, "main h1").await.filter(|t| t == "New job")
+            })
+            .await;
+            // The session cookie is HttpOnly: the page's scripts cannot read it.
+            let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
+            assert_eq!(cookies, json!(""), "the session cookie must not be readable by scripts");
+            // Logging out ends the session.
+            c.find(Locator::Css("form.logout button")).await.unwrap().click().await.unwrap();
+            eventually("the login page after logout", || async {
+                c.find(Locator::Id("secret")).await.ok()
+            })
+            .await;
+            c.goto(&format!("{base}/ui/")).await.unwrap();
+            assert_eq!(c.current_url().await.unwrap().path(), "/ui/login");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_made_in_the_form_is_listed_with_its_next_fire_time() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    browser
+        .run("create-job", |c| async move {
+            login(&c, &base, &token).await;
+            c.goto(&format!("{base}/ui/jobs/new")).await.unwrap();
+            c.find(Locator::Id("f-name")).await.unwrap().send_keys("Nightly review").await.unwrap();
+            c.find(Locator::Id("f-prompt")).await.unwrap().send_keys("Review the diff").await.unwrap();
+            c.find(Locator::Css("#f-stype option[value=cron]")).await.unwrap().click().await.unwrap();
+            let expr = c.find(Locator::Id("f-expr")).await.unwrap();
+            expr.send_keys("61 * * * *").await.unwrap();
+            // The live preview names the problem before the form is sent.
+            let preview = eventually("the preview's error about the minute", || async {
+                text_of(&c, "#schedule-preview .field-error").await.filter(|t| t.contains("minute"))
+            })
+            .await;
+            assert!(preview.contains("61"), "{preview}");
+            c.find(Locator::Css("#job-form button[type=submit]")).await.unwrap().click().await.unwrap();
+            // The validator's error sits next to the field; nothing typed is lost.
+            let err = eventually("the field error", || async { text_of(&c, "#err-schedule-expression").await }).await;
+            assert!(err.contains("minute"), "{err}");
+            let name = c.find(Locator::Id("f-name")).await.unwrap().prop("value").await.unwrap();
+            assert_eq!(name.as_deref(), Some("Nightly review"));
+            let prompt = c.find(Locator::Id("f-prompt")).await.unwrap().prop("value").await.unwrap();
+            assert_eq!(prompt.as_deref(), Some("Review the diff"));
+            // Fixed, with a zone: five next runs in the preview, then created.
+            let expr = c.find(Locator::Id("f-expr")).await.unwrap();
+            expr.clear().await.unwrap();
+            expr.send_keys("0 9 * * *").await.unwrap();
+            c.find(Locator::Id("f-tz")).await.unwrap().send_keys("Europe/Berlin").await.unwrap();
+            eventually("five preview fire times", || async {
+                let n = c.find_all(Locator::Css("#schedule-preview li")).await.ok()?.len();
+                (n == 5).then_some(())
+            })
+            .await;
+            c.find(Locator::Css("#job-form button[type=submit]")).await.unwrap().click().await.unwrap();
+            eventually("the new job's page", || async {
+                text_of(&c, "main h1").await.filter(|t| t.starts_with("Nightly review"))
+            })
+            .await;
+            let fires = c.find_all(Locator::Css("ol.fires li")).await.unwrap();
+            assert_eq!(fires.len(), 5);
+            let first = fires[0].text().await.unwrap();
+            assert!(first.contains("09:00 CE"), "Berlin wall time: {first}");
+            // Listed, with its next fire time in its zone.
+            c.goto(&format!("{base}/ui/")).await.unwrap();
+            let row = c
+                .find(Locator::XPath("//tr[td/a[text()='Nightly review']]"))
+                .await
+                .unwrap();
+            let text = row.text().await.unwrap();
+            assert!(text.contains("09:00 CE") && text.contains("Europe/Berlin"), "{text}");
+            let job = &api(&base, &token, reqwest::Method::GET, "/api/jobs/Nightly%20review", None).await;
+            assert_eq!(job["schedule"]["expression"], "0 9 * * *");
+            assert_eq!(job["schedule"]["timezone"], "Europe/Berlin");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_shows_log_lines_while_the_run_goes() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({
+            "name": "slow", "prompt": "take your time",
+            "execution": { "environment": { "FAKE_CLAUDE_SLEEP_MS": "4000" } }
+        })),
+    )
+    .await;
+    browser
+        .run("live-log", |c| async move {
+            login(&c, &base, &token).await;
+            c.find(Locator::LinkText("slow")).await.unwrap().click().await.unwrap();
+            c.find(Locator::XPath("//button[text()='Run now']")).await.unwrap().click().await.unwrap();
+            // The init line arrives over the WebSocket while the run is still going.
+            eventually("a live log line while running", || async {
+                let log = text_of(&c, "#log").await?;
+                let status = c.find(Locator::Id("run-status")).await.ok()?.attr("data-status").await.ok()??;
+                (log.contains("session started") && (status == "running" || status == "queued")).then_some(())
+            })
+            .await;
+            let state = text_of(&c, "#log-state").await.unwrap_or_default();
+            assert_eq!(state, "live");
+            // And the page shows the end by itself.
+            eventually("the finished run", || async {
+                let status = text_of(&c, "#run-status").await?;
+                status.contains("completed").then_some(())
+            })
+            .await;
+            let answer = eventually("the answer", || async { text_of(&c, ".markdown").await }).await;
+            assert!(answer.contains("Hello from fake claude"), "{answer}");
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_limit_shows_the_banner_with_countdown_and_deferred_runs() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let reset = chrono::Utc::now().timestamp() + 2 * 3600;
+    let reset = reset.to_string();
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({
+            "name": "limited", "prompt": "hit the limit",
+            // The limit once; the run released when the cooldown is cleared succeeds.
+            "execution": { "environment": {
+                "FAKE_CLAUDE_SCENARIOS": "usage-limit,ok", "FAKE_CLAUDE_RESET_EPOCH": reset,
+                "FAKE_CLAUDE_STATE_DIR": env.root().join("fake-state").display().to_string(),
+            } }
+        })),
+    )
+    .await;
+    api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({ "name": "waiting", "prompt": "later" }))).await;
+    api(&base, &token, reqwest::Method::POST, "/api/jobs/limited/execute", None).await;
+    support::wait_until("the cooldown", || {
+        let rt = tokio::runtime::Handle::current();
+        let v = tokio::task::block_in_place(|| {
+            rt.block_on(api(&base, &token, reqwest::Method::GET, "/api/cooldown", None))
+        });
+        (v["active"] == json!(true)).then_some(())
+    });
+    // A run that comes due during the cooldown is deferred.
+    api(&base, &token, reqwest::Method::POST, "/api/jobs/waiting/execute", None).await;
+    browser
+        .run("cooldown", |c| async move {
+            login(&c, &base, &token).await;
+            // Both are held: the run that hit the limit (to run again after it) and the other.
+            let banner = eventually("the banner with two deferred runs", || async {
+                let t = text_of(&c, "#cooldown-banner").await?;
+                t.contains("2 run(s) deferred").then_some(t)
+            })
+            .await;
+            assert!(banner.contains("Usage-limit cooldown"), "{banner}");
+            // The countdown ticks.
+            let a = text_of(&c, "time.countdown").await.unwrap();
+            assert!(a.contains("(in 1h") || a.contains("(in 2h"), "{a}");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let b = text_of(&c, "time.countdown").await.unwrap();
+            assert_ne!(a, b, "the countdown moves");
+            // On every page, and it can be cleared from there.
+            c.goto(&format!("{base}/ui/stats")).await.unwrap();
+            assert!(text_of(&c, "#cooldown-banner").await.unwrap().contains("deferred"));
+            c.find(Locator::XPath("//button[text()='Clear cooldown']")).await.unwrap().click().await.unwrap();
+            let notice = eventually("the cleared notice", || async { text_of(&c, ".notice").await }).await;
+            assert!(notice.contains("Cooldown cleared"), "{notice}");
+            assert!(text_of(&c, "#cooldown-banner .banner").await.is_none());
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_names_and_output_render_as_text() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let name = "<img src=x onerror=alert(1)>";
+    let output = "**bold** <img src=x onerror=alert(3)>\n\n<script>alert(2)</script>";
+    let job = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({
+            "name": name, "prompt": "<b>prompt</b>",
+            "execution": { "environment": { "FAKE_CLAUDE_RESULT": output } }
+        })),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let exec = api(&base, &token, reqwest::Method::POST, &format!("/api/jobs/{id}/execute"), None).await;
+    let exec_id = exec["execution_id"].as_str().unwrap().to_owned();
+    support::wait_until("the run's end", || {
+        let rt = tokio::runtime::Handle::current();
+        let v = tokio::task::block_in_place(|| {
+            rt.block_on(api(&base, &token, reqwest::Method::GET, &format!("/api/executions/{exec_id}"), None))
+        });
+        (v["status"] == json!("completed")).then_some(())
+    });
+    browser
+        .run("xss", |c| async move {
+            login(&c, &base, &token).await;
+            let link = c.find(Locator::Css("td.name a")).await.unwrap();
+            assert_eq!(link.text().await.unwrap(), name, "the name is shown as text");
+            assert!(c.find_all(Locator::Css("td.name img")).await.unwrap().is_empty());
+            c.goto(&format!("{base}/ui/jobs/{id}")).await.unwrap();
+            assert!(text_of(&c, "main h1").await.unwrap().contains(name));
+            assert_eq!(text_of(&c, "pre.prompt").await.unwrap(), "<b>prompt</b>");
+            c.goto(&format!("{base}/ui/runs/{exec_id}")).await.unwrap();
+            let answer = c.find(Locator::Css(".markdown")).await.unwrap();
+            let html = answer.html(true).await.unwrap();
+            assert!(!html.contains("<script") && !html.contains("<img"), "{html}");
+            let text = answer.text().await.unwrap();
+            assert!(text.contains("<script>alert(2)</script>"), "{text}");
+            assert!(html.contains("<strong>bold</strong>"), "Markdown still renders: {html}");
+            // No script ran: an alert would be open now.
+            assert!(c.get_alert_text().await.is_err(), "an injected script ran");
+            let marker = c.execute("return typeof window.__cnp_xss", vec![]).await.unwrap();
+            assert_eq!(marker, json!("undefined"));
+        })
+        .await;
+}
