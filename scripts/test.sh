@@ -16,9 +16,16 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
         || python3 -m pip install --quiet --user aiosmtpd 2>/dev/null \
         || python3 -m pip install --quiet --user --break-system-packages aiosmtpd
 fi
-echo "==> test tools: faketime (the shifted-clock passes below)"
-if ! command -v faketime >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+# Debian packages the tests need: faketime (the shifted-clock passes below), and chromium with
+# chromium-driver (the dashboard's browser tests). `apt-get update` once, only if one is missing.
+missing=()
+command -v faketime >/dev/null || missing+=(faketime)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+echo "==> test tools: faketime, chromium, chromium-driver${missing:+ (installing ${missing[*]})}"
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "==> building binaries"
 cargo build --workspace --bins --locked

@@ -50,7 +50,16 @@ impl Browser {
              (scripts/test.sh installs them: apt-get install chromium chromium-driver)"
         );
         let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
+        // The browser keeps the real clock (Chromium does not start under libfaketime, which
+        // the shifted-clock passes put on the tests): the pages count down on the service's
+        // clock, which they carry.
+        let mut driver = Command::new(CHROMEDRIVER);
+        for (k, _) in std::env::vars_os() {
+            if k == "LD_PRELOAD" || k.to_string_lossy().starts_with("FAKETIME") {
+                driver.env_remove(k);
+            }
+        }
+        let driver = driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

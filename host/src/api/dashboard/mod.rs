@@ -349,6 +349,7 @@ pub(super) fn frame(st: &ApiState, session: &Session, nav: &str) -> Value {
         cooldown => cooldown,
         assets => assets::urls(),
         version => env!("CARGO_PKG_VERSION"),
+        now => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     }
 }
 

@@ -7,6 +7,10 @@
   const csrf = document.body.dataset.csrf || "";
   const localZone = Intl.DateTimeFormat().resolvedOptions().timeZone;
   const fmt = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  // The service's clock, not the viewer's: countdowns stay right on a machine whose clock is off.
+  const served = Date.parse(document.body.dataset.now || "");
+  const skew = isNaN(served) ? 0 : served - Date.now();
+  const now = () => Date.now() + skew;
 
   function span(ms) {
     const s = Math.max(0, Math.round(ms / 1000));
@@ -26,7 +30,7 @@
     return m ? `${m}m ${pad(r)}s` : `${r}s`;
   }
   function relative(t) {
-    const diff = t - Date.now();
+    const diff = t - now();
     return diff >= 0 ? `in ${span(diff)}` : `${span(-diff)} ago`;
   }
 
@@ -56,7 +60,7 @@
     for (const el of $$("time.countdown")) {
       const t = new Date(el.dateTime);
       if (isNaN(t)) continue;
-      const left = t - Date.now();
+      const left = t - now();
       el.textContent = left > 0 ? `${fmt.format(t)} (in ${countdown(left)})` : "now";
       el.title = `${fmt.format(t)} (${localZone})`;
     }
