@@ -439,3 +439,252 @@ async fn hostile_names_and_output_render_as_text() {
         })
         .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same server over plain HTTP: headers, cookies, CSRF, origins, paging, bulk actions.
+
+/// A browser-like client without a browser: keeps the session cookie, reads the CSRF token.
+struct Http {
+    base: String,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+impl Http {
+    fn new(base: &str) -> Http {
+        Http {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut r = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> reqwest::Response {
+        let body: String = form_urlencoded(form);
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(c) = &self.cookie {
+            r = r.header("cookie", c);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().await.unwrap()
+    }
+
+    async fn login(&mut self, token: &str) -> String {
+        let res = self.post("/ui/login", &[("secret", token), ("next", "/ui/")], None).await;
+        assert_eq!(res.status(), 303);
+        let set = res
+            .headers()
+            .get("set-cookie")
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        self.cookie = Some(set.split(';').next().unwrap().to_owned());
+        set
+    }
+
+    /// The CSRF token of the session (from any page's forms).
+    async fn csrf(&self) -> String {
+        let html = self.get("/ui/").await.text().await.unwrap();
+        let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+        html[at..at + html[at..].find('"').unwrap()].to_owned()
+    }
+}
+
+fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_send_strict_headers_and_refuse_forged_or_foreign_forms() {
+    let env = Env::new(ConfigOpts::default());
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let mut h = Http::new(&base);
+    // Without a session: pages redirect to the login, forms are refused.
+    let res = h.get("/ui/jobs/new").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/ui/login?next=%2Fui%2Fjobs%2Fnew");
+    assert_eq!(h.post("/ui/jobs/bulk", &[("action", "pause")], None).await.status(), 401);
+    // The login sets an HttpOnly, SameSite=Strict cookie; a wrong secret gets none.
+    let wrong = h.post("/ui/login", &[("secret", "nope")], None).await;
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let set = h.login(&token).await;
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
+    let page = h.get("/ui/").await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains(" onclick="), "no inline script");
+    api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({ "name": "a", "prompt": "x" }))).await;
+    let csrf = h.csrf().await;
+    // A form without the token, with a stale one, or from another site: refused, nothing done.
+    for (form, origin) in [
+        (vec![("action", "pause"), ("job", "a")], None),
+        (vec![("action", "pause"), ("job", "a"), ("csrf", "stale")], None),
+        (vec![("action", "pause"), ("job", "a"), ("csrf", csrf.as_str())], Some("http://evil.example")),
+    ] {
+        let res = h.post("/ui/jobs/bulk", &form, origin).await;
+        assert_eq!(res.status(), 403, "{form:?} {origin:?}");
+    }
+    let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/a", None).await;
+    assert_eq!(job["status"], "active");
+    // With it: done.
+    let res = h.post("/ui/jobs/bulk", &[("action", "pause"), ("job", "a"), ("csrf", &csrf)], Some(&base)).await;
+    assert_eq!(res.status(), 303);
+    let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/a", None).await;
+    assert_eq!(job["status"], "paused");
+    // The API takes the session too, for reads; a write needs the CSRF header.
+    assert_eq!(h.get("/api/jobs/a").await.status(), 200);
+    let post = |csrf: Option<&str>| {
+        let mut r = h
+            .http
+            .post(format!("{base}/api/jobs/a/resume"))
+            .header("cookie", h.cookie.clone().unwrap());
+        if let Some(c) = csrf {
+            r = r.header("x-csrf-token", c);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 403);
+    assert_eq!(post(Some(&csrf)).await.unwrap().status(), 200);
+    // Logout ends the session on the server: the old cookie no longer works.
+    let res = h.post("/ui/logout", &[("csrf", &csrf)], None).await;
+    assert_eq!(res.status(), 303);
+    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert_eq!(h.get("/ui/").await.status(), 303);
+    assert_eq!(h.get("/api/jobs/a").await.status(), 401);
+    // A login page that would send the user elsewhere afterwards sends them home instead.
+    let res = h.post("/ui/login", &[("secret", &token), ("next", "//evil.example/")], None).await;
+    assert_eq!(res.headers()["location"], "/ui/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_table_pages_searches_and_pauses_in_bulk() {
+    let env = Env::new(ConfigOpts::default());
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    for i in 0..120 {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({
+            "name": format!("job-{i:03}"), "prompt": "x", "tags": [tag],
+            "schedule": { "type": "interval", "every": "1h" },
+        }))).await;
+    }
+    let mut h = Http::new(&base);
+    h.login(&token).await;
+    let page = h.get("/ui/").await.text().await.unwrap();
+    assert!(page.contains("page 1 of 3"), "50 a page");
+    assert!(page.contains(">job-000<") && page.contains(">job-049<") && !page.contains(">job-050<"));
+    let page3 = h.get("/ui/?page=3").await.text().await.unwrap();
+    assert!(page3.contains(">job-119<") && !page3.contains(">job-099<"));
+    let desc = h.get("/ui/?sort=name&dir=desc").await.text().await.unwrap();
+    assert!(desc.find(">job-119<").unwrap() < desc.find(">job-118<").unwrap());
+    let found = h.get("/ui/?q=job-01").await.text().await.unwrap();
+    assert!(found.contains("Jobs <span class=\"count\">10</span>"), "job-010 … job-019");
+    let odd = h.get("/ui/?tag=odd&q=job-00").await.text().await.unwrap();
+    assert!(odd.contains(">job-001<") && !odd.contains(">job-002<"));
+    // Search text is data, never SQL or markup.
+    let weird = h.get("/ui/?q=%25%27%22%3Cb%3E").await;
+    assert_eq!(weird.status(), 200);
+    let weird = weird.text().await.unwrap();
+    assert!(weird.contains("No job matches.") && !weird.contains("<b>"));
+    // Bulk pause of the selected ones, then the status filter shows them.
+    let csrf = h.csrf().await;
+    let ids: Vec<String> = {
+        let list = api(&base, &token, reqwest::Method::GET, "/api/jobs?tag=even&limit=1000", None).await;
+        list["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("action", "pause")];
+    form.extend(ids.iter().map(|i| ("job", i.as_str())));
+    assert_eq!(h.post("/ui/jobs/bulk", &form, None).await.status(), 303);
+    let paused = h.get("/ui/?status=paused").await.text().await.unwrap();
+    assert!(paused.contains("Jobs <span class=\"count\">60</span>"), "the 60 even ones");
+    let active = api(&base, &token, reqwest::Method::GET, "/api/jobs?status=active&limit=1000", None).await;
+    assert_eq!(active["total"], 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_jobs_are_read_only_and_trust_loopback_is_opt_in() {
+    let env = Env::new(ConfigOpts::default());
+    env.manifest("report.yaml", "name: from-file\nprompt: hi\nschedule: { type: manual }\n");
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}\n[dashboard]\ntrust_loopback = true\n")).unwrap();
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    // trust_loopback: a browser on this machine is logged in without the token …
+    let h = Http::new(&base);
+    let res = h.get("/ui/").await;
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    // … but not through a name that is not loopback (DNS rebinding).
+    let res = h
+        .http
+        .get(format!("{base}/ui/"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    let h = Http { cookie: Some(cookie), ..Http::new(&base) };
+    let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/from-file", None).await;
+    let id = job["id"].as_str().unwrap();
+    let page = h.get(&format!("/ui/jobs/{id}")).await.text().await.unwrap();
+    assert!(page.contains("report.yaml") && !page.contains("/edit\">Edit"), "read-only: names its file");
+    let csrf = h.csrf().await;
+    let res = h.post(&format!("/ui/jobs/{id}/edit"), &[("csrf", &csrf), ("name", "x")], None).await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("report.yaml"));
+    let res = h.post(&format!("/ui/jobs/{id}/delete"), &[("csrf", &csrf)], None).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(api(&base, &token, reqwest::Method::GET, "/api/jobs/from-file", None).await["name"], "from-file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_dashboard_serves_nothing() {
+    let env = Env::new(ConfigOpts::default());
+    let config = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&env.config, format!("{config}\n[dashboard]\nenabled = false\n")).unwrap();
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let h = Http::new(&base);
+    assert_eq!(h.get("/ui/login").await.status(), 404);
+    assert_eq!(h.get("/").await.status(), 404);
+    let res = reqwest::Client::new().get(format!("{base}/ui/")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
