@@ -688,3 +688,44 @@ async fn a_disabled_dashboard_serves_nothing() {
     let res = reqwest::Client::new().get(format!("{base}/ui/")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// Not part of the suite: makes `docs/img/dashboard-*.png` for the README from a service with
+/// a few jobs and runs. `cargo test -p cnp-tests --test dashboard_e2e -- --ignored screenshots`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn screenshots() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let jobs = [
+        ("Nightly review", json!({"type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin"}), "ok"),
+        ("Triage failing tests", json!({"type": "cron", "expression": "30 7 * * 1-5", "timezone": "America/New_York"}), "ok"),
+        ("Dependency audit", json!({"type": "interval", "every": "6h"}), "error"),
+        ("Release notes", json!({"type": "manual"}), "ok"),
+    ];
+    let mut last = String::new();
+    for (name, schedule, scenario) in jobs {
+        let job = api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({
+            "name": name, "prompt": format!("{name}: do the work and report."), "schedule": schedule,
+            "tags": ["demo"], "execution": { "environment": { "FAKE_CLAUDE_SCENARIO": scenario } },
+        }))).await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        for _ in 0..4 {
+            let e = api(&base, &token, reqwest::Method::POST, &format!("/api/jobs/{id}/execute"), None).await;
+            last = e["execution_id"].as_str().unwrap().to_owned();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/img");
+    std::fs::create_dir_all(&out).unwrap();
+    browser
+        .run("screenshots", |c| async move {
+            login(&c, &base, &token).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            std::fs::write(out.join("dashboard-jobs.png"), c.screenshot().await.unwrap()).unwrap();
+            c.goto(&format!("{base}/ui/runs/{last}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            std::fs::write(out.join("dashboard-run.png"), c.screenshot().await.unwrap()).unwrap();
+        })
+        .await;
+}

@@ -76,7 +76,7 @@ pub async fn detail(
             wall => view::duration_ms(r.wall_time_ms),
             user => view::duration_ms(r.user_cpu_ms),
             system => view::duration_ms(r.system_cpu_ms),
-            rss => format!("{:.1} MiB", r.peak_rss_kb as f64 / 1024.0),
+            rss => (r.peak_rss_kb > 0).then(|| format!("{:.1} MiB", r.peak_rss_kb as f64 / 1024.0)),
             limits => r.limits_enforcement,
         }
     });
