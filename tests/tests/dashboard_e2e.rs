@@ -726,6 +726,13 @@ async fn screenshots() {
             c.goto(&format!("{base}/ui/runs/{last}")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
             std::fs::write(out.join("dashboard-run.png"), c.screenshot().await.unwrap()).unwrap();
+            // A phone's width, for a look (not committed).
+            c.set_window_size(390, 844).await.unwrap();
+            c.goto(&format!("{base}/ui/")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let phone = std::env::temp_dir().join("cnp-dashboard-phone.png");
+            std::fs::write(&phone, c.screenshot().await.unwrap()).unwrap();
+            eprintln!("phone-width screenshot: {}", phone.display());
         })
         .await;
 }

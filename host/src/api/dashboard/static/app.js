@@ -43,7 +43,7 @@
       el.title = `${mine} · ${relative(t)}`;
       if (!el.dataset.done && !el.textContent.includes(localZone)) {
         const s = document.createElement("span");
-        s.className = "muted small";
+        s.className = "muted small yours";
         s.textContent = ` · ${fmt.format(t)} yours`;
         el.after(s);
       }
