@@ -61,6 +61,20 @@ pub fn cnp_bin() -> &'static Path {
         build
             .args(["build", "--quiet", "-p", "cnp-host", "--bin", "cnp"])
             .current_dir(workspace);
+        // Cargo gives a test process the variables of the package under test (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR, …). Build scripts such as ring's watch some of them
+        // (`rerun-if-env-changed`), so passing them on would rebuild those crates here and then
+        // again in the next plain `cargo test`: the inner build gets the outer one's view.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_CFG_"]
+                .iter()
+                .any(|p| k.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k)
+            {
+                build.env_remove(&*k);
+            }
+        }
         // Under scripts/test.sh's shifted-clock pass the tests (and so cnp and the fake CLI)
         // run inside libfaketime; the build tool itself runs on the real clock.
         if std::env::var_os("FAKETIME").is_some() {
