@@ -416,6 +416,20 @@ async fn hostile_names_and_output_render_as_text() {
         });
         (v["status"] == json!("completed")).then_some(())
     });
+    // The stats the charts are drawn from: today has the one completed run and its cost.
+    let daily = api(&base, &token, reqwest::Method::GET, "/api/jobs/stats/daily?days=7", None).await;
+    let days = daily["daily"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    assert_eq!(days[6]["completed"], 1, "{daily}");
+    assert!(days[6]["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(daily["jobs"][0]["name"], name);
+    let bad = reqwest::Client::new()
+        .get(format!("{base}/api/jobs/stats/daily?days=0"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
     browser
         .run("xss", |c| async move {
             login(&c, &base, &token).await;
@@ -551,6 +565,14 @@ async fn pages_send_strict_headers_and_refuse_forged_or_foreign_forms() {
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
     assert!(!html.contains("<script>") && !html.contains(" onclick="), "no inline script");
+    // An unknown page is a page too (not the API's JSON), with the same headers.
+    let missing = h.get("/ui/no-such-page").await;
+    assert_eq!(missing.status(), 404);
+    assert!(missing.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(missing.headers().contains_key("content-security-policy"));
+    let missing = h.get("/ui/jobs/no-such-job").await;
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.unwrap().contains("job `no-such-job`"));
     api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({ "name": "a", "prompt": "x" }))).await;
     let csrf = h.csrf().await;
     // A form without the token, with a stale one, or from another site: refused, nothing done.

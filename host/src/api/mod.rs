@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -200,6 +200,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/stats", get(system::stats))
+        .route("/api/jobs/stats/daily", get(system::daily))
         .route(HEALTH_PATH, get(system::health))
         .route("/api/jobs/metrics", get(system::metrics_json))
         .route(
@@ -251,8 +252,15 @@ pub fn router(state: ApiState) -> Router {
     api.with_state(state)
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::not_found("route", uri.path())
+async fn not_found(
+    State(st): State<ApiState>,
+    uri: axum::http::Uri,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if st.dashboard().enabled && dashboard::is_dashboard_path(uri.path()) {
+        return dashboard::not_found_page(uri.path());
+    }
+    ApiError::not_found("route", uri.path()).into_response()
 }
 
 /// The running API server.

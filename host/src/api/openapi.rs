@@ -21,7 +21,7 @@ use super::{cooldown, error, executions, jobs, notifications, prompts, system, w
         executions::list, executions::show, executions::cancel, executions::logs,
         notifications::of_execution, notifications::recent,
         prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,
-        system::stats, system::health, system::metrics_json, system::metrics_prometheus,
+        system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
         ws::upgrade, serve,
     ),

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
@@ -429,4 +429,50 @@ pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
         plugins,
         cooldown: st.engine().cooldown(),
     })
+}
+
+/// Query of `GET /api/jobs/stats/daily`.
+#[derive(Debug, Default, Deserialize)]
+pub struct DailyQuery {
+    pub days: Option<String>,
+}
+
+/// `GET /api/jobs/stats/daily`: runs per UTC day and the jobs that cost the most.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DailyStats {
+    pub days: u32,
+    /// Oldest day first, every day of the window present (`day`, `start` unix seconds,
+    /// `completed`, `failed`, `timed_out`, `cancelled`, `interrupted`, `skipped`, `p50_ms`,
+    /// `p95_ms`, `cost_usd`).
+    #[schema(value_type = Vec<Object>)]
+    pub daily: Vec<crate::store::DayStats>,
+    /// The 20 jobs that cost the most over the window (`job_id`, `name`, `runs`, `cost_usd`).
+    #[schema(value_type = Vec<Object>)]
+    pub jobs: Vec<crate::store::JobCost>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/stats/daily", tag = "monitoring",
+    params(("days" = Option<u32>, Query, description = "1–366, default 30")),
+    responses(
+        (status = 200, description = "Runs per UTC day by outcome, duration p50/p95 and cost; cost per job", body = DailyStats),
+        (status = 422, description = "`days` out of range", body = super::ErrorBody),
+    ))]
+pub async fn daily(
+    State(st): State<ApiState>,
+    axum::extract::Query(q): axum::extract::Query<DailyQuery>,
+) -> Result<Json<DailyStats>, ApiError> {
+    let days = match q.days.as_deref() {
+        None | Some("") => 30,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|d| (1..=366).contains(d))
+            .ok_or_else(|| ApiError::invalid("days", format!("must be a whole number 1–366, got `{s}`")))?,
+    };
+    let (daily, jobs) = st
+        .engine()
+        .store()
+        .daily_stats(st.engine().clock().now(), days)
+        .await?;
+    Ok(Json(DailyStats { days, daily, jobs }))
 }

@@ -1,8 +1,8 @@
 //! The smaller pages: plugins and notifications, statistics, clearing the cooldown.
 
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::response::Response;
+use axum::Extension;
 use chrono::Utc;
 use minijinja::{context, Value};
 
@@ -34,6 +34,10 @@ pub async fn plugins(
             context! {
                 name => p.name,
                 kind => format!("{:?}", p.kind).to_lowercase().replace("retrystrategy", "retry strategy"),
+                wit => {
+                    let (a, b, c) = crate::plugins::bindings::WIT_VERSION;
+                    format!("{}@{a}.{b}.{c}", crate::plugins::bindings::WIT_PACKAGE)
+                },
                 digest => p.digest.chars().take(12).collect::<String>(),
                 size => format!("{:.1} KiB", p.size_bytes as f64 / 1024.0),
                 loaded => view::time(p.loaded_at, tz),
@@ -88,25 +92,20 @@ pub async fn plugins(
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct StatsQuery {
     days: Option<u32>,
-    format: Option<String>,
 }
 
 fn window(days: Option<u32>) -> u32 {
     days.filter(|d| matches!(d, 7 | 30 | 90)).unwrap_or(30)
 }
 
-/// The statistics page; with `?format=json`, the one document its charts are drawn from.
+/// The statistics page; its charts are drawn from `GET /api/jobs/stats/daily`.
 pub async fn stats(
     State(st): State<ApiState>,
     Extension(s): Extension<Session>,
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, PageError> {
     let days = window(q.days);
-    let (daily, costs) = st.engine().store().daily_stats(Utc::now(), days).await?;
-    if q.format.as_deref() == Some("json") {
-        return Ok(Json(serde_json::json!({ "days": days, "daily": daily, "jobs": costs }))
-            .into_response());
-    }
+    let (daily, costs) = st.engine().store().daily_stats(st.engine().clock().now(), days).await?;
     let runs: u64 = daily
         .iter()
         .map(|d| d.completed + d.failed + d.timed_out + d.cancelled + d.interrupted)

@@ -81,13 +81,16 @@ pub(super) fn routes(state: &ApiState) -> Router<ApiState> {
         .route("/ui/login", get(login::page).post(login::submit))
         .route("/ui/assets/{file}", get(assets::serve))
         .merge(pages)
-        .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
         .layer(tower_http::compression::CompressionLayer::new())
 }
 
-async fn not_found() -> Response {
-    PageError::NotFound("page".into()).into_response()
+/// The answer to an unknown path under `/ui/` (the server's one fallback hands it here): a
+/// page, with the dashboard's headers.
+pub(super) fn not_found_page(path: &str) -> Response {
+    let mut resp = PageError::NotFound(format!("the page `{path}`")).into_response();
+    add_security_headers(&mut resp);
+    resp
 }
 
 /// No inline script or style anywhere; the WebSocket and fetches go to this server only.
@@ -96,6 +99,11 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
+    add_security_headers(&mut resp);
+    resp
+}
+
+fn add_security_headers(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
@@ -103,7 +111,6 @@ async fn security_headers(req: Request, next: Next) -> Response {
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    resp
 }
 
 /// Whether a request comes from this machine to a loopback name (not a DNS-rebound name).
