@@ -8,10 +8,12 @@
 //! - [`executor`]: runs the Claude CLI as a child process and classifies what happened.
 //! - [`schedule`]: cron / interval / one-shot arithmetic in IANA time zones.
 //! - [`store`]: SQLite persistence (WAL, migrations, a single batching writer).
-//! - [`model`], [`config`], [`manifest`]: the shapes users write and read.
+//! - [`model`], [`config`], [`manifest`]: the shapes users write and read; [`clock`]: the
+//!   wall clock every layer reads (injectable for tests), below the engine.
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod events;
@@ -25,3 +27,4 @@ pub mod schedule;
 pub mod service;
 pub mod store;
 pub mod text;
+pub mod workflow;

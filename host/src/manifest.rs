@@ -8,8 +8,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, PluginRef, ResourceLimits,
-    RetryConfig, RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX, PRIORITY_MIN,
+    DependsOn, ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, PluginRef,
+    ResourceLimits, RetryConfig, RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX,
+    PRIORITY_MIN,
 };
 
 /// A job definition.
@@ -44,6 +45,9 @@ pub struct JobSpec {
     pub notifications: Option<NotificationConfig>,
     #[serde(default)]
     pub resource_limits: Option<ResourceLimits>,
+    /// Upstream jobs whose runs start this one (see docs/workflows.md).
+    #[serde(default, skip_serializing_if = "DependsOn::is_empty")]
+    pub depends_on: DependsOn,
     /// Condition-hook plugins asked before each run (stored as `execution.conditions`; see
     /// [`JobSpec::normalized`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -290,6 +294,7 @@ impl JobSpec {
         if let Some(r) = &self.retry {
             validate_retry(r)?;
         }
+        self.validate_depends_on()?;
         if let Some(l) = &self.resource_limits {
             if l.max_memory_mb == Some(0) {
                 return Err(err("resource_limits.max_memory_mb", "must be at least 1"));
@@ -304,6 +309,51 @@ impl JobSpec {
             }
         }
         Ok(schedule)
+    }
+
+    fn validate_depends_on(&self) -> Result<(), SpecError> {
+        let d = &self.depends_on;
+        if d.any && d.edges.is_empty() {
+            return Err(err("depends_on.any_of", "must name at least one job"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, e) in d.edges.iter().enumerate() {
+            let job = e.job.trim();
+            if job.is_empty() {
+                return Err(err(&format!("depends_on[{i}].job"), "must not be empty"));
+            }
+            if job == self.name.trim() {
+                return Err(err(
+                    &format!("depends_on[{i}].job"),
+                    format!("a job cannot depend on itself (`{job}` → `{job}`)"),
+                ));
+            }
+            if !seen.insert(job) {
+                return Err(err(
+                    &format!("depends_on[{i}].job"),
+                    format!("`{job}` is listed twice"),
+                ));
+            }
+            if let Some(w) = &e.when {
+                crate::workflow::check_when(w)
+                    .map_err(|m| err(&format!("depends_on[{i}].when"), m))?;
+            }
+        }
+        if self.execution.resume_upstream_session && d.is_empty() {
+            return Err(err(
+                "execution.resume_upstream_session",
+                "needs `depends_on` (a run started by its upstreams continues their session)",
+            ));
+        }
+        if self.execution.resume_upstream_session
+            && (self.execution.resume_session.is_some() || self.execution.continue_session)
+        {
+            return Err(err(
+                "execution.resume_upstream_session",
+                "give one of `resume_upstream_session`, `resume_session` or `continue_session`",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_execution(&self) -> Result<(), SpecError> {

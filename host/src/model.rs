@@ -43,6 +43,11 @@ pub struct Job {
     pub resource_limits: Option<ResourceLimits>,
     /// Free-form labels; the CLI selects jobs by tag.
     pub tags: Vec<String>,
+    /// Upstream jobs whose runs trigger this one (a workflow; see docs/workflows.md). Written
+    /// as a list (all must be satisfied) or `{any_of: [...]}`.
+    #[serde(default, skip_serializing_if = "DependsOn::is_empty")]
+    #[ts(type = "unknown")]
+    pub depends_on: DependsOn,
     /// Where the job was defined: `None` for jobs made through the CLI/API, or the manifest file
     /// that owns it.
     pub source: Option<String>,
@@ -206,6 +211,11 @@ pub struct ExecutionOptions {
     pub resume_session: Option<String>,
     /// `--continue`: continue the most recent conversation in the working directory.
     pub continue_session: bool,
+    /// For a run started by its upstreams (`depends_on`): continue the Claude session of the
+    /// upstream run (`--resume <its session id>`; the first upstream in `depends_on` order that
+    /// reported one) instead of starting a new conversation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resume_upstream_session: bool,
     /// Any further arguments, passed as they are.
     pub extra_args: Vec<String>,
     /// Condition-hook plugins asked, in order, just before each run: the first that says skip
@@ -401,6 +411,13 @@ pub struct JobExecution {
     /// retries (`None` for rows recorded before schema v2).
     #[serde(default)]
     pub first_attempt_id: Option<String>,
+    /// The workflow pass this run belongs to (set on runs started by their upstreams, and on a
+    /// pass's first run once it has ended and started others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_run_id: Option<String>,
+    /// For `trigger: dependency`: the upstream executions whose ends started this run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_ids: Vec<String>,
 }
 
 /// One attempt of a run, as the run's chain lists it.
@@ -547,6 +564,8 @@ pub enum Trigger {
     Manual,
     Delayed,
     Retry,
+    /// Started by the end of its upstream runs (`depends_on`).
+    Dependency,
 }
 
 impl Trigger {
@@ -557,6 +576,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Delayed => "delayed",
             Trigger::Retry => "retry",
+            Trigger::Dependency => "dependency",
         }
     }
 
@@ -567,6 +587,7 @@ impl Trigger {
             "manual" => Trigger::Manual,
             "delayed" => Trigger::Delayed,
             "retry" => Trigger::Retry,
+            "dependency" => Trigger::Dependency,
             _ => return None,
         })
     }
@@ -689,4 +710,228 @@ impl LogStream {
             _ => return None,
         })
     }
+}
+
+/// A job's upstream jobs (`depends_on`): when their runs end, this job runs. In a manifest or
+/// request: a list (`[review, {job: lint, on: failure}]`, all must be satisfied) or
+/// `{any_of: [...]}` (the first satisfied one starts the run); `{all_of: [...]}` is the list.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DependsOn {
+    /// `any_of`: one satisfied edge is enough.
+    pub any: bool,
+    pub edges: Vec<Dependency>,
+}
+
+impl DependsOn {
+    pub fn is_empty(&self) -> bool {
+        self.edges.is_empty()
+    }
+}
+
+/// One edge of a workflow: the upstream job and what its run must end in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    /// The upstream job, by name or id.
+    pub job: String,
+    /// Which ends of the upstream run satisfy this edge (default `success`).
+    #[serde(default)]
+    pub on: DependOn,
+    /// A minijinja expression over the upstream run (`status`, `exit_code`, `result`,
+    /// `cost_usd`, `duration_ms`, `json`, `session_id`, `error`; also under `upstream.`): the
+    /// edge is satisfied only when it is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+}
+
+/// Which ends of an upstream run satisfy an edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependOn {
+    /// The run completed (after its last attempt).
+    #[default]
+    Success,
+    /// Its last attempt failed, timed out or was interrupted.
+    Failure,
+    /// Success or failure (not cancelled or skipped).
+    Completed,
+    /// Any end: also cancelled or skipped.
+    Always,
+}
+
+impl DependOn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DependOn::Success => "success",
+            DependOn::Failure => "failure",
+            DependOn::Completed => "completed",
+            DependOn::Always => "always",
+        }
+    }
+
+    /// Whether an upstream run that ended in `status` satisfies the edge.
+    pub fn accepts(self, status: ExecutionStatus) -> bool {
+        use ExecutionStatus as S;
+        match self {
+            DependOn::Success => status == S::Completed,
+            DependOn::Failure => matches!(status, S::Failed | S::TimedOut | S::Interrupted),
+            DependOn::Completed => {
+                matches!(
+                    status,
+                    S::Completed | S::Failed | S::TimedOut | S::Interrupted
+                )
+            }
+            DependOn::Always => status.is_terminal(),
+        }
+    }
+}
+
+impl Serialize for DependsOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.any {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry("any_of", &self.edges)?;
+            m.end()
+        } else {
+            self.edges.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DependsOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of upstream jobs, or `{any_of: [...]}` / `{all_of: [...]}`")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<DependsOn, E> {
+                Ok(DependsOn::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<DependsOn, A::Error> {
+                let edges = Vec::<DependencyEntry>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(DependsOn {
+                    any: false,
+                    edges: edges.into_iter().map(|e| e.0).collect(),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DependsOn, A::Error> {
+                let Some(key) = map.next_key::<String>()? else {
+                    return Ok(DependsOn::default());
+                };
+                let any = match key.as_str() {
+                    "any_of" => true,
+                    "all_of" => false,
+                    other => {
+                        return Err(serde::de::Error::unknown_field(
+                            other,
+                            &["any_of", "all_of"],
+                        ))
+                    }
+                };
+                let edges: Vec<DependencyEntry> = map.next_value()?;
+                if let Some(k) = map.next_key::<String>()? {
+                    return Err(serde::de::Error::custom(format!(
+                        "give one of `any_of` or `all_of`, not `{key}` and `{k}`"
+                    )));
+                }
+                Ok(DependsOn {
+                    any,
+                    edges: edges.into_iter().map(|e| e.0).collect(),
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One entry of a `depends_on` list: a job name (`on: success`) or a full edge.
+struct DependencyEntry(Dependency);
+
+impl<'de> Deserialize<'de> for DependencyEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DependencyEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a job name or `{job: <name or id>, on: success|failure|completed|always, when: <expression>}`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DependencyEntry, E> {
+                Ok(DependencyEntry(Dependency {
+                    job: v.to_owned(),
+                    on: DependOn::Success,
+                    when: None,
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<DependencyEntry, A::Error> {
+                Dependency::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(DependencyEntry)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A workflow pass as a graph: every job its first job reaches, with the state of its run in
+/// this pass, and every edge with its verdict (`GET /api/workflows/{id}`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkflowPass {
+    /// The pass id: its first run's (first attempt's) execution id.
+    pub id: String,
+    pub root_job_id: Option<String>,
+    pub root_job_name: Option<String>,
+    pub root_execution_id: String,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// `running` while a node waits or runs, `finished`, or `cancelled`.
+    pub status: String,
+    pub nodes: Vec<PassNode>,
+    pub edges: Vec<PassEdgeView>,
+}
+
+/// One job in a pass.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PassNode {
+    pub job_id: String,
+    pub name: String,
+    /// The latest attempt's status; `None` while the node waits for its upstreams.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<ExecutionStatus>,
+    /// The latest attempt's execution.
+    pub execution_id: Option<String>,
+    /// Attempts so far (0 while waiting).
+    pub attempts: u32,
+    /// Why it was skipped or failed, when it was.
+    pub reason: Option<String>,
+    /// The upstream executions that started it.
+    pub upstream_ids: Vec<String>,
+}
+
+/// One edge of a pass.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PassEdgeView {
+    /// Upstream job id.
+    pub from: String,
+    /// Downstream job id.
+    pub to: String,
+    /// `success`, `failure`, `completed` or `always`.
+    #[schema(value_type = String)]
+    pub on: DependOn,
+    pub when: Option<String>,
+    /// The verdict, once the upstream ended in this pass.
+    pub satisfied: Option<bool>,
+    pub reason: Option<String>,
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Clock, Engine, EngineError, EngineSettings};
+use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::events::EventBus;
 use crate::executor::{ClaudeRunner, ExecutorSettings, Runner};
 use crate::manifest::{self, JobSpec, ManifestError, ScheduleSpec};
@@ -386,23 +387,110 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
         }
     };
     let present: HashSet<String> = parsed.iter().map(|(p, _)| source_of(p)).collect();
-    for (path, result) in parsed {
+    for (path, result) in upstream_files_first(parsed) {
         match result {
             Ok(specs) => apply_file(engine, &path, specs, &owned, &mut report).await,
             Err(e) => report.errors.push(e.to_string()),
         }
     }
-    for job in owned {
-        if !present.contains(job.source.as_deref().unwrap_or_default()) {
+    let gone: Vec<&Job> = owned
+        .iter()
+        .filter(|j| !present.contains(j.source.as_deref().unwrap_or_default()))
+        .collect();
+    delete_jobs(engine, gone, &mut report).await;
+    report
+}
+
+type ParsedFile = (PathBuf, Result<Vec<JobSpec>, ManifestError>);
+
+/// Files ordered so that a job's upstreams (`depends_on`, by name) are applied before it, and
+/// each file's jobs likewise: a folder whose files depend on each other loads in one pass.
+fn upstream_files_first(parsed: Vec<ParsedFile>) -> Vec<ParsedFile> {
+    let mut file_of: HashMap<String, String> = HashMap::new();
+    for (path, r) in &parsed {
+        for s in r.iter().flatten() {
+            file_of.insert(s.name.trim().to_owned(), source_of(path));
+        }
+    }
+    let names: Vec<String> = parsed.iter().map(|(p, _)| source_of(p)).collect();
+    let deps: Vec<Vec<String>> = parsed
+        .iter()
+        .map(|(p, r)| {
+            let me = source_of(p);
+            r.iter()
+                .flatten()
+                .flat_map(|s| s.depends_on.edges.iter())
+                .filter_map(|e| file_of.get(e.job.trim()).cloned())
+                .filter(|f| *f != me)
+                .collect()
+        })
+        .collect();
+    let graph: Vec<(&str, Vec<&str>)> = names
+        .iter()
+        .zip(&deps)
+        .map(|(n, d)| (n.as_str(), d.iter().map(String::as_str).collect()))
+        .collect();
+    let order: Vec<String> = crate::workflow::topological(&graph)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut by_name: HashMap<String, ParsedFile> = parsed
+        .into_iter()
+        .map(|(p, r)| {
+            let r = r.map(|specs| {
+                let mut by: HashMap<String, JobSpec> = specs
+                    .iter()
+                    .map(|s| (s.name.trim().to_owned(), s.clone()))
+                    .collect();
+                let g: Vec<(&str, Vec<&str>)> = specs
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.name.trim(),
+                            s.depends_on.edges.iter().map(|e| e.job.trim()).collect(),
+                        )
+                    })
+                    .collect();
+                crate::workflow::topological(&g)
+                    .into_iter()
+                    .filter_map(|n| by.remove(n))
+                    .collect()
+            });
+            (source_of(&p), (p, r))
+        })
+        .collect();
+    order.iter().filter_map(|n| by_name.remove(n)).collect()
+}
+
+/// Deletes jobs no file defines any more; a job another still depends on is deleted after its
+/// dependents (or kept, with an error, while one still needs it).
+async fn delete_jobs(engine: &Engine, mut jobs: Vec<&Job>, report: &mut SyncReport) {
+    loop {
+        let before = jobs.len();
+        let mut left = Vec::new();
+        let mut conflicts = Vec::new();
+        for job in jobs {
             match engine.delete_job(&job.id).await {
-                Ok(()) => report.deleted.push(job.name),
+                Ok(()) => report.deleted.push(job.name.clone()),
+                Err(EngineError::Conflict(m)) => {
+                    conflicts.push(format!("cannot delete job `{}`: {m}", job.name));
+                    left.push(job);
+                }
                 Err(e) => report
                     .errors
                     .push(format!("cannot delete job `{}`: {e}", job.name)),
             }
         }
+        if left.is_empty() {
+            return;
+        }
+        if left.len() == before {
+            // Nothing more could go this round: each job left is still needed.
+            report.errors.extend(conflicts);
+            return;
+        }
+        jobs = left;
     }
-    report
 }
 
 fn source_of(path: &Path) -> String {
@@ -466,16 +554,12 @@ async fn apply_file(
             )),
         }
     }
-    for job in mine.values() {
-        if !names.contains(&job.name) {
-            match engine.delete_job(&job.id).await {
-                Ok(()) => report.deleted.push(job.name.clone()),
-                Err(e) => report
-                    .errors
-                    .push(format!("cannot delete job `{}`: {e}", job.name)),
-            }
-        }
-    }
+    let gone: Vec<&Job> = mine
+        .values()
+        .copied()
+        .filter(|j| !names.contains(&j.name))
+        .collect();
+    delete_jobs(engine, gone, report).await;
 }
 
 fn strip_invalid(e: &EngineError) -> String {
@@ -500,6 +584,7 @@ pub fn same_definition(job: &Job, spec: &JobSpec) -> bool {
         && job.retry_config == spec.retry
         && job.notification_config == spec.notifications
         && job.resource_limits == spec.resource_limits
+        && job.depends_on == spec.depends_on
         && status_matches(job.status, spec)
 }
 
@@ -524,6 +609,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         retry: job.retry_config.clone(),
         notifications: job.notification_config.clone(),
         resource_limits: job.resource_limits.clone(),
+        depends_on: job.depends_on.clone(),
         conditions: Vec::new(),
     }
 }

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use cnp::clock::Clock;
 use cnp::config::CooldownConfig;
-use cnp::engine::{Clock, Engine, EngineSettings};
+use cnp::engine::{Engine, EngineSettings};
 use cnp::events::{Event, EventBus};
 use cnp::executor::{BoxFuture, RunObserver, RunReport, RunRequest, Runner};
 use cnp::manifest::{JobSpec, ScheduleSpec};

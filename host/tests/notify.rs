@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use cnp::engine::{Clock, Engine, EngineSettings};
+use cnp::clock::Clock;
+use cnp::engine::{Engine, EngineSettings};
 use cnp::events::EventBus;
 use cnp::executor::{BoxFuture, RunObserver, RunReport, RunRequest, Runner};
 use cnp::manifest::{JobSpec, ScheduleSpec};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
+use cnp::clock::Clock;
 use cnp::config::PluginsConfig;
-use cnp::engine::Clock;
 use cnp::plugins::{
     ConditionTrigger, EventKind, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginFailure,
     PluginHost, PluginKind, RetryDecision, RunContext, Verdict,

@@ -30,6 +30,7 @@ fn job(name: &str) -> Job {
         notification_config: None,
         resource_limits: None,
         tags: vec!["nightly".into()],
+        depends_on: Default::default(),
         source: None,
         execution_count: 0,
         failure_count: 0,
@@ -280,12 +281,18 @@ async fn an_interrupted_run_gets_one_linked_retry_in_the_same_transaction() {
             },
         )])
     };
-    let found = store.recover_interrupted(now, retry("again")).await.unwrap();
+    let found = store
+        .recover_interrupted(now, retry("again"))
+        .await
+        .unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].1.as_deref(), Some("again"));
     let e = store.get_execution("run".into()).await.unwrap().unwrap();
     assert_eq!(e.status, ExecutionStatus::Interrupted);
-    assert!(e.error.unwrap().contains("attempt 2 recorded as execution again"));
+    assert!(e
+        .error
+        .unwrap()
+        .contains("attempt 2 recorded as execution again"));
     let r = store.get_execution("again".into()).await.unwrap().unwrap();
     assert_eq!(r.status, ExecutionStatus::Queued);
     assert_eq!(r.retry_count, 1);
@@ -293,7 +300,10 @@ async fn an_interrupted_run_gets_one_linked_retry_in_the_same_transaction() {
     assert_eq!(r.trigger, Trigger::Retry);
     assert_eq!(r.scheduled_for, Some(now));
     // A second restart right after the first: nothing is `running`, nothing recorded twice.
-    let again = store.recover_interrupted(now, retry("twice")).await.unwrap();
+    let again = store
+        .recover_interrupted(now, retry("twice"))
+        .await
+        .unwrap();
     assert!(again.is_empty());
     assert!(store.get_execution("twice".into()).await.unwrap().is_none());
     let pending = store.pending_executions().await.unwrap();

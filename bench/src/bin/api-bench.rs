@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use cnp::api::{ApiState, ApiToken};
-use cnp::engine::{Clock, Engine, EngineSettings};
+use cnp::clock::Clock;
+use cnp::engine::{Engine, EngineSettings};
 use cnp::events::EventBus;
 use cnp::executor::{ClaudeRunner, Runner};
 use cnp::service::{executor_settings, SharedManifestStatus};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use cnp::config::PluginsConfig;
-use cnp::engine::Clock;
+use cnp::clock::Clock;
 use cnp::plugins::bindings::{self, clock, log, types};
 use cnp::plugins::{
     ConditionTrigger, EventKind, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginHost,

@@ -19,6 +19,7 @@ mod openapi;
 mod prompts;
 mod session;
 mod system;
+mod workflows;
 mod ws;
 
 use std::net::SocketAddr;
@@ -227,6 +228,9 @@ pub fn router(state: ApiState) -> Router {
                 .put(prompts::update)
                 .delete(prompts::delete),
         )
+        .route("/api/workflows", get(workflows::list))
+        .route("/api/workflows/{id}", get(workflows::show))
+        .route("/api/workflows/{id}/cancel", post(workflows::cancel))
         .route("/api/plugins", get(system::plugins))
         .route("/api/status", get(system::status))
         .route("/api/cooldown", get(cooldown::show))
@@ -252,10 +256,7 @@ pub fn router(state: ApiState) -> Router {
     api.with_state(state)
 }
 
-async fn not_found(
-    State(st): State<ApiState>,
-    uri: axum::http::Uri,
-) -> axum::response::Response {
+async fn not_found(State(st): State<ApiState>, uri: axum::http::Uri) -> axum::response::Response {
     use axum::response::IntoResponse;
     if st.dashboard().enabled && dashboard::is_dashboard_path(uri.path()) {
         return dashboard::not_found_page(uri.path());

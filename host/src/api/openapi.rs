@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
-use super::{cooldown, error, executions, jobs, notifications, prompts, system, ws};
+use super::{cooldown, error, executions, jobs, notifications, prompts, system, workflows, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use super::{cooldown, error, executions, jobs, notifications, prompts, system, w
         prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,
         system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
+        workflows::list, workflows::show, workflows::cancel,
         ws::upgrade, serve,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
@@ -33,6 +34,7 @@ use super::{cooldown, error, executions, jobs, notifications, prompts, system, w
         (name = "prompts", description = "Stored prompts that jobs refer to"),
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
         (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
+        (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
     )
 )]
 struct ApiDoc;

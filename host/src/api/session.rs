@@ -163,7 +163,10 @@ mod tests {
     fn cookie_is_found_among_others() {
         let h = headers(&[("cookie", "a=1; cnp_session=abc; b=2")]);
         assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
-        assert_eq!(cookie_value(&headers(&[("cookie", "cnp_sessionx=1")])), None);
+        assert_eq!(
+            cookie_value(&headers(&[("cookie", "cnp_sessionx=1")])),
+            None
+        );
         assert_eq!(cookie_value(&headers(&[("cookie", "cnp_session=")])), None);
     }
 

@@ -467,7 +467,9 @@ pub async fn daily(
             .parse::<u32>()
             .ok()
             .filter(|d| (1..=366).contains(d))
-            .ok_or_else(|| ApiError::invalid("days", format!("must be a whole number 1–366, got `{s}`")))?,
+            .ok_or_else(|| {
+                ApiError::invalid("days", format!("must be a whole number 1–366, got `{s}`"))
+            })?,
     };
     let (daily, jobs) = st
         .engine()

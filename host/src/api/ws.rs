@@ -353,8 +353,15 @@ impl Stream {
             let mut msg = exec_status(&exec, exec.error.clone());
             // Ended before the client came: say whether the run goes on with another attempt.
             if let Ok(d) = self.st.engine().execution_detail(&id).await {
-                if let (WsMessage::JobStatus { run_status, next_attempt_id, next_attempt_at, .. }, Some(next)) =
-                    (&mut msg, d.next_attempt)
+                if let (
+                    WsMessage::JobStatus {
+                        run_status,
+                        next_attempt_id,
+                        next_attempt_at,
+                        ..
+                    },
+                    Some(next),
+                ) = (&mut msg, d.next_attempt)
                 {
                     *run_status = Some(match d.run_status {
                         RunStatus::Finished => RunStatus::Finished,

@@ -411,6 +411,7 @@ pub fn blank_spec(name: &str) -> JobSpec {
         retry: None,
         notifications: None,
         resource_limits: None,
+        depends_on: Default::default(),
         conditions: Vec::new(),
     }
 }

@@ -392,7 +392,7 @@ async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<E
         &config.plugins,
         None,
         config.plugin_cache_dir(),
-        crate::engine::Clock::System,
+        crate::clock::Clock::System,
     )?;
     let mut failed = false;
     for f in files {

@@ -68,7 +68,9 @@ pub(super) async fn check_conditions(
         job: job_info(engine, job),
         trigger: match trigger {
             Trigger::Schedule | Trigger::Catchup => ConditionTrigger::Schedule,
-            Trigger::Manual => ConditionTrigger::Manual,
+            // WIT 0.1 has no `dependency` trigger: a run its upstreams started is, to a 0.1
+            // plugin, one that was asked for.
+            Trigger::Manual | Trigger::Dependency => ConditionTrigger::Manual,
             Trigger::Delayed => ConditionTrigger::Delayed,
             Trigger::Retry => ConditionTrigger::Retry,
         },
@@ -133,7 +135,10 @@ pub(super) async fn plan_retry(
     let now = engine.shared.clock.now();
     if interrupted {
         // Not the run's fault: no backoff. Recorded now, it runs when cnp starts again.
-        return Some((now, "interrupted by cnp's stop; runs at the next start".into()));
+        return Some((
+            now,
+            "interrupted by cnp's stop; runs at the next start".into(),
+        ));
     }
     match outcome {
         Outcome::AuthError { .. } | Outcome::InvalidArguments { .. } => {

@@ -17,13 +17,13 @@
 //! leaves `running` become `interrupted` on the next start. See `timer.rs` for how runs recorded
 //! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
-mod clock;
 mod cooldown;
 mod hooks;
 mod jobs;
 mod queue;
 mod run;
 mod timer;
+mod workflow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,8 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use clock::Clock;
+use crate::clock::Clock;
+
 pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
 pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV, LOG_FLUSH_INTERVAL};
@@ -44,8 +45,8 @@ use crate::events::{Event, EventBus};
 use crate::executor::Runner;
 use crate::manifest::{JobSpec, SpecError};
 use crate::model::{
-    ExecutionDetail, ExecutionOptions, ExecutionStatus, Job, JobStatus, MisfirePolicy, RetryConfig, RunStatus,
-    Schedule, Trigger,
+    ExecutionDetail, ExecutionOptions, ExecutionStatus, Job, JobStatus, MisfirePolicy, RetryConfig,
+    RunStatus, Schedule, Trigger,
 };
 use crate::schedule::{CompiledSchedule, CronCache};
 use crate::store::{JobScheduling, NewExecution, Store, StoreError};
@@ -185,6 +186,8 @@ struct Shared {
     notifications: std::sync::OnceLock<crate::notify::NotificationService>,
     /// Wakes the cooldown task (entered, extended, cleared).
     cooldown_changed: Notify,
+    /// The jobs with a `depends_on`, and who is downstream of whom.
+    graph: Mutex<crate::workflow::Graph>,
 }
 
 /// The engine; cheap to clone.
@@ -264,6 +267,7 @@ impl Engine {
                 .map(std::sync::OnceLock::from)
                 .unwrap_or_default(),
             cooldown_changed: Notify::new(),
+            graph: Mutex::new(Default::default()),
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -302,6 +306,13 @@ impl Engine {
             }
         }
         let interrupted = s.store.recover_interrupted(now, retries).await?;
+        let loaded_edges = workflow::load(self).await?;
+        if loaded_edges > 0 {
+            tracing::info!(
+                jobs = loaded_edges,
+                "jobs with upstreams (depends_on) loaded"
+            );
+        }
         for (e, retry) in &interrupted {
             match retry {
                 Some(id) => tracing::warn!(
@@ -380,6 +391,20 @@ impl Engine {
                 // Already due: dispatched as before the restart (whatever the job's status).
                 _ => self.enqueue(QueuedRun { epoch: None, ..run }),
             }
+        }
+        // Interrupted runs that are not retried have ended: what depends on them is decided now;
+        // and what a crash cut short between an end and its settle is settled.
+        for (e, retry) in &interrupted {
+            if retry.is_none() {
+                workflow::settle_ended(self, &e.id).await;
+            }
+        }
+        let settled = workflow::reconcile(self, now - chrono::Duration::days(7)).await?;
+        if settled > 0 {
+            tracing::info!(
+                runs = settled,
+                "workflow runs whose downstream a stop cut short: settled"
+            );
         }
         if loaded >= 10_000 {
             // Loading many jobs leaves the allocator with freed row buffers; hand them back.
@@ -480,13 +505,14 @@ impl Engine {
     /// An execution with its run's chain of attempts (see [`ExecutionDetail`]).
     pub async fn execution_detail(&self, id: &str) -> Result<ExecutionDetail, EngineError> {
         let store = &self.shared.store;
-        let execution = store
-            .get_execution(id.to_owned())
-            .await?
-            .ok_or_else(|| EngineError::NotFound {
-                what: "execution",
-                id: id.to_owned(),
-            })?;
+        let execution =
+            store
+                .get_execution(id.to_owned())
+                .await?
+                .ok_or_else(|| EngineError::NotFound {
+                    what: "execution",
+                    id: id.to_owned(),
+                })?;
         let attempts = store.attempts_of(id.to_owned()).await?;
         let job = store.get_job(execution.job_id.clone()).await?;
         let max_attempts = job
@@ -543,6 +569,7 @@ impl Engine {
     ) -> Result<Job, EngineError> {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
+        let upstreams = workflow::check(self, None, spec.name.trim(), &spec.depends_on).await?;
         let now = self.shared.clock.now();
         let status = spec.initial_status();
         let job = Job {
@@ -560,6 +587,7 @@ impl Engine {
             notification_config: None,
             resource_limits: None,
             tags: Vec::new(),
+            depends_on: Default::default(),
             source,
             execution_count: 0,
             failure_count: 0,
@@ -576,6 +604,7 @@ impl Engine {
             job.next_run_time = compiled.next_after(now);
         }
         let job = self.shared.store.insert_job(job).await?;
+        workflow::install(self, &job, &upstreams);
         self.install(&JobDef::of(&job), Some(now), false)?;
         hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "created");
@@ -593,6 +622,9 @@ impl Engine {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
         let old = self.job(id).await?;
+        let upstreams =
+            workflow::check(self, Some(&old.id), spec.name.trim(), &spec.depends_on).await?;
+        workflow::check_referenced(self, &old, Some(spec.name.trim()))?;
         let now = self.shared.clock.now();
         let schedule_changed = old.schedule != schedule;
         // The definition decides, except that a pause made at run time (pause_job) survives a
@@ -632,6 +664,7 @@ impl Engine {
             .store
             .update_job(job, reset, withdraw.then_some(now))
             .await?;
+        workflow::install(self, &job, &upstreams);
         self.install(&JobDef::of(&job), base, withdraw)?;
         hooks::warn_unknown_plugins(self, &job);
         self.publish_job(&job, "updated");
@@ -641,6 +674,8 @@ impl Engine {
     /// Deletes a job, its history and logs; its running runs are cancelled.
     pub async fn delete_job(&self, id: &str) -> Result<(), EngineError> {
         let job = self.job(id).await?;
+        workflow::check_referenced(self, &job, None)?;
+        workflow::remove(self, &job.id);
         {
             let mut st = self.shared.state.lock().unwrap();
             st.jobs.remove(job.id.as_str());
@@ -788,8 +823,20 @@ impl Engine {
             .await?;
         if changed {
             self.publish_exec(execution_id, &exec.job_id, ExecutionStatus::Cancelled, None);
+            workflow::settle_ended(self, execution_id).await;
         }
         Ok(changed)
+    }
+
+    /// A job's name (for messages; its id when it is gone).
+    async fn job_name(&self, job_id: &str) -> String {
+        if let Some(n) = self.shared.graph.lock().unwrap().node(job_id) {
+            return n.name.clone();
+        }
+        match self.shared.store.job_id_and_name(job_id.to_owned()).await {
+            Ok(Some((_, name))) => name,
+            _ => job_id.to_owned(),
+        }
     }
 
     /// A job by id or name.
@@ -974,6 +1021,7 @@ fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
         notification_config: spec.notifications,
         resource_limits: spec.resource_limits,
         tags: spec.tags,
+        depends_on: spec.depends_on,
         ..job
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, Gate};
+use super::workflow;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
 use crate::executor::{RunObserver, RunReport, RunRequest};
@@ -16,7 +17,7 @@ use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy,
 };
 use crate::plugins::{EventKind, ExecutionInfo};
-use crate::store::{Claim, FinishedRun, NewRetry};
+use crate::store::{Claim, FinishedRun, NewRetry, RunPlace, Settled};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
 /// policy says so.
@@ -112,7 +113,10 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
                 .set_pending_status(run.execution_id.clone(), ExecutionStatus::Skipped, Some(reason.clone()), now)
                 .await
             {
-                Ok(true) => engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason)),
+                Ok(true) => {
+                    engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason));
+                    workflow::settle_ended(&engine, &run.execution_id).await;
+                }
                 Ok(false) => {}
                 Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
             }
@@ -290,11 +294,16 @@ pub(super) async fn run_dispatcher(engine: Engine) {
 
 /// One run, from claiming it in the store to recording its end. Returns the run when it hit
 /// the usage limit: it goes back to the dispatch queue, deferred until the cooldown ends.
+///
+/// The lifecycle, top to bottom: claim → gate (condition hooks) → prepare (a workflow run's
+/// prompt and session) → execute (the CLI) → classify (cooldown, shutdown) → plan the retry or
+/// the downstream → finish (one write: the end with its retry or downstream runs) → after the
+/// run (arm the retry, notify, start the downstream).
 async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> Option<QueuedRun> {
     let s = &engine.shared;
     let now = s.clock.now();
     // One write claims the run and reads the job's current definition and prompt.
-    let (job, prompt, trigger, log_seq) = match s
+    let (job, prompt, trigger, log_seq, place) = match s
         .store
         .claim_execution(run.execution_id.clone(), now)
         .await
@@ -304,12 +313,11 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             prompt,
             trigger,
             log_seq,
-        }) => (job, prompt, trigger, log_seq),
+            place,
+        }) => (job, prompt, trigger, log_seq, place),
         Ok(Claim::NotPending) => return None, // cancelled (or the job deleted) while queued
         Ok(Claim::PromptMissing { message }) => {
-            let report = failed_report(now, message);
-            let status = report.outcome.status();
-            finish(engine, &run, None, report, status, None).await;
+            fail_unstarted(engine, &run, message).await;
             return None;
         }
         Err(e) => {
@@ -337,6 +345,26 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             observer.buffer.lock().unwrap().clear();
             defer(engine, run, until, reason).await;
             return None;
+        }
+    }
+    // A run its upstreams started: its prompt may use their results, its session theirs.
+    let mut prompt = prompt;
+    let mut resume = None;
+    if let (Some(pass), true) = (
+        &place.workflow_run_id,
+        trigger == crate::model::Trigger::Dependency || trigger == crate::model::Trigger::Retry,
+    ) {
+        match workflow::prepare(engine, &job, &prompt, pass, &place.upstream_ids).await {
+            Ok((rendered, session)) => {
+                prompt = rendered;
+                resume = session;
+            }
+            Err(message) => {
+                observer.note(format!("not run: {message}"));
+                observer.flush();
+                fail_unstarted(engine, &run, message).await;
+                return None;
+            }
         }
     }
     engine.publish_exec(
@@ -370,6 +398,13 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     options
         .environment
         .insert(JOB_ID_ENV.into(), run.job_id.clone());
+    if let Some(session) = resume {
+        observer.note(format!(
+            "continuing the upstream run's Claude session {session}"
+        ));
+        options.resume_session = Some(session);
+        options.continue_session = false;
+    }
     let request = RunRequest {
         execution_id: run.execution_id.clone(),
         prompt: prompt.clone(),
@@ -413,7 +448,19 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     // The retry is decided before the end is recorded, so both go in one write.
     let retry = hooks::plan_retry(engine, &job, &run, &outcome, status, info.clone(), &note).await;
     let planned = retry.map(|(at, how)| (uuid::Uuid::now_v7().to_string(), at, how));
-    let recorded = finish(
+    // With no retry, the end decides the runs that depend on this job (recorded with it).
+    let downstream = match planned {
+        Some(_) => None,
+        None => {
+            workflow::plan(
+                engine,
+                ended(&run, &job, &place, &report, status),
+                s.clock.now(),
+            )
+            .await
+        }
+    };
+    let (recorded, settled) = finish(
         engine,
         &run,
         Some(prompt),
@@ -424,12 +471,53 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             at: *at,
             now: s.clock.now(),
         }),
+        downstream,
     )
     .await;
     let retry = planned.filter(|_| recorded);
     after_run(engine, &job, &run, status, retry, info, &observer).await;
+    workflow::start(engine, settled).await;
     observer.flush();
     None
+}
+
+/// A run that ended before its CLI started (its prompt is gone, or could not be rendered):
+/// recorded failed, and what depends on it is decided.
+async fn fail_unstarted(engine: &Engine, run: &QueuedRun, message: String) {
+    let now = engine.shared.clock.now();
+    let report = failed_report(now, message);
+    let status = report.outcome.status();
+    finish(engine, run, None, report, status, None, None).await;
+    workflow::settle_ended(engine, &run.execution_id).await;
+}
+
+/// What the edges leaving `job` see of this run's end.
+fn ended<'a>(
+    run: &'a QueuedRun,
+    job: &Job,
+    place: &'a RunPlace,
+    report: &RunReport,
+    status: ExecutionStatus,
+) -> workflow::Ended<'a> {
+    workflow::Ended {
+        job_id: &run.job_id,
+        execution_id: &run.execution_id,
+        first_attempt_id: &place.first_attempt_id,
+        workflow_run_id: place.workflow_run_id.as_deref(),
+        facts: crate::workflow::UpstreamRun {
+            job_name: job.name.clone(),
+            execution_id: run.execution_id.clone(),
+            status: Some(status),
+            exit_code: report.exit_code,
+            result: report.result_text.clone(),
+            error: report.outcome.error_message(),
+            cost_usd: report.cost_usd,
+            duration_ms: report
+                .started_at
+                .map(|s| (report.finished_at - s).num_milliseconds().max(0) as u64),
+            session_id: report.session_id.clone(),
+        },
+    }
 }
 
 /// The run hit the Claude usage limit: the cooldown begins (or goes on), and the run goes back
@@ -586,6 +674,7 @@ async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
                 ExecutionStatus::Skipped,
                 Some(reason),
             );
+            workflow::settle_ended(engine, &run.execution_id).await;
         }
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot record a skipped run")
@@ -643,7 +732,8 @@ fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
 }
 
 /// Records a run's end: its status (normally the outcome's), stats, log line and event — and
-/// its next attempt, when one is planned — in one write. Returns whether the retry was recorded.
+/// its next attempt, when one is planned, or else the runs it starts downstream — in one
+/// write. Returns whether the retry was recorded, and the downstream runs recorded.
 async fn finish(
     engine: &Engine,
     run: &QueuedRun,
@@ -651,7 +741,8 @@ async fn finish(
     report: RunReport,
     status: ExecutionStatus,
     retry: Option<NewRetry>,
-) -> bool {
+    downstream: Option<crate::store::Settle>,
+) -> (bool, Vec<Settled>) {
     let s = &engine.shared;
     let error = report.outcome.error_message();
     let finished = FinishedRun {
@@ -676,8 +767,8 @@ async fn finish(
         status: ExecutionStatus::Queued,
         scheduled_for: Some(r.at),
     });
-    match s.store.finish_with_retry(finished, retry).await {
-        Ok((_, retried)) => {
+    match s.store.finish_with_retry(finished, retry, downstream).await {
+        Ok((_, retried, settled)) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
             s.events.publish(Event::Execution {
                 execution_id: run.execution_id.clone(),
@@ -687,11 +778,11 @@ async fn finish(
                 timestamp: s.clock.now(),
                 next_attempt: next.filter(|_| retried),
             });
-            retried
+            (retried, settled)
         }
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot record the end of a run");
-            false
+            (false, Vec::new())
         }
     }
 }

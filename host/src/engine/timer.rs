@@ -25,7 +25,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Clock, Engine, Fire, QueuedRun, TimerCmd};
+use super::{Engine, Fire, QueuedRun, TimerCmd};
+use crate::clock::Clock;
 use crate::model::{ExecutionStatus, JobStatus, Trigger};
 use crate::store::NewExecution;
 

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Channel, ChannelSpec, NotifySettings, SettingsError};
 
-use crate::engine::Clock;
+use crate::clock::Clock;
 use crate::model::NotificationConfig;
 use crate::plugins::{EventKind, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginHost};
 use crate::store::Store;

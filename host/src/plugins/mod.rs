@@ -32,8 +32,8 @@ pub use bindings::types::{ExecutionInfo, JobInfo, OutcomeKind, PluginError};
 pub use registry::Sidecar;
 pub use sandbox::HostRule;
 
+use crate::clock::Clock;
 use crate::config::PluginsConfig;
-use crate::engine::Clock;
 use sandbox::{CapturedOutput, PluginState, SandboxSpec};
 
 /// How often the epoch advances while calls are in flight: a spinning plugin yields to the

@@ -16,7 +16,7 @@ use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiVie
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::bindings::{clock, log, types};
-use crate::engine::Clock;
+use crate::clock::Clock;
 
 /// Log records one call may write through the `log` import; the rest are counted and dropped.
 const MAX_LOG_RECORDS: u32 = 200;

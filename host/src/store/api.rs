@@ -24,7 +24,11 @@ impl Store {
     pub async fn count_jobs(&self, f: JobFilter) -> Result<u64, StoreError> {
         self.read(move |c| {
             let (cond, args) = super::jobs::job_filter_sql(&f);
-            count(c, &format!("SELECT COUNT(*) FROM jobs WHERE 1=1{cond}"), &args)
+            count(
+                c,
+                &format!("SELECT COUNT(*) FROM jobs WHERE 1=1{cond}"),
+                &args,
+            )
         })
         .await
     }

@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::jobs::{get_job_conn, get_prompt_conn};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
-    AttemptRef,
-    ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage, Trigger,
+    AttemptRef, ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage,
+    Trigger,
 };
 
 /// An execution about to be recorded.
@@ -39,11 +39,24 @@ pub enum Claim {
         /// The next free log line number: a run put back (deferred by a usage limit) keeps the
         /// lines of its earlier try and goes on after them.
         log_seq: u64,
+        /// Where the run stands in a workflow.
+        place: RunPlace,
     },
     /// No longer pending (cancelled, finished, or its job deleted).
     NotPending,
     /// Its stored prompt is gone: the run fails with this message.
     PromptMissing { message: String },
+}
+
+/// A claimed run's attempt chain and workflow pass.
+#[derive(Debug, Clone, Default)]
+pub struct RunPlace {
+    /// The run's first attempt (its own id for a first attempt).
+    pub first_attempt_id: String,
+    /// The pass it belongs to, if it was started by upstreams (or one has begun from it).
+    pub workflow_run_id: Option<String>,
+    /// The upstream executions that started it (`trigger: dependency`).
+    pub upstream_ids: Vec<String>,
 }
 
 /// How a run ended, to be recorded with the job's statistics.
@@ -87,7 +100,8 @@ pub struct ExecutionFilter {
 pub(super) const EXEC_COLUMNS: &str =
     "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
     completed_at, execution_time_ms, prompt, output, error, retry_count, outcome, exit_code, \
-    session_id, cost_usd, usage, resource_usage, pid, first_attempt_id";
+    session_id, cost_usd, usage, resource_usage, pid, first_attempt_id, workflow_run_id, \
+    upstream_ids";
 
 pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
     let status: String = r.get(2)?;
@@ -116,6 +130,8 @@ pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
         resource_usage: opt_json(r, 18, "executions.resource_usage")?,
         pid: r.get(19)?,
         first_attempt_id: r.get(20)?,
+        workflow_run_id: r.get(21)?,
+        upstream_ids: opt_json(r, 22, "executions.upstream_ids")?.unwrap_or_default(),
     })
 }
 
@@ -266,16 +282,32 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let found: Option<(String, String)> = c
+                let found: Option<(String, String, RunPlace, Option<String>)> = c
                     .query_row(
-                        "SELECT job_id, trigger FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
+                        "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
+                                upstream_ids
+                         FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
                         [&id],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                RunPlace {
+                                    first_attempt_id: r.get(2)?,
+                                    workflow_run_id: r.get(3)?,
+                                    upstream_ids: Vec::new(),
+                                },
+                                r.get(4)?,
+                            ))
+                        },
                     )
                     .optional()?;
-                let Some((job_id, trigger)) = found else {
+                let Some((job_id, trigger, mut place, upstream_ids)) = found else {
                     return Ok(Claim::NotPending);
                 };
+                if let Some(u) = upstream_ids {
+                    place.upstream_ids = super::from_json(&u, "executions.upstream_ids")?;
+                }
                 let trigger = Trigger::parse(&trigger).unwrap_or(Trigger::Manual);
                 let Some(job) = get_job_conn(c, &job_id)? else {
                     return Ok(Claim::NotPending);
@@ -303,7 +335,13 @@ impl Store {
                         "SELECT COALESCE(MAX(seq) + 1, 0) FROM execution_logs WHERE execution_id = ?1",
                     )?
                     .query_row([&id], |r| r.get(0))?;
-                Ok(Claim::Started { job: Box::new(job), prompt, trigger, log_seq: log_seq as u64 })
+                Ok(Claim::Started {
+                    job: Box::new(job),
+                    prompt,
+                    trigger,
+                    log_seq: log_seq as u64,
+                    place,
+                })
             })
         })
         .await
@@ -345,24 +383,31 @@ impl Store {
         self.write(move |c| finish_conn(c, &run)).await
     }
 
-    /// [`Store::finish_execution`] and, when `retry` is given, the next attempt recorded in the
-    /// same transaction (see [`Store::schedule_retry`]): a crash cannot leave a failed attempt
-    /// whose retry was planned but never recorded. Returns (finished, retry recorded).
+    /// [`Store::finish_execution`] and, in the same transaction, what follows the end: the
+    /// next attempt when `retry` is given (see [`Store::schedule_retry`]), else the runs the end
+    /// starts downstream (`settle`, see [`super::workflows`]). A crash cannot leave a failed
+    /// attempt whose retry was planned but never recorded, nor an upstream's end without its
+    /// downstream runs. Returns (finished, retry recorded, downstream runs recorded).
     pub async fn finish_with_retry(
         &self,
         run: FinishedRun,
         retry: Option<NewRetry>,
-    ) -> Result<(bool, bool), StoreError> {
+        settle: Option<super::Settle>,
+    ) -> Result<(bool, bool, Vec<super::Settled>), StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
                 if !finish_conn(c, &run)? {
-                    return Ok((false, false));
+                    return Ok((false, false, Vec::new()));
                 }
                 let recorded = match &retry {
                     Some(r) => super::hooks::insert_retry_conn(c, &run.id, r)?,
                     None => false,
                 };
-                Ok((true, recorded))
+                let settled = match &settle {
+                    Some(s) if !recorded => super::workflows::settle_conn(c, s)?,
+                    _ => Vec::new(),
+                };
+                Ok((true, recorded, settled))
             })
         })
         .await
@@ -489,8 +534,7 @@ impl Store {
     ) -> Result<Vec<(JobExecution, Option<String>)>, StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let sql =
-                    format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
+                let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
                 let mut stmt = c.prepare(&sql)?;
                 let mut rows = stmt.query([])?;
                 let mut found = Vec::new();

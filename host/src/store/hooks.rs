@@ -62,9 +62,9 @@ pub(super) fn insert_retry_conn(
         .prepare_cached(
             "INSERT OR IGNORE INTO executions
                 (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
-                 first_attempt_id)
+                 first_attempt_id, workflow_run_id, upstream_ids)
              SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1,
-                    COALESCE(first_attempt_id, id)
+                    COALESCE(first_attempt_id, id), workflow_run_id, upstream_ids
              FROM executions WHERE id = ?1",
         )?
         .execute(params![failed_id, r.id, to_ms(r.at), to_ms(r.now)])?;

@@ -9,7 +9,7 @@ use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
     execution_options, retry_config, notification_config, resource_limits, tags, source, \
     execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
-    created_at, updated_at";
+    created_at, updated_at, depends_on";
 
 /// What the engine needs of a job to schedule it (read at start-up, one row at a time).
 #[derive(Debug, Clone)]
@@ -99,7 +99,10 @@ pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
         sql.push_str(&format!(" AND source = ?{}", args.len()));
     }
     if let Some(n) = f.name_contains.as_deref().filter(|n| !n.is_empty()) {
-        let escaped = n.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = n
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         args.push(format!("%{escaped}%"));
         sql.push_str(&format!(" AND name LIKE ?{} ESCAPE '\\'", args.len()));
     }
@@ -151,6 +154,7 @@ fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
         last_run_time: opt_from_ms(r.get(18)?),
         created_at: from_ms(r.get(19)?),
         updated_at: from_ms(r.get(20)?),
+        depends_on: opt_json(r, 21, "jobs.depends_on")?.unwrap_or_default(),
     })
 }
 
@@ -168,8 +172,8 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
             execution_options, retry_config, notification_config, resource_limits, tags, source,
-            next_run_time, last_slot, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            next_run_time, last_slot, created_at, updated_at, depends_on)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         params![
             job.id,
             job.name,
@@ -188,10 +192,15 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             to_ms(job.created_at),
             to_ms(job.created_at),
             to_ms(job.updated_at),
+            depends_on_json(job),
         ],
     );
     map_constraint(r, job)?;
     Ok(())
+}
+
+fn depends_on_json(job: &Job) -> Option<String> {
+    (!job.depends_on.is_empty()).then(|| to_json(&job.depends_on))
 }
 
 fn map_constraint(r: rusqlite::Result<usize>, job: &Job) -> Result<usize, StoreError> {
@@ -246,7 +255,7 @@ impl Store {
                     priority = ?7, execution_options = ?8, retry_config = ?9,
                     notification_config = ?10, resource_limits = ?11, tags = ?12, source = ?13,
                     next_run_time = ?14, updated_at = ?15,
-                    last_slot = COALESCE(?16, last_slot)
+                    last_slot = COALESCE(?16, last_slot), depends_on = ?17
                  WHERE id = ?1",
                 params![
                     job.id,
@@ -265,6 +274,7 @@ impl Store {
                     job.next_run_time.map(to_ms),
                     to_ms(job.updated_at),
                     reset_slot.map(to_ms),
+                    depends_on_json(&job),
                 ],
             );
             if map_constraint(r, &job)? == 0 {

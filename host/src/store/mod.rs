@@ -15,6 +15,7 @@ mod hooks;
 mod jobs;
 mod notifications;
 mod schema;
+mod workflows;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -28,9 +29,12 @@ use tokio::sync::oneshot;
 pub use api::DurationStats;
 pub use cooldown::CollapsedSlots;
 pub use dashboard::{DashboardSession, DayStats, JobCost, RecentRun, RunChain};
-pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry};
+pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry, RunPlace};
 pub use jobs::{JobFilter, JobScheduling, JobSort};
 pub use schema::SCHEMA_VERSION;
+pub use workflows::{
+    EdgeVerdict, JobDependencies, PassEdge, PassRecord, Settle, Settled, WorkflowRun,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

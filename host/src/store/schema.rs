@@ -124,6 +124,39 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
     "#,
+    // v5: workflows. Jobs name their upstreams (`depends_on`, JSON); a pass ties the runs one
+    // run started together; each edge's verdict in a pass is kept, so a fan-in knows which of
+    // its upstreams have ended; a run started by its upstreams is keyed by (pass, job), so it
+    // is recorded once, whatever crashes and restarts happen.
+    r#"
+    ALTER TABLE jobs ADD COLUMN depends_on TEXT;
+    ALTER TABLE executions ADD COLUMN workflow_run_id TEXT;
+    ALTER TABLE executions ADD COLUMN upstream_ids TEXT;
+    CREATE UNIQUE INDEX executions_workflow_node ON executions(workflow_run_id, job_id)
+        WHERE trigger = 'dependency';
+    CREATE INDEX executions_workflow ON executions(workflow_run_id)
+        WHERE workflow_run_id IS NOT NULL;
+
+    CREATE TABLE workflow_runs (
+        id                TEXT PRIMARY KEY,
+        root_job_id       TEXT,
+        root_execution_id TEXT NOT NULL,
+        created_at        INTEGER NOT NULL,
+        cancelled_at      INTEGER
+    );
+    CREATE INDEX workflow_runs_created ON workflow_runs(created_at);
+
+    CREATE TABLE workflow_edges (
+        pass_id            TEXT NOT NULL REFERENCES workflow_runs(id) ON DELETE CASCADE,
+        downstream_job     TEXT NOT NULL,
+        upstream_job       TEXT NOT NULL,
+        upstream_execution TEXT NOT NULL,
+        satisfied          INTEGER NOT NULL,
+        reason             TEXT,
+        created_at         INTEGER NOT NULL,
+        PRIMARY KEY (pass_id, downstream_job, upstream_job)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -44,7 +44,13 @@ fn values_of_spec(spec: &JobSpec) -> Value {
             expression,
             timezone,
             ..
-        } => ("cron", Some(expression.clone()), timezone.clone(), None, None),
+        } => (
+            "cron",
+            Some(expression.clone()),
+            timezone.clone(),
+            None,
+            None,
+        ),
         ScheduleSpec::Interval {
             every,
             every_seconds,
@@ -83,7 +89,11 @@ fn values_of_spec(spec: &JobSpec) -> Value {
     m.insert("name", Value::from(spec.name.clone()));
     m.insert(
         "prompt_source",
-        Value::from(if spec.prompt_id.is_some() { "stored" } else { "text" }),
+        Value::from(if spec.prompt_id.is_some() {
+            "stored"
+        } else {
+            "text"
+        }),
     );
     m.insert("prompt", Value::from(spec.prompt.clone()));
     m.insert("prompt_id", Value::from(spec.prompt_id.clone()));
@@ -94,7 +104,10 @@ fn values_of_spec(spec: &JobSpec) -> Value {
     m.insert("schedule.at", Value::from(at));
     m.insert("priority", Value::from(spec.priority));
     m.insert("tags", Value::from(spec.tags.join(", ")));
-    m.insert("execution.timeout", Value::from(spec.execution.timeout_seconds.map(dur)));
+    m.insert(
+        "execution.timeout",
+        Value::from(spec.execution.timeout_seconds.map(dur)),
+    );
     m.insert(
         "execution.working_directory",
         Value::from(spec.execution.working_directory.clone()),
@@ -104,7 +117,10 @@ fn values_of_spec(spec: &JobSpec) -> Value {
         "execution.permission_mode",
         Value::from(spec.execution.permission_mode.clone()),
     );
-    m.insert("retry.max_attempts", Value::from(retry.map(|r| r.max_attempts)));
+    m.insert(
+        "retry.max_attempts",
+        Value::from(retry.map(|r| r.max_attempts)),
+    );
     m.insert(
         "retry.strategy",
         Value::from(retry.and_then(|r| {
@@ -113,7 +129,10 @@ fn values_of_spec(spec: &JobSpec) -> Value {
                 .and_then(|v| v.as_str().map(str::to_owned))
         })),
     );
-    m.insert("retry.delay", Value::from(retry.and_then(|r| r.initial_interval).map(dur)));
+    m.insert(
+        "retry.delay",
+        Value::from(retry.and_then(|r| r.initial_interval).map(dur)),
+    );
     m.insert(
         "notifications.on_success",
         Value::from(notify.is_some_and(|n| n.on_success)),
@@ -153,7 +172,11 @@ fn values_of_form(form: &FormData) -> Value {
         .iter()
         .map(|k| ((*k).to_owned(), Value::from(form.raw(k))))
         .collect();
-    for k in ["notifications.on_success", "notifications.on_failure", "paused"] {
+    for k in [
+        "notifications.on_success",
+        "notifications.on_failure",
+        "paused",
+    ] {
         map.insert(k.to_owned(), Value::from(form.checked(k)));
     }
     map.insert(
@@ -170,9 +193,12 @@ fn parse_duration(form: &FormData, field: &str) -> Result<Option<Duration>, Fiel
             if let Ok(n) = t.parse::<u64>() {
                 return Ok(Some(Duration::from_secs(n)));
             }
-            humantime::parse_duration(t)
-                .map(Some)
-                .map_err(|e| bad(field, format!("`{t}` is not a duration like `30m` or `1h 30m`: {e}")))
+            humantime::parse_duration(t).map(Some).map_err(|e| {
+                bad(
+                    field,
+                    format!("`{t}` is not a duration like `30m` or `1h 30m`: {e}"),
+                )
+            })
         }
     }
 }
@@ -187,11 +213,21 @@ fn parse_at(text: &str, zone: &str) -> Result<DateTime<Utc>, FieldError> {
     let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M")
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S"))
         .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M"))
-        .map_err(|_| bad("schedule.at", format!("`{text}` is not a date and time like 2026-12-24T08:00")))?;
+        .map_err(|_| {
+            bad(
+                "schedule.at",
+                format!("`{text}` is not a date and time like 2026-12-24T08:00"),
+            )
+        })?;
     tz.from_local_datetime(&naive)
         .earliest()
         .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| bad("schedule.at", format!("{text} does not exist in {zone} (a daylight-saving gap)")))
+        .ok_or_else(|| {
+            bad(
+                "schedule.at",
+                format!("{text} does not exist in {zone} (a daylight-saving gap)"),
+            )
+        })
 }
 
 /// The schedule part of the form.
@@ -201,7 +237,12 @@ fn schedule_of(form: &FormData, old: &ScheduleSpec) -> Result<ScheduleSpec, Fiel
         "cron" => ScheduleSpec::Cron {
             expression: form
                 .get("schedule.expression")
-                .ok_or_else(|| bad("schedule.expression", "a cron job needs an expression, e.g. `0 9 * * 1-5`"))?
+                .ok_or_else(|| {
+                    bad(
+                        "schedule.expression",
+                        "a cron job needs an expression, e.g. `0 9 * * 1-5`",
+                    )
+                })?
                 .to_owned(),
             timezone: zone.map(str::to_owned),
             misfire: match old {
@@ -210,10 +251,12 @@ fn schedule_of(form: &FormData, old: &ScheduleSpec) -> Result<ScheduleSpec, Fiel
             },
         },
         "interval" => ScheduleSpec::Interval {
-            every: Some(
-                parse_duration(form, "schedule.every")?
-                    .ok_or_else(|| bad("schedule.every", "an interval job needs `every`, e.g. `10m`"))?,
-            ),
+            every: Some(parse_duration(form, "schedule.every")?.ok_or_else(|| {
+                bad(
+                    "schedule.every",
+                    "an interval job needs `every`, e.g. `10m`",
+                )
+            })?),
             every_seconds: None,
             start_at: match old {
                 ScheduleSpec::Interval { start_at, .. } => *start_at,
@@ -232,7 +275,12 @@ fn schedule_of(form: &FormData, old: &ScheduleSpec) -> Result<ScheduleSpec, Fiel
             )?,
         },
         "manual" => ScheduleSpec::Manual,
-        other => return Err(bad("schedule.type", format!("unknown schedule type `{other}`"))),
+        other => {
+            return Err(bad(
+                "schedule.type",
+                format!("unknown schedule type `{other}`"),
+            ))
+        }
     })
 }
 
@@ -249,7 +297,8 @@ fn spec_of_form(form: &FormData, mut spec: JobSpec) -> Result<JobSpec, FieldErro
             spec.prompt = None;
         }
         _ => {
-            spec.prompt = Some(form.raw("prompt").replace("\r\n", "\n")).filter(|p| !p.trim().is_empty());
+            spec.prompt =
+                Some(form.raw("prompt").replace("\r\n", "\n")).filter(|p| !p.trim().is_empty());
             spec.prompt_id = None;
         }
     }
@@ -279,17 +328,19 @@ fn spec_of_form(form: &FormData, mut spec: JobSpec) -> Result<JobSpec, FieldErro
         .map(str::to_owned);
     if let Some(m) = &ex.permission_mode {
         if !PERMISSION_MODES.contains(&m.as_str()) {
-            return Err(bad("execution.permission_mode", format!("unknown mode `{m}`")));
+            return Err(bad(
+                "execution.permission_mode",
+                format!("unknown mode `{m}`"),
+            ));
         }
     }
     spec.retry = match form.get("retry.max_attempts") {
         None => None,
         Some(n) => {
-            let max_attempts = n
-                .parse::<u32>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad("retry.max_attempts", format!("`{n}`: a whole number ≥ 1")))?;
+            let max_attempts =
+                n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    bad("retry.max_attempts", format!("`{n}`: a whole number ≥ 1"))
+                })?;
             let strategy: RetryStrategy = match form.get("retry.strategy") {
                 None => RetryStrategy::ExponentialBackoff,
                 Some(s) => serde_json::from_value(serde_json::Value::String(s.to_owned()))
@@ -403,7 +454,16 @@ pub async fn duplicate_job(
     spec.name = format!("{} (copy)", job.name);
     spec.paused = true;
     let values = values_of_spec(&spec);
-    form_page(&st, &s, "New job (a copy)", "/ui/jobs/new", values, None, None).await
+    form_page(
+        &st,
+        &s,
+        "New job (a copy)",
+        "/ui/jobs/new",
+        values,
+        None,
+        None,
+    )
+    .await
 }
 
 pub async fn create_job(
@@ -419,7 +479,16 @@ pub async fn create_job(
         Err(e) => e,
     };
     let values = values_of_form(&form);
-    form_page(&st, &s, "New job", "/ui/jobs/new", values, None, Some(error)).await
+    form_page(
+        &st,
+        &s,
+        "New job",
+        "/ui/jobs/new",
+        values,
+        None,
+        Some(error),
+    )
+    .await
 }
 
 pub async fn edit_job(
@@ -430,7 +499,16 @@ pub async fn edit_job(
     let job = st.engine().job(&id).await?.redacted();
     let values = values_of_spec(&crate::service::spec_of(&job));
     let action = format!("/ui/jobs/{}/edit", job.id);
-    form_page(&st, &s, &format!("Edit {}", job.name), &action, values, Some(&job), None).await
+    form_page(
+        &st,
+        &s,
+        &format!("Edit {}", job.name),
+        &action,
+        values,
+        Some(&job),
+        None,
+    )
+    .await
 }
 
 pub async fn update_job(
@@ -457,20 +535,29 @@ pub async fn update_job(
     };
     let values = values_of_form(&form);
     let action = format!("/ui/jobs/{}/edit", job.id);
-    form_page(&st, &s, &format!("Edit {}", job.name), &action, values, Some(&job), Some(error)).await
+    form_page(
+        &st,
+        &s,
+        &format!("Edit {}", job.name),
+        &action,
+        values,
+        Some(&job),
+        Some(error),
+    )
+    .await
 }
 
 /// `POST /ui/preview`: the schedule fields of the form → its description and next 5 fire
 /// times (or the error, with its field).
 pub async fn preview(State(st): State<ApiState>, form: FormData) -> Response {
     let default_tz = st.engine().settings().default_timezone;
-    let result = schedule_of(&form, &ScheduleSpec::Manual).and_then(|spec| {
-        spec.to_schedule().map_err(|e| bad(&e.field, e.message))
-    });
+    let result = schedule_of(&form, &ScheduleSpec::Manual)
+        .and_then(|spec| spec.to_schedule().map_err(|e| bad(&e.field, e.message)));
     let schedule = match result {
         Ok(s) => s,
         Err(e) => {
-            return Json(serde_json::json!({ "error": e.message, "field": e.field })).into_response()
+            return Json(serde_json::json!({ "error": e.message, "field": e.field }))
+                .into_response()
         }
     };
     if let Err(e) = crate::schedule::validate(&schedule, default_tz) {

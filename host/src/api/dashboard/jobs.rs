@@ -92,7 +92,10 @@ pub async fn list(
     let (sort, sort_key) = sort_of(q.sort.as_deref());
     let descending = q.dir.as_deref() == Some("desc");
     let page = q.page.unwrap_or(1).max(1);
-    let search = q.q.clone().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let search =
+        q.q.clone()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
     let tag = q.tag.clone().filter(|t| !t.is_empty());
     let filter = JobFilter {
         status,
@@ -111,8 +114,11 @@ pub async fn list(
         tokio::try_join!(store.list_jobs(filter.clone()), store.count_jobs(filter))?
     };
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
-    let recent: HashMap<String, Vec<crate::store::RecentRun>> =
-        store.recent_runs(ids, SPARK_RUNS).await?.into_iter().collect();
+    let recent: HashMap<String, Vec<crate::store::RecentRun>> = store
+        .recent_runs(ids, SPARK_RUNS)
+        .await?
+        .into_iter()
+        .collect();
     let rows: Vec<Value> = jobs
         .iter()
         .map(|j| {
@@ -302,11 +308,18 @@ pub async fn detail(
     let page = q.page.unwrap_or(1).max(1);
     let (chains, total) = engine
         .store()
-        .job_runs(job.id.clone(), status, RUNS_PER_PAGE, (page - 1) * RUNS_PER_PAGE)
+        .job_runs(
+            job.id.clone(),
+            status,
+            RUNS_PER_PAGE,
+            (page - 1) * RUNS_PER_PAGE,
+        )
         .await?;
     let runs: Vec<Value> = chains.iter().filter_map(|c| run_row(c, tz)).collect();
     let pages = total.div_ceil(RUNS_PER_PAGE as u64).max(1);
-    let status_q = status.map(|s| format!("status={}&", s.as_str())).unwrap_or_default();
+    let status_q = status
+        .map(|s| format!("status={}&", s.as_str()))
+        .unwrap_or_default();
     let spec = crate::service::spec_of(&job);
     let yaml = serde_json::to_value(&spec)
         .map(view::without_nulls)

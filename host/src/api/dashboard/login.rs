@@ -77,7 +77,11 @@ pub async fn submit(
         // A wrong guess costs the guesser time (the token itself is 256 random bits).
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         tracing::warn!("dashboard: a login with a wrong token or password was refused");
-        return login_page(&st, &next, Some("That is not the API token or the dashboard password."));
+        return login_page(
+            &st,
+            &next,
+            Some("That is not the API token or the dashboard password."),
+        );
     }
     let (_, cookie) = session::create(&st, session::is_https(&headers))
         .await

@@ -3,7 +3,6 @@
 use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::Extension;
-use chrono::Utc;
 use minijinja::{context, Value};
 
 use super::{frame, render, see_other, view, PageError};
@@ -105,7 +104,11 @@ pub async fn stats(
     Query(q): Query<StatsQuery>,
 ) -> Result<Response, PageError> {
     let days = window(q.days);
-    let (daily, costs) = st.engine().store().daily_stats(st.engine().clock().now(), days).await?;
+    let (daily, costs) = st
+        .engine()
+        .store()
+        .daily_stats(st.engine().clock().now(), days)
+        .await?;
     let runs: u64 = daily
         .iter()
         .map(|d| d.completed + d.failed + d.timed_out + d.cancelled + d.interrupted)

@@ -51,7 +51,10 @@ pub(super) fn routes(state: &ApiState) -> Router<ApiState> {
         .route("/ui/jobs/bulk", post(jobs::bulk))
         .route("/ui/jobs/new", get(form::new_job).post(form::create_job))
         .route("/ui/jobs/{id}", get(jobs::detail))
-        .route("/ui/jobs/{id}/edit", get(form::edit_job).post(form::update_job))
+        .route(
+            "/ui/jobs/{id}/edit",
+            get(form::edit_job).post(form::update_job),
+        )
         .route("/ui/jobs/{id}/duplicate", get(form::duplicate_job))
         .route("/ui/jobs/{id}/run", post(jobs::run_now))
         .route("/ui/jobs/{id}/pause", post(jobs::pause))
@@ -107,7 +110,10 @@ fn add_security_headers(resp: &mut Response) {
     let h = resp.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -303,7 +309,7 @@ impl IntoResponse for PageError {
             .get_template("error.html")
             .and_then(|t| {
                 t.render(context! { title, detail, status => status.as_u16(),
-                    page => context! { assets => assets::urls() } })
+                page => context! { assets => assets::urls() } })
             })
             .unwrap_or_else(|_| format!("{title}: {detail}"));
         (status, Html(html)).into_response()

@@ -23,7 +23,8 @@ pub async fn list(
     Query(q): Query<Done>,
 ) -> Result<Response, PageError> {
     let store = st.engine().store();
-    let (prompts, jobs) = tokio::try_join!(store.list_prompts(), store.list_jobs(JobFilter::default()))?;
+    let (prompts, jobs) =
+        tokio::try_join!(store.list_prompts(), store.list_jobs(JobFilter::default()))?;
     let tz = st.engine().settings().default_timezone;
     render(
         "prompts.html",
@@ -100,7 +101,10 @@ pub async fn create(
     form: FormData,
 ) -> Result<Response, PageError> {
     match create_prompt(&st, input_of(&form, form.get("id").map(str::to_owned))).await {
-        Ok(p) => Ok(see_other(&format!("/ui/prompts/{}?done=prompt-saved", p.id))),
+        Ok(p) => Ok(see_other(&format!(
+            "/ui/prompts/{}?done=prompt-saved",
+            p.id
+        ))),
         Err(e) => form_page(&st, &s, values_of(&form), None, Some((e.field, e.message))),
     }
 }
@@ -128,9 +132,18 @@ pub async fn update(
     form: FormData,
 ) -> Result<Response, PageError> {
     match update_prompt(&st, &id, input_of(&form, None)).await {
-        Ok(p) => Ok(see_other(&format!("/ui/prompts/{}?done=prompt-saved", p.id))),
+        Ok(p) => Ok(see_other(&format!(
+            "/ui/prompts/{}?done=prompt-saved",
+            p.id
+        ))),
         Err(e) if e.code == "not_found" => Err(PageError::NotFound(format!("prompt `{id}`"))),
-        Err(e) => form_page(&st, &s, values_of(&form), Some(&id), Some((e.field, e.message))),
+        Err(e) => form_page(
+            &st,
+            &s,
+            values_of(&form),
+            Some(&id),
+            Some((e.field, e.message)),
+        ),
     }
 }
 

@@ -116,8 +116,8 @@ pub fn markdown(src: &str) -> String {
         let u = url.trim().to_ascii_lowercase();
         u.starts_with("http://") || u.starts_with("https://") || u.starts_with("mailto:")
     };
-    let events = Parser::new_ext(src, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH)
-        .map(|e| match e {
+    let events = Parser::new_ext(src, Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH).map(
+        |e| match e {
             Event::Html(h) | Event::InlineHtml(h) => Event::Text(h),
             Event::Start(Tag::Link {
                 link_type,
@@ -126,7 +126,11 @@ pub fn markdown(src: &str) -> String {
                 id,
             }) => Event::Start(Tag::Link {
                 link_type,
-                dest_url: if safe(&dest_url) { dest_url } else { CowStr::from("#") },
+                dest_url: if safe(&dest_url) {
+                    dest_url
+                } else {
+                    CowStr::from("#")
+                },
                 title,
                 id,
             }),
@@ -137,15 +141,18 @@ pub fn markdown(src: &str) -> String {
                 id,
             }) => Event::Start(Tag::Link {
                 link_type,
-                dest_url: if safe(&dest_url) { dest_url } else { CowStr::from("#") },
+                dest_url: if safe(&dest_url) {
+                    dest_url
+                } else {
+                    CowStr::from("#")
+                },
                 title,
                 id,
             }),
-            Event::End(pulldown_cmark::TagEnd::Image) => {
-                Event::End(pulldown_cmark::TagEnd::Link)
-            }
+            Event::End(pulldown_cmark::TagEnd::Image) => Event::End(pulldown_cmark::TagEnd::Link),
             e => e,
-        });
+        },
+    );
     let mut out = String::with_capacity(src.len() * 5 / 4);
     pulldown_cmark::html::push_html(&mut out, events);
     out
@@ -157,7 +164,8 @@ mod tests {
 
     #[test]
     fn markdown_keeps_no_markup_of_its_own() {
-        let html = markdown("# Hi\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)> **b**");
+        let html =
+            markdown("# Hi\n\n<script>alert(1)</script>\n\n<img src=x onerror=alert(1)> **b**");
         assert!(html.contains("<h1>Hi</h1>"));
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<img"), "{html}");
@@ -167,7 +175,8 @@ mod tests {
 
     #[test]
     fn markdown_links_only_to_the_web() {
-        let html = markdown("[a](javascript:alert(1)) [b](https://example.com) ![c](http://x/y.png)");
+        let html =
+            markdown("[a](javascript:alert(1)) [b](https://example.com) ![c](http://x/y.png)");
         assert!(!html.contains("javascript:"), "{html}");
         assert!(html.contains(r#"href="https://example.com""#));
         assert!(!html.contains("<img"), "{html}");

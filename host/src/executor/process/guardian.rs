@@ -180,7 +180,13 @@ unsafe fn guardian_main(
     ] {
         libc::signal(sig, libc::SIG_IGN);
     }
-    libc::prctl(libc::PR_SET_NAME, c"cnp-guardian".as_ptr() as libc::c_ulong, 0, 0, 0);
+    libc::prctl(
+        libc::PR_SET_NAME,
+        c"cnp-guardian".as_ptr() as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
     // Hold nothing of cnp's: no sockets, no database files, no pipes a caller waits on.
     let null = libc::open(devnull, libc::O_RDWR);
     if null >= 0 {
@@ -188,8 +194,17 @@ unsafe fn guardian_main(
         libc::dup2(null, 1);
         libc::dup2(null, 2);
     }
-    let fd = if libc::dup2(read_fd, 3) == 3 { 3 } else { read_fd };
-    libc::syscall(libc::SYS_close_range, (fd + 1) as libc::c_uint, libc::c_uint::MAX, 0);
+    let fd = if libc::dup2(read_fd, 3) == 3 {
+        3
+    } else {
+        read_fd
+    };
+    libc::syscall(
+        libc::SYS_close_range,
+        (fd + 1) as libc::c_uint,
+        libc::c_uint::MAX,
+        0,
+    );
     let mut carry = 0usize;
     loop {
         let n = libc::read(fd, buf.as_mut_ptr().add(carry).cast(), buf.len() - carry);
