@@ -887,7 +887,7 @@ impl<'de> Deserialize<'de> for DependencyEntry {
 
 /// A workflow pass as a graph: every job its first job reaches, with the state of its run in
 /// this pass, and every edge with its verdict (`GET /api/workflows/{id}`).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowPass {
     /// The pass id: its first run's (first attempt's) execution id.
     pub id: String,
@@ -903,7 +903,7 @@ pub struct WorkflowPass {
 }
 
 /// One job in a pass.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PassNode {
     pub job_id: String,
     pub name: String,
@@ -921,7 +921,7 @@ pub struct PassNode {
 }
 
 /// One edge of a pass.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PassEdgeView {
     /// Upstream job id.
     pub from: String,

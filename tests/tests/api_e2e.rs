@@ -1027,7 +1027,11 @@ async fn metrics_enabled_false_turns_both_metrics_endpoints_off() {
     let config = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
-        config.replacen("[job_engine]\n", "[job_engine]\nmetrics_enabled = false\n", 1),
+        config.replacen(
+            "[job_engine]\n",
+            "[job_engine]\nmetrics_enabled = false\n",
+            1,
+        ),
     )
     .unwrap();
     env.enable_api();

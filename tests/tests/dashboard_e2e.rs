@@ -83,9 +83,8 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         let client = loop {
-            let mut b = ClientBuilder::new(
-                hyper_util::client::legacy::connect::HttpConnector::new(),
-            );
+            let mut b =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
             match b.capabilities(caps.clone()).connect(&url).await {
                 Ok(c) => break c,
                 Err(e) if start.elapsed() < WAIT => {
@@ -115,8 +114,14 @@ impl Browser {
             .catch_unwind()
             .await;
         if let Err(panic) = result {
-            let shot = self.shots.join(format!("{name}-{}.png", std::process::id()));
-            let url = c.current_url().await.map(|u| u.to_string()).unwrap_or_default();
+            let shot = self
+                .shots
+                .join(format!("{name}-{}.png", std::process::id()));
+            let url = c
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
             if let Ok(png) = c.screenshot().await {
                 let _ = std::fs::write(&shot, png);
             }
@@ -141,7 +146,10 @@ async fn setup(env: &Env) -> (support::Cnp, String, String, Browser) {
 }
 
 /// Polls `f` until it gives `Some`, or fails naming `what`.
-async fn eventually<T, Fut: Future<Output = Option<T>>>(what: &str, mut f: impl FnMut() -> Fut) -> T {
+async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> Fut,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f().await {
@@ -167,12 +175,20 @@ async fn login(c: &Client, base: &str, token: &str) {
         .await
         .unwrap();
     eventually("the jobs page after login", || async {
-        text_of(c, "main h1").await.filter(|t| t.starts_with("Jobs"))
+        text_of(c, "main h1")
+            .await
+            .filter(|t| t.starts_with("Jobs"))
     })
     .await;
 }
 
-async fn api(base: &str, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+async fn api(
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let mut req = reqwest::Client::new()
         .request(method, format!("{base}{path}"))
         .bearer_auth(token);
@@ -202,22 +218,49 @@ async fn login_is_required_and_a_wrong_token_is_refused() {
                 .send_keys("not-the-token")
                 .await
                 .unwrap();
-            c.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
-            let err = eventually("the login error", || async { text_of(&c, "#secret-error").await }).await;
+            c.find(Locator::Css("form button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            let err = eventually("the login error", || async {
+                text_of(&c, "#secret-error").await
+            })
+            .await;
             assert!(err.contains("not the API token"), "{err}");
             assert_eq!(c.current_url().await.unwrap().path(), "/ui/login");
             // The right one: back where the user was going.
-            c.find(Locator::Id("secret")).await.unwrap().send_keys(&token).await.unwrap();
-            c.find(Locator::Css("form button")).await.unwrap().click().await.unwrap();
+            c.find(Locator::Id("secret"))
+                .await
+                .unwrap()
+                .send_keys(&token)
+                .await
+                .unwrap();
+            c.find(Locator::Css("form button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             eventually("the form the user asked for", || async {
                 text_of(&c, "main h1").await.filter(|t| t == "New job")
             })
             .await;
             // The session cookie is HttpOnly: the page's scripts cannot read it.
             let cookies = c.execute("return document.cookie", vec![]).await.unwrap();
-            assert_eq!(cookies, json!(""), "the session cookie must not be readable by scripts");
+            assert_eq!(
+                cookies,
+                json!(""),
+                "the session cookie must not be readable by scripts"
+            );
             // Logging out ends the session.
-            c.find(Locator::Css("form.logout button")).await.unwrap().click().await.unwrap();
+            c.find(Locator::Css("form.logout button"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             eventually("the login page after logout", || async {
                 c.find(Locator::Id("secret")).await.ok()
             })
@@ -236,38 +279,91 @@ async fn a_cron_job_made_in_the_form_is_listed_with_its_next_fire_time() {
         .run("create-job", |c| async move {
             login(&c, &base, &token).await;
             c.goto(&format!("{base}/ui/jobs/new")).await.unwrap();
-            c.find(Locator::Id("f-name")).await.unwrap().send_keys("Nightly review").await.unwrap();
-            c.find(Locator::Id("f-prompt")).await.unwrap().send_keys("Review the diff").await.unwrap();
-            c.find(Locator::Css("#f-stype option[value=cron]")).await.unwrap().click().await.unwrap();
+            c.find(Locator::Id("f-name"))
+                .await
+                .unwrap()
+                .send_keys("Nightly review")
+                .await
+                .unwrap();
+            c.find(Locator::Id("f-prompt"))
+                .await
+                .unwrap()
+                .send_keys("Review the diff")
+                .await
+                .unwrap();
+            c.find(Locator::Css("#f-stype option[value=cron]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             let expr = c.find(Locator::Id("f-expr")).await.unwrap();
             expr.send_keys("61 * * * *").await.unwrap();
             // The live preview names the problem before the form is sent.
             let preview = eventually("the preview's error about the minute", || async {
-                text_of(&c, "#schedule-preview .field-error").await.filter(|t| t.contains("minute"))
+                text_of(&c, "#schedule-preview .field-error")
+                    .await
+                    .filter(|t| t.contains("minute"))
             })
             .await;
             assert!(preview.contains("61"), "{preview}");
-            c.find(Locator::Css("#job-form button[type=submit]")).await.unwrap().click().await.unwrap();
+            c.find(Locator::Css("#job-form button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             // The validator's error sits next to the field; nothing typed is lost.
-            let err = eventually("the field error", || async { text_of(&c, "#err-schedule-expression").await }).await;
+            let err = eventually("the field error", || async {
+                text_of(&c, "#err-schedule-expression").await
+            })
+            .await;
             assert!(err.contains("minute"), "{err}");
-            let name = c.find(Locator::Id("f-name")).await.unwrap().prop("value").await.unwrap();
+            let name = c
+                .find(Locator::Id("f-name"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap();
             assert_eq!(name.as_deref(), Some("Nightly review"));
-            let prompt = c.find(Locator::Id("f-prompt")).await.unwrap().prop("value").await.unwrap();
+            let prompt = c
+                .find(Locator::Id("f-prompt"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap();
             assert_eq!(prompt.as_deref(), Some("Review the diff"));
             // Fixed, with a zone: five next runs in the preview, then created.
             let expr = c.find(Locator::Id("f-expr")).await.unwrap();
             expr.clear().await.unwrap();
             expr.send_keys("0 9 * * *").await.unwrap();
-            c.find(Locator::Id("f-tz")).await.unwrap().send_keys("Europe/Berlin").await.unwrap();
+            c.find(Locator::Id("f-tz"))
+                .await
+                .unwrap()
+                .send_keys("Europe/Berlin")
+                .await
+                .unwrap();
             eventually("five preview fire times", || async {
-                let n = c.find_all(Locator::Css("#schedule-preview li")).await.ok()?.len();
+                let n = c
+                    .find_all(Locator::Css("#schedule-preview li"))
+                    .await
+                    .ok()?
+                    .len();
                 (n == 5).then_some(())
             })
             .await;
-            c.find(Locator::Css("#job-form button[type=submit]")).await.unwrap().click().await.unwrap();
+            c.find(Locator::Css("#job-form button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             eventually("the new job's page", || async {
-                text_of(&c, "main h1").await.filter(|t| t.starts_with("Nightly review"))
+                text_of(&c, "main h1")
+                    .await
+                    .filter(|t| t.starts_with("Nightly review"))
             })
             .await;
             let fires = c.find_all(Locator::Css("ol.fires li")).await.unwrap();
@@ -281,8 +377,18 @@ async fn a_cron_job_made_in_the_form_is_listed_with_its_next_fire_time() {
                 .await
                 .unwrap();
             let text = row.text().await.unwrap();
-            assert!(text.contains("09:00 CE") && text.contains("Europe/Berlin"), "{text}");
-            let job = &api(&base, &token, reqwest::Method::GET, "/api/jobs/Nightly%20review", None).await;
+            assert!(
+                text.contains("09:00 CE") && text.contains("Europe/Berlin"),
+                "{text}"
+            );
+            let job = &api(
+                &base,
+                &token,
+                reqwest::Method::GET,
+                "/api/jobs/Nightly%20review",
+                None,
+            )
+            .await;
             assert_eq!(job["schedule"]["expression"], "0 9 * * *");
             assert_eq!(job["schedule"]["timezone"], "Europe/Berlin");
         })
@@ -307,13 +413,30 @@ async fn run_now_shows_log_lines_while_the_run_goes() {
     browser
         .run("live-log", |c| async move {
             login(&c, &base, &token).await;
-            c.find(Locator::LinkText("slow")).await.unwrap().click().await.unwrap();
-            c.find(Locator::XPath("//button[text()='Run now']")).await.unwrap().click().await.unwrap();
+            c.find(Locator::LinkText("slow"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            c.find(Locator::XPath("//button[text()='Run now']"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
             // The init line arrives over the WebSocket while the run is still going.
             eventually("a live log line while running", || async {
                 let log = text_of(&c, "#log").await?;
-                let status = c.find(Locator::Id("run-status")).await.ok()?.attr("data-status").await.ok()??;
-                (log.contains("session started") && (status == "running" || status == "queued")).then_some(())
+                let status = c
+                    .find(Locator::Id("run-status"))
+                    .await
+                    .ok()?
+                    .attr("data-status")
+                    .await
+                    .ok()??;
+                (log.contains("session started") && (status == "running" || status == "queued"))
+                    .then_some(())
             })
             .await;
             let state = text_of(&c, "#log-state").await.unwrap_or_default();
@@ -324,7 +447,8 @@ async fn run_now_shows_log_lines_while_the_run_goes() {
                 status.contains("completed").then_some(())
             })
             .await;
-            let answer = eventually("the answer", || async { text_of(&c, ".markdown").await }).await;
+            let answer =
+                eventually("the answer", || async { text_of(&c, ".markdown").await }).await;
             assert!(answer.contains("Hello from fake claude"), "{answer}");
         })
         .await;
@@ -351,17 +475,44 @@ async fn a_usage_limit_shows_the_banner_with_countdown_and_deferred_runs() {
         })),
     )
     .await;
-    api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({ "name": "waiting", "prompt": "later" }))).await;
-    api(&base, &token, reqwest::Method::POST, "/api/jobs/limited/execute", None).await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({ "name": "waiting", "prompt": "later" })),
+    )
+    .await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs/limited/execute",
+        None,
+    )
+    .await;
     support::wait_until("the cooldown", || {
         let rt = tokio::runtime::Handle::current();
         let v = tokio::task::block_in_place(|| {
-            rt.block_on(api(&base, &token, reqwest::Method::GET, "/api/cooldown", None))
+            rt.block_on(api(
+                &base,
+                &token,
+                reqwest::Method::GET,
+                "/api/cooldown",
+                None,
+            ))
         });
         (v["active"] == json!(true)).then_some(())
     });
     // A run that comes due during the cooldown is deferred.
-    api(&base, &token, reqwest::Method::POST, "/api/jobs/waiting/execute", None).await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs/waiting/execute",
+        None,
+    )
+    .await;
     browser
         .run("cooldown", |c| async move {
             login(&c, &base, &token).await;
@@ -380,9 +531,20 @@ async fn a_usage_limit_shows_the_banner_with_countdown_and_deferred_runs() {
             assert_ne!(a, b, "the countdown moves");
             // On every page, and it can be cleared from there.
             c.goto(&format!("{base}/ui/stats")).await.unwrap();
-            assert!(text_of(&c, "#cooldown-banner").await.unwrap().contains("deferred"));
-            c.find(Locator::XPath("//button[text()='Clear cooldown']")).await.unwrap().click().await.unwrap();
-            let notice = eventually("the cleared notice", || async { text_of(&c, ".notice").await }).await;
+            assert!(text_of(&c, "#cooldown-banner")
+                .await
+                .unwrap()
+                .contains("deferred"));
+            c.find(Locator::XPath("//button[text()='Clear cooldown']"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            let notice = eventually("the cleared notice", || async {
+                text_of(&c, ".notice").await
+            })
+            .await;
             assert!(notice.contains("Cooldown cleared"), "{notice}");
             assert!(text_of(&c, "#cooldown-banner .banner").await.is_none());
         })
@@ -407,17 +569,37 @@ async fn hostile_names_and_output_render_as_text() {
     )
     .await;
     let id = job["id"].as_str().unwrap().to_owned();
-    let exec = api(&base, &token, reqwest::Method::POST, &format!("/api/jobs/{id}/execute"), None).await;
+    let exec = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        &format!("/api/jobs/{id}/execute"),
+        None,
+    )
+    .await;
     let exec_id = exec["execution_id"].as_str().unwrap().to_owned();
     support::wait_until("the run's end", || {
         let rt = tokio::runtime::Handle::current();
         let v = tokio::task::block_in_place(|| {
-            rt.block_on(api(&base, &token, reqwest::Method::GET, &format!("/api/executions/{exec_id}"), None))
+            rt.block_on(api(
+                &base,
+                &token,
+                reqwest::Method::GET,
+                &format!("/api/executions/{exec_id}"),
+                None,
+            ))
         });
         (v["status"] == json!("completed")).then_some(())
     });
     // The stats the charts are drawn from: today has the one completed run and its cost.
-    let daily = api(&base, &token, reqwest::Method::GET, "/api/jobs/stats/daily?days=7", None).await;
+    let daily = api(
+        &base,
+        &token,
+        reqwest::Method::GET,
+        "/api/jobs/stats/daily?days=7",
+        None,
+    )
+    .await;
     let days = daily["daily"].as_array().unwrap();
     assert_eq!(days.len(), 7);
     assert_eq!(days[6]["completed"], 1, "{daily}");
@@ -434,21 +616,38 @@ async fn hostile_names_and_output_render_as_text() {
         .run("xss", |c| async move {
             login(&c, &base, &token).await;
             let link = c.find(Locator::Css("td.name a")).await.unwrap();
-            assert_eq!(link.text().await.unwrap(), name, "the name is shown as text");
-            assert!(c.find_all(Locator::Css("td.name img")).await.unwrap().is_empty());
+            assert_eq!(
+                link.text().await.unwrap(),
+                name,
+                "the name is shown as text"
+            );
+            assert!(c
+                .find_all(Locator::Css("td.name img"))
+                .await
+                .unwrap()
+                .is_empty());
             c.goto(&format!("{base}/ui/jobs/{id}")).await.unwrap();
             assert!(text_of(&c, "main h1").await.unwrap().contains(name));
             assert_eq!(text_of(&c, "pre.prompt").await.unwrap(), "<b>prompt</b>");
             c.goto(&format!("{base}/ui/runs/{exec_id}")).await.unwrap();
             let answer = c.find(Locator::Css(".markdown")).await.unwrap();
             let html = answer.html(true).await.unwrap();
-            assert!(!html.contains("<script") && !html.contains("<img"), "{html}");
+            assert!(
+                !html.contains("<script") && !html.contains("<img"),
+                "{html}"
+            );
             let text = answer.text().await.unwrap();
             assert!(text.contains("<script>alert(2)</script>"), "{text}");
-            assert!(html.contains("<strong>bold</strong>"), "Markdown still renders: {html}");
+            assert!(
+                html.contains("<strong>bold</strong>"),
+                "Markdown still renders: {html}"
+            );
             // No script ran: an alert would be open now.
             assert!(c.get_alert_text().await.is_err(), "an injected script ran");
-            let marker = c.execute("return typeof window.__cnp_xss", vec![]).await.unwrap();
+            let marker = c
+                .execute("return typeof window.__cnp_xss", vec![])
+                .await
+                .unwrap();
             assert_eq!(marker, json!("undefined"));
         })
         .await;
@@ -484,7 +683,12 @@ impl Http {
         r.send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> reqwest::Response {
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> reqwest::Response {
         let body: String = form_urlencoded(form);
         let mut r = self
             .http
@@ -501,7 +705,9 @@ impl Http {
     }
 
     async fn login(&mut self, token: &str) -> String {
-        let res = self.post("/ui/login", &[("secret", token), ("next", "/ui/")], None).await;
+        let res = self
+            .post("/ui/login", &[("secret", token), ("next", "/ui/")], None)
+            .await;
         assert_eq!(res.status(), 303);
         let set = res
             .headers()
@@ -533,7 +739,9 @@ fn form_urlencoded(pairs: &[(&str, &str)]) -> String {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -548,38 +756,74 @@ async fn pages_send_strict_headers_and_refuse_forged_or_foreign_forms() {
     // Without a session: pages redirect to the login, forms are refused.
     let res = h.get("/ui/jobs/new").await;
     assert_eq!(res.status(), 303);
-    assert_eq!(res.headers()["location"], "/ui/login?next=%2Fui%2Fjobs%2Fnew");
-    assert_eq!(h.post("/ui/jobs/bulk", &[("action", "pause")], None).await.status(), 401);
+    assert_eq!(
+        res.headers()["location"],
+        "/ui/login?next=%2Fui%2Fjobs%2Fnew"
+    );
+    assert_eq!(
+        h.post("/ui/jobs/bulk", &[("action", "pause")], None)
+            .await
+            .status(),
+        401
+    );
     // The login sets an HttpOnly, SameSite=Strict cookie; a wrong secret gets none.
     let wrong = h.post("/ui/login", &[("secret", "nope")], None).await;
     assert_eq!(wrong.status(), 401);
     assert!(wrong.headers().get("set-cookie").is_none());
     let set = h.login(&token).await;
-    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+        "{set}"
+    );
     let page = h.get("/ui/").await;
     assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
-    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(csp.contains("frame-ancestors 'none'"));
     assert_eq!(page.headers()["x-frame-options"], "DENY");
     assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     let html = page.text().await.unwrap();
-    assert!(!html.contains("<script>") && !html.contains(" onclick="), "no inline script");
+    assert!(
+        !html.contains("<script>") && !html.contains(" onclick="),
+        "no inline script"
+    );
     // An unknown page is a page too (not the API's JSON), with the same headers.
     let missing = h.get("/ui/no-such-page").await;
     assert_eq!(missing.status(), 404);
-    assert!(missing.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(missing.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(missing.headers().contains_key("content-security-policy"));
     let missing = h.get("/ui/jobs/no-such-job").await;
     assert_eq!(missing.status(), 404);
     assert!(missing.text().await.unwrap().contains("job `no-such-job`"));
-    api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({ "name": "a", "prompt": "x" }))).await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({ "name": "a", "prompt": "x" })),
+    )
+    .await;
     let csrf = h.csrf().await;
     // A form without the token, with a stale one, or from another site: refused, nothing done.
     for (form, origin) in [
         (vec![("action", "pause"), ("job", "a")], None),
-        (vec![("action", "pause"), ("job", "a"), ("csrf", "stale")], None),
-        (vec![("action", "pause"), ("job", "a"), ("csrf", csrf.as_str())], Some("http://evil.example")),
+        (
+            vec![("action", "pause"), ("job", "a"), ("csrf", "stale")],
+            None,
+        ),
+        (
+            vec![("action", "pause"), ("job", "a"), ("csrf", csrf.as_str())],
+            Some("http://evil.example"),
+        ),
     ] {
         let res = h.post("/ui/jobs/bulk", &form, origin).await;
         assert_eq!(res.status(), 403, "{form:?} {origin:?}");
@@ -587,7 +831,13 @@ async fn pages_send_strict_headers_and_refuse_forged_or_foreign_forms() {
     let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/a", None).await;
     assert_eq!(job["status"], "active");
     // With it: done.
-    let res = h.post("/ui/jobs/bulk", &[("action", "pause"), ("job", "a"), ("csrf", &csrf)], Some(&base)).await;
+    let res = h
+        .post(
+            "/ui/jobs/bulk",
+            &[("action", "pause"), ("job", "a"), ("csrf", &csrf)],
+            Some(&base),
+        )
+        .await;
     assert_eq!(res.status(), 303);
     let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/a", None).await;
     assert_eq!(job["status"], "paused");
@@ -608,11 +858,20 @@ async fn pages_send_strict_headers_and_refuse_forged_or_foreign_forms() {
     // Logout ends the session on the server: the old cookie no longer works.
     let res = h.post("/ui/logout", &[("csrf", &csrf)], None).await;
     assert_eq!(res.status(), 303);
-    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
     assert_eq!(h.get("/ui/").await.status(), 303);
     assert_eq!(h.get("/api/jobs/a").await.status(), 401);
     // A login page that would send the user elsewhere afterwards sends them home instead.
-    let res = h.post("/ui/login", &[("secret", &token), ("next", "//evil.example/")], None).await;
+    let res = h
+        .post(
+            "/ui/login",
+            &[("secret", &token), ("next", "//evil.example/")],
+            None,
+        )
+        .await;
     assert_eq!(res.headers()["location"], "/ui/");
 }
 
@@ -623,22 +882,34 @@ async fn the_jobs_table_pages_searches_and_pauses_in_bulk() {
     let (base, token) = cnp.wait_api(&env);
     for i in 0..120 {
         let tag = if i % 2 == 0 { "even" } else { "odd" };
-        api(&base, &token, reqwest::Method::POST, "/api/jobs", Some(json!({
-            "name": format!("job-{i:03}"), "prompt": "x", "tags": [tag],
-            "schedule": { "type": "interval", "every": "1h" },
-        }))).await;
+        api(
+            &base,
+            &token,
+            reqwest::Method::POST,
+            "/api/jobs",
+            Some(json!({
+                "name": format!("job-{i:03}"), "prompt": "x", "tags": [tag],
+                "schedule": { "type": "interval", "every": "1h" },
+            })),
+        )
+        .await;
     }
     let mut h = Http::new(&base);
     h.login(&token).await;
     let page = h.get("/ui/").await.text().await.unwrap();
     assert!(page.contains("page 1 of 3"), "50 a page");
-    assert!(page.contains(">job-000<") && page.contains(">job-049<") && !page.contains(">job-050<"));
+    assert!(
+        page.contains(">job-000<") && page.contains(">job-049<") && !page.contains(">job-050<")
+    );
     let page3 = h.get("/ui/?page=3").await.text().await.unwrap();
     assert!(page3.contains(">job-119<") && !page3.contains(">job-099<"));
     let desc = h.get("/ui/?sort=name&dir=desc").await.text().await.unwrap();
     assert!(desc.find(">job-119<").unwrap() < desc.find(">job-118<").unwrap());
     let found = h.get("/ui/?q=job-01").await.text().await.unwrap();
-    assert!(found.contains("Jobs <span class=\"count\">10</span>"), "job-010 … job-019");
+    assert!(
+        found.contains("Jobs <span class=\"count\">10</span>"),
+        "job-010 … job-019"
+    );
     let odd = h.get("/ui/?tag=odd&q=job-00").await.text().await.unwrap();
     assert!(odd.contains(">job-001<") && !odd.contains(">job-002<"));
     // Search text is data, never SQL or markup.
@@ -649,31 +920,66 @@ async fn the_jobs_table_pages_searches_and_pauses_in_bulk() {
     // Bulk pause of the selected ones, then the status filter shows them.
     let csrf = h.csrf().await;
     let ids: Vec<String> = {
-        let list = api(&base, &token, reqwest::Method::GET, "/api/jobs?tag=even&limit=1000", None).await;
-        list["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect()
+        let list = api(
+            &base,
+            &token,
+            reqwest::Method::GET,
+            "/api/jobs?tag=even&limit=1000",
+            None,
+        )
+        .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_owned())
+            .collect()
     };
     let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("action", "pause")];
     form.extend(ids.iter().map(|i| ("job", i.as_str())));
     assert_eq!(h.post("/ui/jobs/bulk", &form, None).await.status(), 303);
     let paused = h.get("/ui/?status=paused").await.text().await.unwrap();
-    assert!(paused.contains("Jobs <span class=\"count\">60</span>"), "the 60 even ones");
-    let active = api(&base, &token, reqwest::Method::GET, "/api/jobs?status=active&limit=1000", None).await;
+    assert!(
+        paused.contains("Jobs <span class=\"count\">60</span>"),
+        "the 60 even ones"
+    );
+    let active = api(
+        &base,
+        &token,
+        reqwest::Method::GET,
+        "/api/jobs?status=active&limit=1000",
+        None,
+    )
+    .await;
     assert_eq!(active["total"], 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifest_jobs_are_read_only_and_trust_loopback_is_opt_in() {
     let env = Env::new(ConfigOpts::default());
-    env.manifest("report.yaml", "name: from-file\nprompt: hi\nschedule: { type: manual }\n");
+    env.manifest(
+        "report.yaml",
+        "name: from-file\nprompt: hi\nschedule: { type: manual }\n",
+    );
     let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("{config}\n[dashboard]\ntrust_loopback = true\n")).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[dashboard]\ntrust_loopback = true\n"),
+    )
+    .unwrap();
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
     // trust_loopback: a browser on this machine is logged in without the token …
     let h = Http::new(&base);
     let res = h.get("/ui/").await;
     assert_eq!(res.status(), 200);
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let cookie = res.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
     // … but not through a name that is not loopback (DNS rebinding).
     let res = h
         .http
@@ -683,31 +989,71 @@ async fn manifest_jobs_are_read_only_and_trust_loopback_is_opt_in() {
         .await
         .unwrap();
     assert_eq!(res.status(), 303);
-    let h = Http { cookie: Some(cookie), ..Http::new(&base) };
-    let job = api(&base, &token, reqwest::Method::GET, "/api/jobs/from-file", None).await;
+    let h = Http {
+        cookie: Some(cookie),
+        ..Http::new(&base)
+    };
+    let job = api(
+        &base,
+        &token,
+        reqwest::Method::GET,
+        "/api/jobs/from-file",
+        None,
+    )
+    .await;
     let id = job["id"].as_str().unwrap();
     let page = h.get(&format!("/ui/jobs/{id}")).await.text().await.unwrap();
-    assert!(page.contains("report.yaml") && !page.contains("/edit\">Edit"), "read-only: names its file");
+    assert!(
+        page.contains("report.yaml") && !page.contains("/edit\">Edit"),
+        "read-only: names its file"
+    );
     let csrf = h.csrf().await;
-    let res = h.post(&format!("/ui/jobs/{id}/edit"), &[("csrf", &csrf), ("name", "x")], None).await;
+    let res = h
+        .post(
+            &format!("/ui/jobs/{id}/edit"),
+            &[("csrf", &csrf), ("name", "x")],
+            None,
+        )
+        .await;
     assert_eq!(res.status(), 400);
     assert!(res.text().await.unwrap().contains("report.yaml"));
-    let res = h.post(&format!("/ui/jobs/{id}/delete"), &[("csrf", &csrf)], None).await;
+    let res = h
+        .post(&format!("/ui/jobs/{id}/delete"), &[("csrf", &csrf)], None)
+        .await;
     assert_eq!(res.status(), 400);
-    assert_eq!(api(&base, &token, reqwest::Method::GET, "/api/jobs/from-file", None).await["name"], "from-file");
+    assert_eq!(
+        api(
+            &base,
+            &token,
+            reqwest::Method::GET,
+            "/api/jobs/from-file",
+            None
+        )
+        .await["name"],
+        "from-file"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_dashboard_serves_nothing() {
     let env = Env::new(ConfigOpts::default());
     let config = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("{config}\n[dashboard]\nenabled = false\n")).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{config}\n[dashboard]\nenabled = false\n"),
+    )
+    .unwrap();
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
     let h = Http::new(&base);
     assert_eq!(h.get("/ui/login").await.status(), 404);
     assert_eq!(h.get("/").await.status(), 404);
-    let res = reqwest::Client::new().get(format!("{base}/ui/")).bearer_auth(&token).send().await.unwrap();
+    let res = reqwest::Client::new()
+        .get(format!("{base}/ui/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 404);
 }
 
@@ -719,9 +1065,21 @@ async fn screenshots() {
     let env = Env::new(ConfigOpts::default());
     let (_cnp, base, token, browser) = setup(&env).await;
     let jobs = [
-        ("Nightly review", json!({"type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin"}), "ok"),
-        ("Triage failing tests", json!({"type": "cron", "expression": "30 7 * * 1-5", "timezone": "America/New_York"}), "ok"),
-        ("Dependency audit", json!({"type": "interval", "every": "6h"}), "error"),
+        (
+            "Nightly review",
+            json!({"type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin"}),
+            "ok",
+        ),
+        (
+            "Triage failing tests",
+            json!({"type": "cron", "expression": "30 7 * * 1-5", "timezone": "America/New_York"}),
+            "ok",
+        ),
+        (
+            "Dependency audit",
+            json!({"type": "interval", "every": "6h"}),
+            "error",
+        ),
         ("Release notes", json!({"type": "manual"}), "ok"),
     ];
     let mut last = String::new();
@@ -732,7 +1090,14 @@ async fn screenshots() {
         }))).await;
         let id = job["id"].as_str().unwrap().to_owned();
         for _ in 0..4 {
-            let e = api(&base, &token, reqwest::Method::POST, &format!("/api/jobs/{id}/execute"), None).await;
+            let e = api(
+                &base,
+                &token,
+                reqwest::Method::POST,
+                &format!("/api/jobs/{id}/execute"),
+                None,
+            )
+            .await;
             last = e["execution_id"].as_str().unwrap().to_owned();
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -744,7 +1109,11 @@ async fn screenshots() {
         .run("screenshots", |c| async move {
             login(&c, &base, &token).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            std::fs::write(out.join("dashboard-jobs.png"), c.screenshot().await.unwrap()).unwrap();
+            std::fs::write(
+                out.join("dashboard-jobs.png"),
+                c.screenshot().await.unwrap(),
+            )
+            .unwrap();
             c.goto(&format!("{base}/ui/runs/{last}")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
             std::fs::write(out.join("dashboard-run.png"), c.screenshot().await.unwrap()).unwrap();

@@ -264,6 +264,37 @@ pub struct JobFlags {
     /// Drop the job's own retry policy (the service's `[retry]` defaults apply again).
     #[arg(long, conflicts_with_all = ["max_attempts", "retry_strategy", "retry_delay", "on_interrupt"])]
     pub no_retry: bool,
+    /// An upstream job whose run's end starts this one: `NAME` (on success) or
+    /// `NAME:success|failure|completed|always` (repeatable; on update, replaces the list).
+    #[arg(long = "depends-on", value_parser = parse_dependency)]
+    pub depends_on: Vec<crate::model::Dependency>,
+    /// With several `--depends-on`: the first satisfied one starts the run (default: all must
+    /// be).
+    #[arg(long)]
+    pub any_of: bool,
+    /// Drop the job's upstreams.
+    #[arg(long, conflicts_with_all = ["depends_on", "any_of"])]
+    pub no_depends_on: bool,
+}
+
+/// `NAME` or `NAME:on`.
+fn parse_dependency(s: &str) -> Result<crate::model::Dependency, String> {
+    let (job, on) = match s.rsplit_once(':') {
+        Some((j, on)) if matches!(on, "success" | "failure" | "completed" | "always") => {
+            (j, parse_snake::<crate::model::DependOn>(on)?)
+        }
+        _ => (s, crate::model::DependOn::Success),
+    };
+    if job.trim().is_empty() {
+        return Err(format!(
+            "`{s}`: give a job name (NAME or NAME:success|failure|completed|always)"
+        ));
+    }
+    Ok(crate::model::Dependency {
+        job: job.trim().to_owned(),
+        on,
+        when: None,
+    })
 }
 
 /// A snake_case enum value as the manifest writes it (`exponential_backoff`).
@@ -275,6 +306,16 @@ fn parse_snake<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 impl JobFlags {
     /// Applies the given flags to `spec` (unspecified ones leave it as it is).
     pub fn apply(&self, spec: &mut JobSpec) -> anyhow::Result<()> {
+        if self.no_depends_on {
+            spec.depends_on = Default::default();
+        } else if !self.depends_on.is_empty() {
+            spec.depends_on = crate::model::DependsOn {
+                any: self.any_of,
+                edges: self.depends_on.clone(),
+            };
+        } else if self.any_of {
+            spec.depends_on.any = true;
+        }
         if let Some(id) = &self.prompt_id {
             spec.prompt_id = Some(id.clone());
             spec.prompt = None;

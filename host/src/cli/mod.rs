@@ -13,6 +13,7 @@ mod output;
 mod prompt;
 mod status;
 mod watch;
+mod workflow;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,6 +91,9 @@ pub enum Command {
     /// Stored prompts on the running service.
     #[command(subcommand)]
     Prompt(prompt::PromptCommand),
+    /// Workflow passes on the running service (jobs started by their upstreams).
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
     /// The running service: engine, queue, cooldown, manifest and plugin errors.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -116,6 +120,7 @@ impl Command {
             self,
             Command::Job(_)
                 | Command::Prompt(_)
+                | Command::Workflow(_)
                 | Command::Status { .. }
                 | Command::Cooldown { .. }
                 | Command::Plugin(PluginCommand::List { .. })
@@ -209,6 +214,7 @@ fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Job(cmd) => job::run(&client, cmd).await,
             Command::Prompt(cmd) => prompt::run(&client, cmd).await,
+            Command::Workflow(cmd) => workflow::run(&client, cmd).await,
             Command::Status { format } => status::status(&client, format).await,
             Command::Cooldown { action, format } => {
                 status::cooldown(
@@ -241,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Job(_)
         | Command::Prompt(_)
+        | Command::Workflow(_)
         | Command::Status { .. }
         | Command::Cooldown { .. }
         | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),
@@ -299,10 +306,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(crate::service::run(
-                config,
-                crate::service::shutdown_signal(),
-            ))?;
+            // Signal handlers first, before anything starts (see `shutdown_signal`).
+            let signals = {
+                let _rt = rt.enter();
+                crate::service::shutdown_signal()
+            };
+            rt.block_on(crate::service::run(config, signals))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -310,6 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
     let mut failed = false;
+    let mut all = Vec::new();
     for target in targets {
         let files = if target.is_dir() {
             match crate::manifest::manifest_files(target) {
@@ -326,6 +336,7 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
         for f in files {
             match crate::manifest::load_manifest(&f, tz) {
                 Ok(jobs) => {
+                    all.extend(jobs.iter().map(|(s, _)| s.clone()));
                     println!("{}: ok ({} job(s))", f.display(), jobs.len());
                     let now = chrono::Utc::now();
                     let cache = crate::schedule::CronCache::new();
@@ -350,11 +361,79 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
             }
         }
     }
+    if !failed {
+        failed |= !print_dag(&all);
+    }
     if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Prints the workflow graph of the checked manifests (upstream → downstream, with each edge's
+/// `on`/`when`), and refuses unknown upstreams and cycles as the service would. Upstreams not
+/// in these files may exist on the service (made through the API): they are noted, not refused.
+fn print_dag(jobs: &[crate::manifest::JobSpec]) -> bool {
+    use crate::workflow::{Graph, Node};
+    let with_deps: Vec<&crate::manifest::JobSpec> =
+        jobs.iter().filter(|s| !s.depends_on.is_empty()).collect();
+    if with_deps.is_empty() {
+        return true;
+    }
+    let names: std::collections::HashSet<&str> = jobs.iter().map(|s| s.name.trim()).collect();
+    let mut graph = Graph::default();
+    let mut ok = true;
+    println!("workflow graph:");
+    for s in &with_deps {
+        let name = s.name.trim();
+        let ups: Vec<String> = s
+            .depends_on
+            .edges
+            .iter()
+            .map(|e| e.job.trim().to_owned())
+            .collect();
+        if let Some(cycle) = graph.cycle_with(name, &ups) {
+            eprintln!(
+                "error: job `{name}`: depends_on: would make a cycle: {}",
+                cycle.join(" → ")
+            );
+            ok = false;
+            continue;
+        }
+        graph.set(
+            name,
+            Some(Node {
+                name: name.to_owned(),
+                any: s.depends_on.any,
+                edges: s
+                    .depends_on
+                    .edges
+                    .iter()
+                    .map(|e| (e.job.trim().to_owned(), e.clone()))
+                    .collect(),
+            }),
+        );
+        let mode = if s.depends_on.any { " (any of)" } else { "" };
+        for e in &s.depends_on.edges {
+            let when = e
+                .when
+                .as_deref()
+                .map(|w| format!(" when {w}"))
+                .unwrap_or_default();
+            let note = if names.contains(e.job.trim()) {
+                ""
+            } else {
+                "  (not in these files: must exist on the service)"
+            };
+            println!(
+                "  {} → {name}  [{}{when}]{mode}{note}",
+                e.job.trim(),
+                e.on.as_str()
+            );
+        }
+    }
+    ok
 }
 
 async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {

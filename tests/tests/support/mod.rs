@@ -67,9 +67,15 @@ pub fn cnp_bin() -> &'static Path {
         // again in the next plain `cargo test`: the inner build gets the outer one's view.
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
-            if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_CFG_"]
-                .iter()
-                .any(|p| k.starts_with(p))
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_CFG_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
                 || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*k)
             {
                 build.env_remove(&*k);
