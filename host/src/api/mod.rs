@@ -19,6 +19,7 @@ mod openapi;
 mod prompts;
 mod session;
 mod system;
+mod templates;
 mod ws;
 
 use std::net::SocketAddr;
@@ -226,6 +227,20 @@ pub fn router(state: ApiState) -> Router {
             get(prompts::show)
                 .put(prompts::update)
                 .delete(prompts::delete),
+        )
+        .route(
+            "/api/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/api/templates/{name}",
+            get(templates::show)
+                .put(templates::update)
+                .delete(templates::delete),
+        )
+        .route(
+            "/api/templates/{name}/instantiate",
+            post(templates::instantiate),
         )
         .route("/api/plugins", get(system::plugins))
         .route("/api/status", get(system::status))

@@ -6,10 +6,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{atomic, from_json, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 
-const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
+pub(super) const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
     execution_options, retry_config, notification_config, resource_limits, tags, source, \
     execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
-    created_at, updated_at";
+    created_at, updated_at, template_use";
 
 /// What the engine needs of a job to schedule it (read at start-up, one row at a time).
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
     (sql, args)
 }
 
-fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
+pub(super) fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
     let schedule: crate::model::Schedule = from_json(&r.get::<_, String>(4)?, "jobs.schedule")?;
     let status: String = r.get(5)?;
     let execution_count: i64 = r.get(13)?;
@@ -151,6 +151,7 @@ fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
         last_run_time: opt_from_ms(r.get(18)?),
         created_at: from_ms(r.get(19)?),
         updated_at: from_ms(r.get(20)?),
+        template: opt_json(r, 21, "jobs.template_use")?,
     })
 }
 
@@ -168,8 +169,9 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
             execution_options, retry_config, notification_config, resource_limits, tags, source,
-            next_run_time, last_slot, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            next_run_time, last_slot, created_at, updated_at, template, template_use)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19)",
         params![
             job.id,
             job.name,
@@ -188,6 +190,8 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             to_ms(job.created_at),
             to_ms(job.created_at),
             to_ms(job.updated_at),
+            job.template.as_ref().map(|t| t.name.clone()),
+            job.template.as_ref().map(to_json),
         ],
     );
     map_constraint(r, job)?;
@@ -246,7 +250,7 @@ impl Store {
                     priority = ?7, execution_options = ?8, retry_config = ?9,
                     notification_config = ?10, resource_limits = ?11, tags = ?12, source = ?13,
                     next_run_time = ?14, updated_at = ?15,
-                    last_slot = COALESCE(?16, last_slot)
+                    last_slot = COALESCE(?16, last_slot), template = ?17, template_use = ?18
                  WHERE id = ?1",
                 params![
                     job.id,
@@ -265,6 +269,8 @@ impl Store {
                     job.next_run_time.map(to_ms),
                     to_ms(job.updated_at),
                     reset_slot.map(to_ms),
+                    job.template.as_ref().map(|t| t.name.clone()),
+                    job.template.as_ref().map(to_json),
                 ],
             );
             if map_constraint(r, &job)? == 0 {

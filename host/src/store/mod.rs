@@ -15,6 +15,7 @@ mod hooks;
 mod jobs;
 mod notifications;
 mod schema;
+mod templates;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
