@@ -144,7 +144,8 @@ pub struct JobTemplate {
 impl JobTemplate {
     /// Whether a definition says the same as this stored template.
     pub fn same_as(&self, def: &TemplateDef) -> bool {
-        self.description == def.description && self.vars == def.vars && self.job == def.job
+        let description = def.description.as_ref().filter(|d| !d.trim().is_empty());
+        self.description.as_ref() == description && self.vars == def.vars && self.job == def.job
     }
 }
 

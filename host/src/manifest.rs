@@ -897,6 +897,130 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
         assert!(parse("42\n").is_err());
     }
 
+    fn review_template() -> crate::job_template::JobTemplate {
+        let (name, def) = crate::job_template::parse_template_file(
+            "vars: { repo: {}, branch: { default: main } }\n\
+             job: { prompt: \"Review {{ branch }} of {{ repo }}\", priority: 6 }\n",
+            Path::new("jobs/templates/review.yaml"),
+        )
+        .unwrap();
+        def.into_template(&name, Some("jobs/templates/review.yaml".into()), Utc::now())
+            .unwrap()
+    }
+
+    const MIXED: &str = "\
+- name: plain
+  prompt: hi
+- name: from-template
+  template: review
+  vars: { repo: /src/x, branch: dev }
+  priority: 9
+- name: missing-var
+  template: review
+  vars:
+    branch: dev
+";
+
+    #[test]
+    fn entries_with_a_template_are_rendered_with_it() {
+        let entries =
+            parse_manifest_entries(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert!(matches!(&entries[0], ManifestEntry::Job(s, _) if s.name == "plain"));
+        let ManifestEntry::Templated(t) = &entries[1] else {
+            panic!("{:?}", entries[1]);
+        };
+        assert_eq!(t.template, "review");
+        assert_eq!(t.vars["repo"].0, "/src/x");
+        assert_eq!(t.overrides["priority"], serde_json::json!(9));
+        let (spec, usage) = render_entry(
+            t,
+            &review_template(),
+            MIXED,
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "from-template");
+        assert_eq!(spec.prompt.as_deref(), Some("Review dev of /src/x"));
+        assert_eq!(spec.priority, 9, "the override wins");
+        assert_eq!(usage.name, "review");
+        assert_eq!(usage.vars["branch"], "dev");
+    }
+
+    #[test]
+    fn a_missing_variable_names_the_file_job_var_and_line() {
+        let entries =
+            parse_manifest_entries(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[2] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            MIXED,
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("jobs/x.yaml:8: "), "{e}");
+        assert!(e.message.contains("job `missing-var`"), "{e}");
+        assert!(e.message.contains("vars.repo"), "{e}");
+        // An unknown variable is named with its line.
+        let text = "name: a\ntemplate: review\nvars:\n  repo: x\n  colour: red\n";
+        let entries =
+            parse_manifest_entries(text, Path::new("jobs/y.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[0] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            text,
+            Path::new("jobs/y.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("vars.colour"), "{e}");
+        // A rendered job that is invalid names the field.
+        let text = "name: a\ntemplate: review\nvars: { repo: x }\npriority: 0\n";
+        let entries =
+            parse_manifest_entries(text, Path::new("jobs/y.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[0] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            text,
+            Path::new("jobs/y.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn plain_jobs_beside_templated_ones_keep_their_error_lines() {
+        let text = "- name: t\n  template: review\n- name: p\n  prompt: hi\n  execution:\n    timeout_secs: 5\n";
+        let e = parse_manifest_entries(text, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("timeout_secs"), "{e}");
+        let e = parse_manifest_entries(
+            "name: t\ntemplate: \"../x\"\n",
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("template"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        // Single-job readers (job create --file, batch-create) say what to do instead.
+        let e = parse_manifest(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap_err();
+        assert!(e.message.contains("cnp template instantiate"), "{e}");
+    }
+
     #[test]
     fn manifest_file_names() {
         assert!(is_manifest_file(Path::new("a/b.yaml")));

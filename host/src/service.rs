@@ -317,6 +317,8 @@ pub struct SyncReport {
     pub updated: Vec<String>,
     pub unchanged: Vec<String>,
     pub deleted: Vec<String>,
+    /// Jobs made through the API from a template, updated because the template changed.
+    pub rerendered: Vec<String>,
     /// Files (or jobs) that could not be applied; their last good state stays in force.
     pub errors: Vec<String>,
 }
@@ -332,6 +334,7 @@ impl SyncReport {
             ("created", &self.created),
             ("updated", &self.updated),
             ("deleted", &self.deleted),
+            ("re-rendered from its template", &self.rerendered),
         ] {
             for n in names {
                 tracing::info!(folder = %dir.display(), job = %n, "manifest job {what}");
@@ -419,8 +422,7 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
             }
         }
     }
-    let rerendered = templates::rerender_api_jobs(engine, &mut report.errors).await;
-    report.updated.extend(rerendered);
+    report.rerendered = templates::rerender_api_jobs(engine, &mut report.errors).await;
     templates::remove_stale_templates(engine, &template_dir, &template_files, &mut report.errors)
         .await;
     report
