@@ -412,3 +412,50 @@ async fn templates_through_the_api_and_the_cli() {
     assert_eq!(page["total"], 0, "{page}");
     cnp.assert_running();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_leaves_jobs_made_from_templates_alone() {
+    let env = Env::new(ConfigOpts::default());
+    env.enable_api();
+    write_template(&env, "review", &review_template("Review"));
+    env.manifest(
+        "reviews.yaml",
+        "name: review-x\ntemplate: review\nvars: { repo: /src/x }\n",
+    );
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let api = Api {
+        base,
+        token,
+        http: reqwest::Client::new(),
+    };
+    let (s, made) = api
+        .post(
+            "/api/templates/review/instantiate",
+            json!({"name": "review-api", "vars": {"repo": "/src/api"}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let (_, file_job) = api.get("/api/jobs/review-x").await;
+    // (read back: the store keeps milliseconds)
+    let (_, made) = api.get("/api/jobs/review-api").await;
+
+    cnp.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(cnp.wait_exit(DEADLINE).success());
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let api = Api {
+        base,
+        token,
+        http: reqwest::Client::new(),
+    };
+    let log = cnp.log();
+    assert!(log.contains("unchanged=1") && log.contains("errors=0"), "{log}");
+    assert!(!log.contains("re-rendered"), "{log}");
+    let (_, again) = api.get("/api/jobs/review-x").await;
+    assert_eq!(again["updated_at"], file_job["updated_at"]);
+    assert_eq!(again["template"], file_job["template"]);
+    let (_, again) = api.get("/api/jobs/review-api").await;
+    assert_eq!(again["updated_at"], made["updated_at"]);
+    assert_eq!(again["prompt"], "Review main of /src/api");
+}
