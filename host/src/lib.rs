@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod events;
 pub mod executor;
+pub mod job_template;
 pub mod manifest;
 pub mod model;
 pub mod notify;

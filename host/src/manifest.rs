@@ -490,21 +490,153 @@ pub struct ManifestError {
     pub message: String,
 }
 
+/// A job made from a job template: a manifest entry with `template:` (docs/workflows.md).
+/// Every other key is a top-level job field that replaces the template's.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TemplatedJob {
+    pub name: String,
+    pub template: String,
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, crate::job_template::VarValue>,
+    #[serde(flatten)]
+    pub overrides: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl TemplatedJob {
+    /// What the job remembers of its template.
+    pub fn usage(&self) -> crate::model::TemplateUse {
+        crate::model::TemplateUse {
+            name: self.template.trim().to_owned(),
+            vars: crate::job_template::var_texts(self.vars.clone()),
+            overrides: self.overrides.clone(),
+        }
+    }
+}
+
+/// One entry of a manifest file.
+// Parsed once per file and consumed at once: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManifestEntry {
+    /// A job defined in full, validated.
+    Job(JobSpec, Schedule),
+    /// A job made from a template: rendered (and validated) once the template is known.
+    Templated(TemplatedJob),
+}
+
+impl ManifestEntry {
+    pub fn name(&self) -> &str {
+        match self {
+            ManifestEntry::Job(s, _) => &s.name,
+            ManifestEntry::Templated(t) => &t.name,
+        }
+    }
+}
+
+/// Deserializes one entry as a full job or as a templated job (decided beforehand from its keys,
+/// so that errors keep their line numbers).
+struct EntrySeed(bool);
+
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum RawEntry {
+    Job(JobSpec),
+    Templated(TemplatedJob),
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntrySeed {
+    type Value = RawEntry;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<RawEntry, D::Error> {
+        if self.0 {
+            TemplatedJob::deserialize(d).map(RawEntry::Templated)
+        } else {
+            JobSpec::deserialize(d).map(RawEntry::Job)
+        }
+    }
+}
+
+/// A list of entries, each with its own seed.
+struct EntriesSeed(Vec<bool>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for EntriesSeed {
+    type Value = Vec<RawEntry>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<RawEntry>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EntriesSeed {
+    type Value = Vec<RawEntry>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of jobs")
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<Vec<RawEntry>, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let templated = self.0.get(out.len()).copied().unwrap_or(false);
+            match seq.next_element_seed(EntrySeed(templated))? {
+                Some(e) => out.push(e),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+fn is_templated(v: &serde_yaml_ng::Value) -> bool {
+    v.as_mapping().is_some_and(|m| m.contains_key("template"))
+}
+
 /// Parses a manifest file's text: one job (a mapping) or several (a sequence), each validated.
+/// Jobs made from a template (`template:`) are refused here: they need the template
+/// ([`parse_manifest_entries`]).
 pub fn parse_manifest(
     text: &str,
     path: &Path,
     default_tz: chrono_tz::Tz,
 ) -> Result<Vec<(JobSpec, Schedule)>, ManifestError> {
+    parse_manifest_entries(text, path, default_tz)?
+        .into_iter()
+        .map(|e| match e {
+            ManifestEntry::Job(spec, schedule) => Ok((spec, schedule)),
+            ManifestEntry::Templated(t) => Err(ManifestError {
+                path: path.to_owned(),
+                line: find_line(text, &t.name, "template"),
+                message: format!(
+                    "job `{}`: template: jobs made from a template are loaded from the manifest \
+                     folder or made with `cnp template instantiate`",
+                    t.name
+                ),
+            }),
+        })
+        .collect()
+}
+
+/// Parses a manifest file's text into its entries: full jobs validated, templated jobs checked
+/// for a name and a template name (their rendering needs the template).
+pub fn parse_manifest_entries(
+    text: &str,
+    path: &Path,
+    default_tz: chrono_tz::Tz,
+) -> Result<Vec<ManifestEntry>, ManifestError> {
     let yaml_err = |e: serde_yaml_ng::Error| ManifestError {
         path: path.to_owned(),
         line: e.location().map(|l| l.line()),
         message: e.to_string(),
     };
+    use serde::de::DeserializeSeed;
     let shape: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(yaml_err)?;
-    let specs: Vec<JobSpec> = match shape {
-        serde_yaml_ng::Value::Sequence(_) => serde_yaml_ng::from_str(text).map_err(yaml_err)?,
-        serde_yaml_ng::Value::Mapping(_) => vec![serde_yaml_ng::from_str(text).map_err(yaml_err)?],
+    let raw: Vec<RawEntry> = match &shape {
+        serde_yaml_ng::Value::Sequence(items) => {
+            let seed = EntriesSeed(items.iter().map(is_templated).collect());
+            seed.deserialize(serde_yaml_ng::Deserializer::from_str(text))
+                .map_err(yaml_err)?
+        }
+        serde_yaml_ng::Value::Mapping(_) => vec![EntrySeed(is_templated(&shape))
+            .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+            .map_err(yaml_err)?],
         serde_yaml_ng::Value::Null => Vec::new(),
         _ => {
             return Err(ManifestError {
@@ -515,28 +647,87 @@ pub fn parse_manifest(
         }
     };
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(specs.len());
-    for (i, spec) in specs.into_iter().enumerate() {
-        let label = if spec.name.trim().is_empty() {
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, entry) in raw.into_iter().enumerate() {
+        let name = match &entry {
+            RawEntry::Job(s) => s.name.clone(),
+            RawEntry::Templated(t) => t.name.clone(),
+        };
+        let label = if name.trim().is_empty() {
             format!("job #{}", i + 1)
         } else {
-            format!("job `{}`", spec.name)
+            format!("job `{name}`")
         };
-        let schedule = spec.validate(default_tz).map_err(|e| ManifestError {
+        let fail = |e: SpecError| ManifestError {
             path: path.to_owned(),
-            line: find_line(text, &spec.name, &e.field),
+            line: find_line(text, &name, &e.field),
             message: format!("{label}: {e}"),
-        })?;
-        if !seen.insert(spec.name.trim().to_owned()) {
+        };
+        let entry = match entry {
+            RawEntry::Job(spec) => {
+                let schedule = spec.validate(default_tz).map_err(fail)?;
+                ManifestEntry::Job(spec.normalized(), schedule)
+            }
+            RawEntry::Templated(t) => {
+                if t.name.trim().is_empty() {
+                    return Err(fail(err("name", "must not be empty")));
+                }
+                crate::job_template::check_name(t.template.trim()).map_err(|e| {
+                    fail(SpecError {
+                        field: "template".into(),
+                        message: e.message,
+                    })
+                })?;
+                ManifestEntry::Templated(t)
+            }
+        };
+        if !seen.insert(name.trim().to_owned()) {
             return Err(ManifestError {
                 path: path.to_owned(),
-                line: find_line(text, &spec.name, "name"),
+                line: find_line(text, &name, "name"),
                 message: format!("{label}: name: defined twice in this file"),
             });
         }
-        out.push((spec.normalized(), schedule));
+        out.push(entry);
     }
     Ok(out)
+}
+
+/// Renders a templated entry of the manifest file `path` (text `text`) with `template` and
+/// validates the result; errors name the file, the line when known, the job and the field.
+pub fn render_entry(
+    entry: &TemplatedJob,
+    template: &crate::job_template::JobTemplate,
+    text: &str,
+    path: &Path,
+    default_tz: chrono_tz::Tz,
+) -> Result<(JobSpec, crate::model::TemplateUse), ManifestError> {
+    let usage = entry.usage();
+    let name = entry.name.trim();
+    let fail = |e: SpecError| {
+        // Errors inside the template's own strings point at the template, not this file.
+        let origin = if e.field.starts_with("job.") || e.field == "job" {
+            format!(
+                " (template `{}`{})",
+                template.name,
+                template
+                    .source
+                    .as_deref()
+                    .map(|s| format!(", {s}"))
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
+        ManifestError {
+            path: path.to_owned(),
+            line: find_line(text, name, &e.field).or_else(|| find_line(text, name, "template")),
+            message: format!("job `{name}`: {e}{origin}"),
+        }
+    };
+    let spec = crate::job_template::render(template, name, &usage).map_err(fail)?;
+    spec.validate(default_tz).map_err(fail)?;
+    Ok((spec.normalized(), usage))
 }
 
 /// Best-effort line of `field` (its last path segment) in the job named `name`.
@@ -560,6 +751,20 @@ fn find_line(text: &str, name: &str, field: &str) -> Option<usize> {
                 || l.contains(&format!("{{{pat_inline}"))
         })
         .map(|(i, _)| i + 1)
+}
+
+/// Reads one manifest file: its text and its entries.
+pub fn load_manifest_entries(
+    path: &Path,
+    default_tz: chrono_tz::Tz,
+) -> Result<(String, Vec<ManifestEntry>), ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        path: path.to_owned(),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let entries = parse_manifest_entries(&text, path, default_tz)?;
+    Ok((text, entries))
 }
 
 /// Reads and parses one manifest file.
@@ -743,6 +948,130 @@ resource_limits: { max_memory_mb: 512, max_cpu_percent: 50.0 }
         assert!(parse("").unwrap().is_empty());
         assert!(parse("# nothing\n").unwrap().is_empty());
         assert!(parse("42\n").is_err());
+    }
+
+    fn review_template() -> crate::job_template::JobTemplate {
+        let (name, def) = crate::job_template::parse_template_file(
+            "vars: { repo: {}, branch: { default: main } }\n\
+             job: { prompt: \"Review {{ branch }} of {{ repo }}\", priority: 6 }\n",
+            Path::new("jobs/templates/review.yaml"),
+        )
+        .unwrap();
+        def.into_template(&name, Some("jobs/templates/review.yaml".into()), Utc::now())
+            .unwrap()
+    }
+
+    const MIXED: &str = "\
+- name: plain
+  prompt: hi
+- name: from-template
+  template: review
+  vars: { repo: /src/x, branch: dev }
+  priority: 9
+- name: missing-var
+  template: review
+  vars:
+    branch: dev
+";
+
+    #[test]
+    fn entries_with_a_template_are_rendered_with_it() {
+        let entries =
+            parse_manifest_entries(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert!(matches!(&entries[0], ManifestEntry::Job(s, _) if s.name == "plain"));
+        let ManifestEntry::Templated(t) = &entries[1] else {
+            panic!("{:?}", entries[1]);
+        };
+        assert_eq!(t.template, "review");
+        assert_eq!(t.vars["repo"].0, "/src/x");
+        assert_eq!(t.overrides["priority"], serde_json::json!(9));
+        let (spec, usage) = render_entry(
+            t,
+            &review_template(),
+            MIXED,
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "from-template");
+        assert_eq!(spec.prompt.as_deref(), Some("Review dev of /src/x"));
+        assert_eq!(spec.priority, 9, "the override wins");
+        assert_eq!(usage.name, "review");
+        assert_eq!(usage.vars["branch"], "dev");
+    }
+
+    #[test]
+    fn a_missing_variable_names_the_file_job_var_and_line() {
+        let entries =
+            parse_manifest_entries(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[2] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            MIXED,
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("jobs/x.yaml:8: "), "{e}");
+        assert!(e.message.contains("job `missing-var`"), "{e}");
+        assert!(e.message.contains("vars.repo"), "{e}");
+        // An unknown variable is named with its line.
+        let text = "name: a\ntemplate: review\nvars:\n  repo: x\n  colour: red\n";
+        let entries =
+            parse_manifest_entries(text, Path::new("jobs/y.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[0] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            text,
+            Path::new("jobs/y.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("vars.colour"), "{e}");
+        // A rendered job that is invalid names the field.
+        let text = "name: a\ntemplate: review\nvars: { repo: x }\npriority: 0\n";
+        let entries =
+            parse_manifest_entries(text, Path::new("jobs/y.yaml"), chrono_tz::UTC).unwrap();
+        let ManifestEntry::Templated(t) = &entries[0] else {
+            panic!();
+        };
+        let e = render_entry(
+            t,
+            &review_template(),
+            text,
+            Path::new("jobs/y.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.message.contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn plain_jobs_beside_templated_ones_keep_their_error_lines() {
+        let text = "- name: t\n  template: review\n- name: p\n  prompt: hi\n  execution:\n    timeout_secs: 5\n";
+        let e = parse_manifest_entries(text, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap_err();
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.message.contains("timeout_secs"), "{e}");
+        let e = parse_manifest_entries(
+            "name: t\ntemplate: \"../x\"\n",
+            Path::new("jobs/x.yaml"),
+            chrono_tz::UTC,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("template"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        // Single-job readers (job create --file, batch-create) say what to do instead.
+        let e = parse_manifest(MIXED, Path::new("jobs/x.yaml"), chrono_tz::UTC).unwrap_err();
+        assert!(e.message.contains("cnp template instantiate"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Job {
     /// Where the job was defined: `None` for jobs made through the CLI/API, or the manifest file
     /// that owns it.
     pub source: Option<String>,
+    /// The job template this job was made from, with its variables; `None` for jobs defined
+    /// directly. A change to the template re-renders the job (docs/workflows.md).
+    #[serde(default)]
+    pub template: Option<TemplateUse>,
     pub execution_count: u64,
     pub failure_count: u64,
     pub avg_execution_time_ms: f64,
@@ -362,6 +366,21 @@ fn yes() -> bool {
 pub struct ResourceLimits {
     pub max_memory_mb: Option<u64>,
     pub max_cpu_percent: Option<f64>,
+}
+
+/// How a job was made from a job template: which template, the values of its variables, and
+/// the job fields given beside the template that replace the template's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct TemplateUse {
+    /// The template's name.
+    pub name: String,
+    /// Variable values by name (the template's defaults fill in the rest).
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    /// Top-level job fields that replace the template's (`priority`, `schedule`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, serde_json::Value>,
 }
 
 /// A stored prompt that jobs refer to by id.

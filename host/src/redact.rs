@@ -96,6 +96,23 @@ pub fn restore_value(new: &mut Value, old: &Value) {
     }
 }
 
+impl crate::model::TemplateUse {
+    /// Secret-named variables and secrets in the overrides replaced by [`MARK`].
+    pub fn redact(&mut self) {
+        for (k, v) in self.vars.iter_mut() {
+            if is_secret_key(k) {
+                *v = MARK.to_owned();
+            }
+        }
+        let mut overrides =
+            Value::Object(std::mem::take(&mut self.overrides).into_iter().collect());
+        redact_value(&mut overrides);
+        if let Value::Object(m) = overrides {
+            self.overrides = m.into_iter().collect();
+        }
+    }
+}
+
 impl Job {
     /// The job as the API shows it: secrets in notification channels, plugin configurations and
     /// the environment replaced by [`MARK`].
@@ -119,6 +136,9 @@ impl Job {
             if is_secret_key(k) {
                 *v = MARK.to_owned();
             }
+        }
+        if let Some(t) = &mut self.template {
+            t.redact();
         }
         self
     }

@@ -14,9 +14,11 @@ use crate::engine::{Engine, EngineError, EngineSettings};
 use crate::events::EventBus;
 use crate::executor::{ClaudeRunner, ExecutorSettings, Runner};
 use crate::manifest::{self, JobSpec, ManifestError, ScheduleSpec};
-use crate::model::{Job, JobStatus, Prompt};
+use crate::model::{Job, JobStatus, Prompt, TemplateUse};
 use crate::plugins::PluginHost;
 use crate::store::{JobFilter, Store};
+
+pub mod templates;
 
 /// Executor settings from the config.
 pub fn executor_settings(config: &Config) -> ExecutorSettings {
@@ -233,6 +235,8 @@ pub struct ManifestStatus {
     /// Jobs defined by the folder's files after the last sync.
     pub jobs: usize,
     pub prompts: usize,
+    /// Templates defined by `templates/` files.
+    pub templates: usize,
     /// One message per problem: `file:line: job `x`: field: what is wrong`.
     pub errors: Vec<String>,
 }
@@ -252,6 +256,7 @@ impl SharedManifestStatus {
             last_sync: Some(at),
             jobs: report.created.len() + report.updated.len() + report.unchanged.len(),
             prompts: report.prompts,
+            templates: report.templates,
             errors: report.errors.clone(),
         };
     }
@@ -307,10 +312,14 @@ pub fn watch_manifest_dir(
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub prompts: usize,
+    /// Templates defined by `templates/` files (in force, changed or not).
+    pub templates: usize,
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub unchanged: Vec<String>,
     pub deleted: Vec<String>,
+    /// Jobs made through the API from a template, updated because the template changed.
+    pub rerendered: Vec<String>,
     /// Files (or jobs) that could not be applied; their last good state stays in force.
     pub errors: Vec<String>,
 }
@@ -326,6 +335,7 @@ impl SyncReport {
             ("created", &self.created),
             ("updated", &self.updated),
             ("deleted", &self.deleted),
+            ("re-rendered from its template", &self.rerendered),
         ] {
             for n in names {
                 tracing::info!(folder = %dir.display(), job = %n, "manifest job {what}");
@@ -340,6 +350,7 @@ impl SyncReport {
         tracing::info!(
             folder = %dir.display(),
             prompts = self.prompts,
+            templates = self.templates,
             created = self.created.len(),
             updated = self.updated.len(),
             unchanged = self.unchanged.len(),
@@ -350,11 +361,17 @@ impl SyncReport {
     }
 }
 
-/// Makes the jobs owned by manifest files match the folder: prompts from `prompts/*.md`, jobs from
-/// `*.yaml`/`*.yml`. A file that fails to parse or validate leaves its jobs as they were.
+/// Makes the jobs owned by manifest files match the folder: prompts from `prompts/*.md`,
+/// templates from `templates/*.yaml`, jobs from `*.yaml`/`*.yml`. A file that fails to parse or
+/// validate (or a job of it that fails to render from its template) leaves its jobs as they
+/// were. Jobs made through the API from a template are re-rendered with the current templates.
 pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
     let mut report = SyncReport::default();
     report.prompts = sync_prompts(engine, &dir.join("prompts"), &mut report.errors).await;
+    let template_dir = dir.join("templates");
+    let template_files =
+        templates::sync_template_files(engine, &template_dir, &mut report.errors).await;
+    report.templates = template_files.values().filter(|n| n.is_some()).count();
     let files = match manifest::manifest_files(dir) {
         Ok(f) => f,
         Err(e) => {
@@ -365,10 +382,13 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
         }
     };
     let tz = engine.settings().default_timezone;
-    let mut parsed: Vec<(PathBuf, Result<Vec<JobSpec>, ManifestError>)> = Vec::new();
+    let mut parsed: Vec<(PathBuf, Result<Vec<DefinedJob>, ManifestError>)> = Vec::new();
+    let mut cache = templates::TemplateCache::new();
     for f in files {
-        let r =
-            manifest::load_manifest(&f, tz).map(|jobs| jobs.into_iter().map(|(s, _)| s).collect());
+        let r = match manifest::load_manifest_entries(&f, tz) {
+            Ok((text, entries)) => resolve_entries(engine, &f, &text, entries, &mut cache).await,
+            Err(e) => Err(e),
+        };
         parsed.push((f, r));
     }
     // Jobs owned by files in this folder, by source.
@@ -398,17 +418,20 @@ pub async fn sync_manifest_dir(engine: &Engine, dir: &Path) -> SyncReport {
         .filter(|j| !present.contains(j.source.as_deref().unwrap_or_default()))
         .collect();
     delete_jobs(engine, gone, &mut report).await;
+    report.rerendered = templates::rerender_api_jobs(engine, &mut report.errors).await;
+    templates::remove_stale_templates(engine, &template_dir, &template_files, &mut report.errors)
+        .await;
     report
 }
 
-type ParsedFile = (PathBuf, Result<Vec<JobSpec>, ManifestError>);
+type ParsedFile = (PathBuf, Result<Vec<DefinedJob>, ManifestError>);
 
 /// Files ordered so that a job's upstreams (`depends_on`, by name) are applied before it, and
 /// each file's jobs likewise: a folder whose files depend on each other loads in one pass.
 fn upstream_files_first(parsed: Vec<ParsedFile>) -> Vec<ParsedFile> {
     let mut file_of: HashMap<String, String> = HashMap::new();
     for (path, r) in &parsed {
-        for s in r.iter().flatten() {
+        for (s, _) in r.iter().flatten() {
             file_of.insert(s.name.trim().to_owned(), source_of(path));
         }
     }
@@ -419,7 +442,7 @@ fn upstream_files_first(parsed: Vec<ParsedFile>) -> Vec<ParsedFile> {
             let me = source_of(p);
             r.iter()
                 .flatten()
-                .flat_map(|s| s.depends_on.edges.iter())
+                .flat_map(|(s, _)| s.depends_on.edges.iter())
                 .filter_map(|e| file_of.get(e.job.trim()).cloned())
                 .filter(|f| *f != me)
                 .collect()
@@ -438,13 +461,13 @@ fn upstream_files_first(parsed: Vec<ParsedFile>) -> Vec<ParsedFile> {
         .into_iter()
         .map(|(p, r)| {
             let r = r.map(|specs| {
-                let mut by: HashMap<String, JobSpec> = specs
+                let mut by: HashMap<String, DefinedJob> = specs
                     .iter()
-                    .map(|s| (s.name.trim().to_owned(), s.clone()))
+                    .map(|d| (d.0.name.trim().to_owned(), d.clone()))
                     .collect();
                 let g: Vec<(&str, Vec<&str>)> = specs
                     .iter()
-                    .map(|s| {
+                    .map(|(s, _)| {
                         (
                             s.name.trim(),
                             s.depends_on.edges.iter().map(|e| e.job.trim()).collect(),
@@ -493,6 +516,52 @@ async fn delete_jobs(engine: &Engine, mut jobs: Vec<&Job>, report: &mut SyncRepo
     }
 }
 
+/// A job of a manifest file: its definition, and the template it was rendered from.
+type DefinedJob = (JobSpec, Option<TemplateUse>);
+
+/// Renders a file's templated entries with the stored templates. Any failure fails the file
+/// (its jobs keep their last good definitions).
+async fn resolve_entries(
+    engine: &Engine,
+    path: &Path,
+    text: &str,
+    entries: Vec<manifest::ManifestEntry>,
+    cache: &mut templates::TemplateCache,
+) -> Result<Vec<DefinedJob>, ManifestError> {
+    let tz = engine.settings().default_timezone;
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry {
+            manifest::ManifestEntry::Job(spec, _) => out.push((spec, None)),
+            manifest::ManifestEntry::Templated(t) => {
+                let name = t.template.trim();
+                let template = cache.get(engine, name).await.map_err(|e| ManifestError {
+                    path: path.to_owned(),
+                    line: None,
+                    message: format!("job `{}`: template: {e}", t.name),
+                })?;
+                let Some(template) = template else {
+                    return Err(ManifestError {
+                        path: path.to_owned(),
+                        line: text
+                            .lines()
+                            .position(|l| l.contains("template:") && l.contains(name))
+                            .map(|i| i + 1),
+                        message: format!(
+                            "job `{}`: template: no template `{name}` (add templates/{name}.yaml \
+                             or create it through the API)",
+                            t.name.trim()
+                        ),
+                    });
+                };
+                let (spec, usage) = manifest::render_entry(&t, &template, text, path, tz)?;
+                out.push((spec, Some(usage)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn source_of(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
@@ -501,7 +570,7 @@ fn source_of(path: &Path) -> String {
 async fn apply_file(
     engine: &Engine,
     path: &Path,
-    specs: Vec<JobSpec>,
+    specs: Vec<DefinedJob>,
     owned: &[Job],
     report: &mut SyncReport,
 ) {
@@ -511,8 +580,8 @@ async fn apply_file(
         .filter(|j| j.source.as_deref() == Some(source.as_str()))
         .map(|j| (j.name.as_str(), j))
         .collect();
-    let names: HashSet<String> = specs.iter().map(|s| s.name.trim().to_owned()).collect();
-    for spec in specs {
+    let names: HashSet<String> = specs.iter().map(|s| s.0.name.trim().to_owned()).collect();
+    for (spec, template) in specs {
         let name = spec.name.trim().to_owned();
         let existing = match mine.get(name.as_str()) {
             Some(j) => Some((*j).clone()),
@@ -536,12 +605,14 @@ async fn apply_file(
         };
         let result = match existing {
             None => engine
-                .create_job(spec, Some(source.clone()))
+                .create_job_as(spec, Some(source.clone()), template)
                 .await
                 .map(|_| &mut report.created),
-            Some(job) if same_definition(&job, &spec) => Ok(&mut report.unchanged),
+            Some(job) if same_definition(&job, &spec) && job.template == template => {
+                Ok(&mut report.unchanged)
+            }
             Some(job) => engine
-                .update_job(&job.id, spec, Some(source.clone()))
+                .update_job_as(&job.id, spec, Some(source.clone()), template)
                 .await
                 .map(|_| &mut report.updated),
         };

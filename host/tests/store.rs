@@ -32,6 +32,7 @@ fn job(name: &str) -> Job {
         tags: vec!["nightly".into()],
         depends_on: Default::default(),
         source: None,
+        template: None,
         execution_count: 0,
         failure_count: 0,
         avg_execution_time_ms: 0.0,
@@ -422,4 +423,59 @@ async fn prompts_in_use_cannot_be_deleted() {
     bad.prompt_id = Some("nope".into());
     let err = store.insert_job(bad).await.unwrap_err().to_string();
     assert!(err.contains("prompt_id"), "{err}");
+}
+
+#[tokio::test]
+async fn templates_are_stored_and_remembered_by_their_jobs() {
+    use cnp::job_template::TemplateDef;
+    let (_dir, store) = open();
+    let def: TemplateDef = serde_yaml_ng::from_str(
+        "description: d\nvars: { repo: {}, branch: { default: main } }\njob: { prompt: \"{{ repo }}\" }\n",
+    )
+    .unwrap();
+    let t = def.clone().into_template("review", None, t0()).unwrap();
+    let stored = store.upsert_template(t.clone()).await.unwrap();
+    assert_eq!(stored, t);
+    assert_eq!(
+        store.get_template("review".into()).await.unwrap(),
+        Some(t.clone())
+    );
+    // A job made from it keeps the template, its variables and overrides.
+    let mut j = job("made");
+    j.template = Some(cnp::model::TemplateUse {
+        name: "review".into(),
+        vars: [("repo".to_owned(), "/src".to_owned())].into(),
+        overrides: [("priority".to_owned(), serde_json::json!(9))].into(),
+    });
+    store.insert_job(j.clone()).await.unwrap();
+    store.insert_job(job("plain")).await.unwrap();
+    let made = store.jobs_of_template("review".into()).await.unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].template, j.template);
+    // Deleting is refused while a job is made from it.
+    match store.delete_template("review".into()).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("1 job"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Updating keeps created_at; detaching the job frees the template.
+    let later = def
+        .into_template("review", None, t0() + Duration::hours(1))
+        .unwrap();
+    let updated = store.upsert_template(later).await.unwrap();
+    assert_eq!(updated.created_at, t0());
+    assert_eq!(updated.updated_at, t0() + Duration::hours(1));
+    let mut detached = made[0].clone();
+    detached.template = None;
+    store.update_job(detached, None, None).await.unwrap();
+    assert!(store
+        .jobs_of_template("review".into())
+        .await
+        .unwrap()
+        .is_empty());
+    store.delete_template("review".into()).await.unwrap();
+    assert!(store.list_templates().await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_template("review".into()).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

@@ -20,6 +20,7 @@ mod prompts;
 mod session;
 mod system;
 mod workflows;
+mod templates;
 mod ws;
 
 use std::net::SocketAddr;
@@ -231,6 +232,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/workflows", get(workflows::list))
         .route("/api/workflows/{id}", get(workflows::show))
         .route("/api/workflows/{id}/cancel", post(workflows::cancel))
+        .route(
+            "/api/templates",
+            get(templates::list).post(templates::create),
+        )
+        .route(
+            "/api/templates/{name}",
+            get(templates::show)
+                .put(templates::update)
+                .delete(templates::delete),
+        )
+        .route(
+            "/api/templates/{name}/instantiate",
+            post(templates::instantiate),
+        )
         .route("/api/plugins", get(system::plugins))
         .route("/api/status", get(system::status))
         .route("/api/cooldown", get(cooldown::show))

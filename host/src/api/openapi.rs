@@ -5,13 +5,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
-use super::{cooldown, error, executions, jobs, notifications, prompts, system, workflows, ws};
+use super::{
+    cooldown, error, executions, jobs, notifications, prompts, system, templates, workflows, ws,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "cnp admin API",
-        description = "Jobs, executions, prompts, plugins and monitoring of a cnp service. \
+        description = "Jobs, executions, prompts, job templates, plugins and monitoring of a cnp service. \
                        Every route but `GET /api/jobs/health` needs `Authorization: Bearer <token>` \
                        (the token is in the `api-token` file). See docs/api.md."
     ),
@@ -21,6 +23,8 @@ use super::{cooldown, error, executions, jobs, notifications, prompts, system, w
         executions::list, executions::show, executions::cancel, executions::logs,
         notifications::of_execution, notifications::recent,
         prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,
+        templates::list, templates::create, templates::show, templates::update, templates::delete,
+        templates::instantiate,
         system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
         workflows::list, workflows::show, workflows::cancel,
@@ -32,6 +36,7 @@ use super::{cooldown, error, executions, jobs, notifications, prompts, system, w
         (name = "jobs", description = "Job definitions, runs on demand, pause and resume"),
         (name = "executions", description = "Runs: history, detail, cancel, logs"),
         (name = "prompts", description = "Stored prompts that jobs refer to"),
+        (name = "templates", description = "Job templates and the jobs made from them"),
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
         (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
         (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
@@ -94,6 +99,9 @@ mod tests {
             "/metrics",
             "/api/prompts",
             "/api/prompts/{id}",
+            "/api/templates",
+            "/api/templates/{name}",
+            "/api/templates/{name}/instantiate",
             "/api/plugins",
             "/api/status",
             "/api/cooldown",

@@ -1,6 +1,6 @@
 //! The `cnp` command line: the service itself (`serve`, `check`, `plugin check`,
 //! `default-config`) and the client commands that drive a running service over its API
-//! (`job`, `prompt`, `status`, `plugin list`; see docs/cli.md).
+//! (`job`, `prompt`, `template`, `status`, `plugin list`; see docs/cli.md).
 //!
 //! Exit codes: 0 success; 1 failure (an API error, a failed run with `--wait`); 2 usage or
 //! configuration error; 3 the service is not running; 4 the awaited run was skipped.
@@ -12,6 +12,7 @@ mod job;
 mod output;
 mod prompt;
 mod status;
+mod template;
 mod watch;
 mod workflow;
 
@@ -94,6 +95,9 @@ pub enum Command {
     /// Workflow passes on the running service (jobs started by their upstreams).
     #[command(subcommand)]
     Workflow(workflow::WorkflowCommand),
+    /// Job templates on the running service, and jobs made from them.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
     /// The running service: engine, queue, cooldown, manifest and plugin errors.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -121,6 +125,7 @@ impl Command {
             Command::Job(_)
                 | Command::Prompt(_)
                 | Command::Workflow(_)
+                | Command::Template(_)
                 | Command::Status { .. }
                 | Command::Cooldown { .. }
                 | Command::Plugin(PluginCommand::List { .. })
@@ -215,6 +220,7 @@ fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Job(cmd) => job::run(&client, cmd).await,
             Command::Prompt(cmd) => prompt::run(&client, cmd).await,
             Command::Workflow(cmd) => workflow::run(&client, cmd).await,
+            Command::Template(cmd) => template::run(&client, cmd).await,
             Command::Status { format } => status::status(&client, format).await,
             Command::Cooldown { action, format } => {
                 status::cooldown(
@@ -248,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(_)
         | Command::Prompt(_)
         | Command::Workflow(_)
+        | Command::Template(_)
         | Command::Status { .. }
         | Command::Cooldown { .. }
         | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),
@@ -318,10 +325,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
+    use crate::manifest::ManifestEntry;
     let mut failed = false;
     let mut all = Vec::new();
     for target in targets {
+        // A folder's `templates/` first: its jobs are rendered with them.
+        let mut templates = std::collections::HashMap::new();
         let files = if target.is_dir() {
+            let tdir = target.join("templates");
+            if tdir.is_dir() {
+                let (t, ok) = check_templates(&tdir);
+                templates = t;
+                failed |= !ok;
+            }
             match crate::manifest::manifest_files(target) {
                 Ok(f) => f,
                 Err(e) => {
@@ -331,26 +347,72 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
                 }
             }
         } else {
+            if let Some(tdir) = target.parent().map(|p| p.join("templates")) {
+                if tdir.is_dir() {
+                    let (t, ok) = check_templates(&tdir);
+                    templates = t;
+                    failed |= !ok;
+                }
+            }
             vec![target.clone()]
         };
         for f in files {
-            match crate::manifest::load_manifest(&f, tz) {
-                Ok(jobs) => {
-                    all.extend(jobs.iter().map(|(s, _)| s.clone()));
-                    println!("{}: ok ({} job(s))", f.display(), jobs.len());
+            let rendered =
+                crate::manifest::load_manifest_entries(&f, tz).and_then(|(text, entries)| {
+                    let mut jobs = Vec::new();
+                    let mut unchecked = Vec::new();
+                    for entry in entries {
+                        match entry {
+                            ManifestEntry::Job(spec, schedule) => jobs.push((spec, schedule, None)),
+                            ManifestEntry::Templated(t) => match templates.get(t.template.trim()) {
+                                Some(template) => {
+                                    let (spec, usage) =
+                                        crate::manifest::render_entry(&t, template, &text, &f, tz)?;
+                                    let schedule = spec.schedule.to_schedule().map_err(|e| {
+                                        crate::manifest::ManifestError {
+                                            path: f.clone(),
+                                            line: None,
+                                            message: format!("job `{}`: {e}", t.name),
+                                        }
+                                    })?;
+                                    jobs.push((spec, schedule, Some(usage.name)));
+                                }
+                                None => unchecked.push((t.name.clone(), t.template.clone())),
+                            },
+                        }
+                    }
+                    Ok((jobs, unchecked))
+                });
+            match rendered {
+                Ok((jobs, unchecked)) => {
+                    all.extend(jobs.iter().map(|(s, _, _)| s.clone()));
+                    println!(
+                        "{}: ok ({} job(s))",
+                        f.display(),
+                        jobs.len() + unchecked.len()
+                    );
                     let now = chrono::Utc::now();
                     let cache = crate::schedule::CronCache::new();
-                    for (spec, schedule) in jobs {
+                    for (spec, schedule, template) in jobs {
                         let next =
                             crate::schedule::CompiledSchedule::compile(&schedule, tz, now, &cache)
                                 .ok()
                                 .and_then(|c| c.next_after(now))
                                 .map(|t| format!("next {}", t.to_rfc3339()))
                                 .unwrap_or_else(|| "no scheduled runs".into());
+                        let from = template
+                            .map(|t| format!(" (template `{t}`)"))
+                            .unwrap_or_default();
                         println!(
-                            "  {} — {} — {next}",
+                            "  {}{from} — {} — {next}",
                             spec.name,
                             crate::schedule::describe(&schedule, tz)
+                        );
+                    }
+                    for (name, template) in unchecked {
+                        println!(
+                            "  {name} — not checked: template `{template}` is not in templates/ \
+                             (one made through the API is checked when the service loads the file)"
                         );
                     }
                 }
@@ -434,6 +496,66 @@ fn print_dag(jobs: &[crate::manifest::JobSpec]) -> bool {
         }
     }
     ok
+}
+
+/// Checks `templates/*.yaml` and prints each one's result: the good templates, and whether all
+/// were good.
+fn check_templates(
+    dir: &Path,
+) -> (
+    std::collections::HashMap<String, crate::job_template::JobTemplate>,
+    bool,
+) {
+    let mut out = std::collections::HashMap::new();
+    let mut failed = false;
+    let files = match crate::job_template::template_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{}: {e}", dir.display());
+            return (out, false);
+        }
+    };
+    for f in files {
+        let parsed = std::fs::read_to_string(&f)
+            .map_err(|e| format!("{}: cannot read: {e}", f.display()))
+            .and_then(|text| {
+                crate::job_template::parse_template_file(&text, &f).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok((name, def)) => {
+                let vars = def.vars.len();
+                match def.into_template(
+                    &name,
+                    Some(f.to_string_lossy().into_owned()),
+                    chrono::Utc::now(),
+                ) {
+                    Ok(t) if !out.contains_key(&name) => {
+                        println!(
+                            "{}: ok (template `{name}`, {vars} variable(s))",
+                            f.display()
+                        );
+                        out.insert(name, t);
+                    }
+                    Ok(_) => {
+                        eprintln!(
+                            "error: {}: template `{name}`: name: defined twice",
+                            f.display()
+                        );
+                        failed = true;
+                    }
+                    Err(e) => {
+                        eprintln!("error: {}: template `{name}`: {e}", f.display());
+                        failed = true;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    (out, !failed)
 }
 
 async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -144,10 +144,11 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
         match v.pointer("/manifests/directory") {
             None | Some(Value::Null) => "no folder configured".into(),
             Some(_) => format!(
-                "{} — {} job(s), {} prompt(s), last sync {}",
+                "{} — {} job(s), {} prompt(s), {} template(s), last sync {}",
                 s(&v, "/manifests/directory"),
                 s(&v, "/manifests/jobs"),
                 s(&v, "/manifests/prompts"),
+                s(&v, "/manifests/templates"),
                 time(&v, "/manifests/last_sync")
             ),
         },

@@ -567,6 +567,17 @@ impl Engine {
         spec: JobSpec,
         source: Option<String>,
     ) -> Result<Job, EngineError> {
+        self.create_job_as(spec, source, None).await
+    }
+
+    /// Creates a job from a definition that `template` rendered (`None`: a job defined
+    /// directly).
+    pub async fn create_job_as(
+        &self,
+        spec: JobSpec,
+        source: Option<String>,
+        template: Option<crate::model::TemplateUse>,
+    ) -> Result<Job, EngineError> {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
         let upstreams = workflow::check(self, None, spec.name.trim(), &spec.depends_on).await?;
@@ -589,6 +600,7 @@ impl Engine {
             tags: Vec::new(),
             depends_on: Default::default(),
             source,
+            template,
             execution_count: 0,
             failure_count: 0,
             avg_execution_time_ms: 0.0,
@@ -612,12 +624,24 @@ impl Engine {
     }
 
     /// Replaces a job's definition, keeping its id, statistics and history. A changed schedule
-    /// starts counting from now (slots of the old schedule are not caught up on).
+    /// starts counting from now (slots of the old schedule are not caught up on). A job made
+    /// from a template is detached from it (a definition given in full is not re-rendered).
     pub async fn update_job(
         &self,
         id: &str,
         spec: JobSpec,
         source: Option<String>,
+    ) -> Result<Job, EngineError> {
+        self.update_job_as(id, spec, source, None).await
+    }
+
+    /// [`Engine::update_job`] with a definition that `template` rendered.
+    pub async fn update_job_as(
+        &self,
+        id: &str,
+        spec: JobSpec,
+        source: Option<String>,
+        template: Option<crate::model::TemplateUse>,
     ) -> Result<Job, EngineError> {
         let schedule = spec.validate(self.shared.settings.default_timezone)?;
         self.check_prompt(&spec).await?;
@@ -636,6 +660,7 @@ impl Engine {
         let base = Job {
             status,
             source: source.or(old.source.clone()),
+            template,
             updated_at: now,
             ..old.clone()
         };

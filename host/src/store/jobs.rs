@@ -6,10 +6,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::{atomic, from_json, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 
-const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
+pub(super) const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
     execution_options, retry_config, notification_config, resource_limits, tags, source, \
     execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
-    created_at, updated_at, depends_on";
+    created_at, updated_at, template_use, depends_on";
 
 /// What the engine needs of a job to schedule it (read at start-up, one row at a time).
 #[derive(Debug, Clone)]
@@ -109,7 +109,7 @@ pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
     (sql, args)
 }
 
-fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
+pub(super) fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
     let schedule: crate::model::Schedule = from_json(&r.get::<_, String>(4)?, "jobs.schedule")?;
     let status: String = r.get(5)?;
     let execution_count: i64 = r.get(13)?;
@@ -154,7 +154,8 @@ fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
         last_run_time: opt_from_ms(r.get(18)?),
         created_at: from_ms(r.get(19)?),
         updated_at: from_ms(r.get(20)?),
-        depends_on: opt_json(r, 21, "jobs.depends_on")?.unwrap_or_default(),
+        template: opt_json(r, 21, "jobs.template_use")?,
+        depends_on: opt_json(r, 22, "jobs.depends_on")?.unwrap_or_default(),
     })
 }
 
@@ -172,8 +173,9 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
             execution_options, retry_config, notification_config, resource_limits, tags, source,
-            next_run_time, last_slot, created_at, updated_at, depends_on)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            next_run_time, last_slot, created_at, updated_at, template, template_use, depends_on)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+            ?18, ?19, ?20)",
         params![
             job.id,
             job.name,
@@ -192,6 +194,8 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             to_ms(job.created_at),
             to_ms(job.created_at),
             to_ms(job.updated_at),
+            job.template.as_ref().map(|t| t.name.clone()),
+            job.template.as_ref().map(to_json),
             depends_on_json(job),
         ],
     );
@@ -255,7 +259,8 @@ impl Store {
                     priority = ?7, execution_options = ?8, retry_config = ?9,
                     notification_config = ?10, resource_limits = ?11, tags = ?12, source = ?13,
                     next_run_time = ?14, updated_at = ?15,
-                    last_slot = COALESCE(?16, last_slot), depends_on = ?17
+                    last_slot = COALESCE(?16, last_slot), template = ?17, template_use = ?18,
+                    depends_on = ?19
                  WHERE id = ?1",
                 params![
                     job.id,
@@ -274,6 +279,8 @@ impl Store {
                     job.next_run_time.map(to_ms),
                     to_ms(job.updated_at),
                     reset_slot.map(to_ms),
+                    job.template.as_ref().map(|t| t.name.clone()),
+                    job.template.as_ref().map(to_json),
                     depends_on_json(&job),
                 ],
             );

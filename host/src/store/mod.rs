@@ -15,6 +15,7 @@ mod hooks;
 mod jobs;
 mod notifications;
 mod schema;
+mod templates;
 mod workflows;
 
 use std::path::{Path, PathBuf};

@@ -124,7 +124,23 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions(expires_at);
     "#,
-    // v5: workflows. Jobs name their upstreams (`depends_on`, JSON); a pass ties the runs one
+    // v5: job templates (`body` is the JSON of their variables and job tree; `source` the
+    // template file, NULL for templates made through the API), and the template + variables a
+    // job was made from.
+    r#"
+    CREATE TABLE templates (
+        name        TEXT PRIMARY KEY,
+        description TEXT,
+        body        TEXT NOT NULL,
+        source      TEXT,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN template TEXT;
+    ALTER TABLE jobs ADD COLUMN template_use TEXT;
+    CREATE INDEX jobs_template ON jobs(template) WHERE template IS NOT NULL;
+    "#,
+    // v6: workflows. Jobs name their upstreams (`depends_on`, JSON); a pass ties the runs one
     // run started together; each edge's verdict in a pass is kept, so a fan-in knows which of
     // its upstreams have ended; a run started by its upstreams is keyed by (pass, job), so it
     // is recorded once, whatever crashes and restarts happen.
