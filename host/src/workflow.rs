@@ -430,8 +430,21 @@ mod tests {
     #[test]
     fn runaway_expressions_run_out_of_fuel() {
         let r = run(ExecutionStatus::Completed, "x");
-        let e = eval_when("range(100000) | map('string') | join | length > 0", &r).unwrap_err();
+        // A loop in a prompt runs out of fuel instead of running for ever.
+        let e = render_prompt(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "p",
+            &[],
+            &[],
+        )
+        .unwrap_err();
         assert!(e.to_lowercase().contains("fuel"), "{e}");
+        // Expressions have no loops; their largest inputs are bounded (ranges are capped).
+        assert_eq!(
+            eval_when("range(100000) | map('string') | join | length > 0", &r),
+            Ok(true)
+        );
+        assert!(eval_when("range(100000000) | length > 0", &r).is_err());
         assert!(check_when("1 +").is_err());
         assert!(check_when(&"1 + ".repeat(2000)).is_err());
         assert!(check_when("status == 'completed'").is_ok());

@@ -450,7 +450,10 @@ async fn a_restart_leaves_jobs_made_from_templates_alone() {
         http: reqwest::Client::new(),
     };
     let log = cnp.log();
-    assert!(log.contains("unchanged=1") && log.contains("errors=0"), "{log}");
+    assert!(
+        log.contains("unchanged=1") && log.contains("errors=0"),
+        "{log}"
+    );
     assert!(!log.contains("re-rendered"), "{log}");
     let (_, again) = api.get("/api/jobs/review-x").await;
     assert_eq!(again["updated_at"], file_job["updated_at"]);

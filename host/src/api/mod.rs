@@ -19,8 +19,8 @@ mod openapi;
 mod prompts;
 mod session;
 mod system;
-mod workflows;
 mod templates;
+mod workflows;
 mod ws;
 
 use std::net::SocketAddr;
