@@ -5,6 +5,8 @@
 # end-to-end tests, and ends with one summary line over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - started )) s"; }
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "==> building the WebAssembly plugins (plugins/, incl. the hostile fixtures)"
@@ -27,9 +29,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "==> building binaries"
+echo "==> building binaries ($(elapsed))"
+# The same command the end-to-end tests' support runs to find `cnp` (then a no-op).
 cargo build --workspace --bins --locked
-echo "==> running tests"
+echo "==> running tests ($(elapsed))"
 log="$(mktemp)"
 shifted_log="$(mktemp)"
 trap 'rm -f "$log" "$shifted_log"' EXIT
@@ -53,7 +56,7 @@ while t.astimezone(zone).utcoffset() == offset:
 print(int(t.timestamp()))'
 }
 for at in "$(date -u -d 2027-12-31T23:58:30Z +%s)" "$(( $(next_dst_change) - 90 ))"; do
-    echo "==> running tests again with the clock at $(date -u -d "@$at" +%FT%TZ)"
+    echo "==> running tests again with the clock at $(date -u -d "@$at" +%FT%TZ) ($(elapsed))"
     shift_s=$(( at - $(date +%s) ))
     [ "$shift_s" -ge 0 ] && shift_s="+$shift_s"
     CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="faketime -f $shift_s" \
@@ -68,4 +71,5 @@ done
 summary='/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }'
 awk "$summary"' END { printf "shifted-clock passes: %d passed, %d failed\n", p, f }' "$shifted_log"
 awk "$summary"' END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+echo "scripts/test.sh: $(elapsed) in all"
 exit "$status"

@@ -46,8 +46,10 @@ pub fn fake_claude_bin() -> PathBuf {
 /// `cnp`, next to `fake-claude` in the target directory.
 ///
 /// Cargo builds the binaries of the package under test only, so `cnp` (another package's
-/// binary) is built here, once per test process: `cargo build -p cnp-host --bin cnp` with the
-/// same profile. That is a no-op when it is up to date, and it never tests a stale binary.
+/// binary) is built here, once per test process: `cargo build --workspace --bins` with the
+/// same profile — the very command `scripts/test.sh` builds with, so that it is a no-op there
+/// (`-p cnp-host` alone would unify features differently and rebuild much of the dependency
+/// tree: 5 minutes in a fresh CI run). It never tests a stale binary.
 pub fn cnp_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -59,7 +61,7 @@ pub fn cnp_bin() -> &'static Path {
             .expect("workspace");
         let mut build = Command::new(cargo);
         build
-            .args(["build", "--quiet", "-p", "cnp-host", "--bin", "cnp"])
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .current_dir(workspace);
         // Cargo gives a test process the variables of the package under test (CARGO_PKG_NAME,
         // CARGO_MANIFEST_DIR, …). Build scripts such as ring's watch some of them
