@@ -393,6 +393,27 @@ impl JobSpec {
                 return Err(err("execution.working_directory", "must not be empty"));
             }
         }
+        if e.session == crate::model::SessionMode::ContinueJob
+            && (e.resume_session.is_some() || e.continue_session || e.resume_upstream_session)
+        {
+            return Err(err(
+                "execution.session",
+                "`continue_job` picks the session itself: not together with `resume_session`, \
+                 `continue_session` or `resume_upstream_session`",
+            ));
+        }
+        if e.session_timeout == Some(0) {
+            return Err(err(
+                "execution.session_timeout",
+                "must be at least 1 second",
+            ));
+        }
+        if e.session_timeout.is_some() && e.session != crate::model::SessionMode::ContinueJob {
+            return Err(err(
+                "execution.session_timeout",
+                "only used with `session: continue_job`",
+            ));
+        }
         if e.resume_session.is_some() && e.continue_session {
             return Err(err(
                 "execution.resume_session",

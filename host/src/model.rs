@@ -215,6 +215,18 @@ pub struct ExecutionOptions {
     pub resume_session: Option<String>,
     /// `--continue`: continue the most recent conversation in the working directory.
     pub continue_session: bool,
+    /// Which Claude session a run uses: `new` (the default: a new conversation each run) or
+    /// `continue_job` (resume the session of this job's latest successful run while it is
+    /// younger than `session_timeout`; runs of the job then run one at a time).
+    #[serde(skip_serializing_if = "SessionMode::is_new")]
+    pub session: SessionMode,
+    /// For `session: continue_job`: how old a session may be and still be resumed (seconds, or
+    /// a duration like `"30m"`); `None` uses `[executor] session_timeout`.
+    #[serde(
+        deserialize_with = "seconds::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub session_timeout: Option<u64>,
     /// For a run started by its upstreams (`depends_on`): continue the Claude session of the
     /// upstream run (`--resume <its session id>`; the first upstream in `depends_on` order that
     /// reported one) instead of starting a new conversation.
@@ -225,6 +237,24 @@ pub struct ExecutionOptions {
     /// Condition-hook plugins asked, in order, just before each run: the first that says skip
     /// or defer decides. (Manifests give them as a top-level `conditions:` list.)
     pub conditions: Vec<PluginRef>,
+}
+
+/// Which Claude session a job's runs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// A new conversation every run.
+    #[default]
+    New,
+    /// Resume the session of the job's latest successful run while it is younger than the
+    /// session timeout; else a new one.
+    ContinueJob,
+}
+
+impl SessionMode {
+    pub fn is_new(&self) -> bool {
+        *self == SessionMode::New
+    }
 }
 
 /// A job's use of a plugin: its name (the `.wasm` file's stem) and the job's own configuration

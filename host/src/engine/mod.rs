@@ -22,6 +22,7 @@ mod hooks;
 mod jobs;
 mod queue;
 mod run;
+mod session;
 mod timer;
 mod workflow;
 
@@ -68,6 +69,8 @@ pub struct EngineSettings {
     pub default_retry: Option<crate::model::RetryConfig>,
     /// `[cooldown]`.
     pub cooldown: crate::config::CooldownConfig,
+    /// `[executor] session_timeout`: how old a session `session: continue_job` resumes may be.
+    pub session_timeout: Duration,
 }
 
 impl EngineSettings {
@@ -87,6 +90,7 @@ impl EngineSettings {
             max_execution_history: c.database.max_execution_history,
             default_retry: c.retry.as_retry_config(),
             cooldown: c.cooldown.clone(),
+            session_timeout: c.executor.session_timeout,
         }
     }
 }
@@ -444,7 +448,11 @@ impl Engine {
                 epoch,
                 running,
                 queued,
-                max_parallel: job.options.max_parallel.unwrap_or(1).max(1),
+                // Runs resuming the job's own session never run at once: one at a time.
+                max_parallel: match job.options.session {
+                    crate::model::SessionMode::ContinueJob => 1,
+                    crate::model::SessionMode::New => job.options.max_parallel.unwrap_or(1).max(1),
+                },
                 misfire: job.schedule.misfire(),
                 status: job.status,
                 priority: job.priority,

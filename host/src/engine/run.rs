@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hooks::{self, Gate};
+use super::session::{self, SessionPlan};
 use super::workflow;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
@@ -405,6 +406,19 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         options.resume_session = Some(session);
         options.continue_session = false;
     }
+    // `session: continue_job`: the job's own last session while it is fresh enough.
+    let resumed_own = match session::plan(engine, &job, s.clock.now()).await {
+        SessionPlan::AsConfigured => false,
+        SessionPlan::Fresh(why) => {
+            observer.note(why);
+            false
+        }
+        SessionPlan::Resume { session_id, why } => {
+            observer.note(why);
+            options.resume_session = Some(session_id);
+            true
+        }
+    };
     let request = RunRequest {
         execution_id: run.execution_id.clone(),
         prompt: prompt.clone(),
@@ -413,18 +427,22 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         timeout,
         cancel: kill.clone(),
     };
-    let fut = s.runner.run(request, observer.clone());
-    tokio::pin!(fut);
-    let mut flush = tokio::time::interval(LOG_FLUSH_INTERVAL);
-    let report = loop {
-        tokio::select! {
-            r = &mut fut => break r,
-            _ = shutdown_kill.cancelled(), if !kill.is_cancelled() => kill.cancel(),
-            _ = flush.tick() => observer.flush(),
-        }
-    };
-    observer.flush();
-    let mut report = report;
+    let mut report = run_cli(engine, request.clone(), &observer, &kill).await;
+    if resumed_own && session::unknown_session(&report.outcome) && !kill.is_cancelled() {
+        // The CLI no longer knows the session: a new one, once, in the same run.
+        observer.note(format!(
+            "the CLI does not know session {} any more ({}): running again in a new session",
+            request
+                .options
+                .resume_session
+                .as_deref()
+                .unwrap_or_default(),
+            report.outcome.error_message().unwrap_or_default()
+        ));
+        let mut fresh = request;
+        fresh.options.resume_session = None;
+        report = run_cli(engine, fresh, &observer, &kill).await;
+    }
     let mut status = report.outcome.status();
     if shutdown_kill.is_cancelled() && report.outcome == Outcome::Cancelled {
         // Not a user's cancel: cnp stopped the run at shutdown.
@@ -479,6 +497,29 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     workflow::start(engine, settled).await;
     observer.flush();
     None
+}
+
+/// Runs the CLI for a request, flushing the run's log as it goes; stops it when cnp's shutdown
+/// grace is over.
+async fn run_cli(
+    engine: &Engine,
+    request: RunRequest,
+    observer: &Arc<Observer>,
+    kill: &CancellationToken,
+) -> RunReport {
+    let shutdown_kill = engine.shared.kill.clone();
+    let fut = engine.shared.runner.run(request, observer.clone());
+    tokio::pin!(fut);
+    let mut flush = tokio::time::interval(LOG_FLUSH_INTERVAL);
+    let report = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            _ = shutdown_kill.cancelled(), if !kill.is_cancelled() => kill.cancel(),
+            _ = flush.tick() => observer.flush(),
+        }
+    };
+    observer.flush();
+    report
 }
 
 /// A run that ended before its CLI started (its prompt is gone, or could not be rendered):

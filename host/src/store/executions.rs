@@ -426,6 +426,27 @@ impl Store {
         .await
     }
 
+    /// The session of a job's latest successful run that reported one: (execution id, session
+    /// id, when it ended).
+    pub async fn last_session(
+        &self,
+        job_id: String,
+    ) -> Result<Option<(String, String, DateTime<Utc>)>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id, session_id, completed_at FROM executions
+                 WHERE job_id = ?1 AND status = 'completed' AND session_id IS NOT NULL
+                   AND completed_at IS NOT NULL
+                 ORDER BY completed_at DESC, rowid DESC LIMIT 1",
+            )?
+            .query_row([&job_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, from_ms(r.get(2)?)))
+            })
+            .optional()?)
+        })
+        .await
+    }
+
     /// The attempts of the run `id` belongs to (its first attempt and every retry), in order.
     pub async fn attempts_of(&self, id: String) -> Result<Vec<AttemptRef>, StoreError> {
         self.read(move |c| {

@@ -74,6 +74,9 @@
 //!   if missing), updated under an exclusive file lock, so concurrent invocations each get their
 //!   own entry. Invocations that stop at argument errors or `--version`/`--help` do not take an
 //!   entry. Takes precedence over `FAKE_CLAUDE_SCENARIO`.
+//! - `FAKE_CLAUDE_SESSIONS_DIR=<dir>`: keep sessions like the real CLI: a successful (`ok`)
+//!   run's session id becomes a file in `<dir>`; `--resume <id>` of an id with no file there
+//!   plays `no-conversation` (whatever the scenario). Without it, any id is resumed.
 //! - `FAKE_CLAUDE_SLEEP_MS`: sleep this long after the init event, before the rest (so streaming
 //!   is observable and timeouts can be tested).
 //! - `FAKE_CLAUDE_SLEEP_UNLESS=<path>`: no sleep when this path exists (checked when the sleep would begin):
@@ -512,15 +515,25 @@ fn run(started_unix_ns: u64) -> i32 {
         );
     }
 
-    let scenario = pick_scenario();
-    inv.scenario = Some(scenario.clone());
-    record(&inv);
-
+    let mut scenario = pick_scenario();
     let session_id = args
         .session_id
         .clone()
         .or_else(|| args.resume.clone().filter(|r| !r.is_empty()))
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // Sessions, like the real CLI's: a conversation that ended well can be resumed; resuming
+    // one that does not exist fails.
+    if let Some(dir) = std::env::var_os("FAKE_CLAUDE_SESSIONS_DIR").map(PathBuf::from) {
+        let resumed = args.resume.as_deref().filter(|r| !r.is_empty());
+        if resumed.is_some_and(|id| !dir.join(id).exists()) {
+            scenario = "no-conversation".into();
+        } else if scenario == "ok" {
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::write(dir.join(&session_id), b"");
+        }
+    }
+    inv.scenario = Some(scenario.clone());
+    record(&inv);
     let mut fake = Fake {
         format,
         verbose: args.verbose,
