@@ -136,8 +136,8 @@ pub struct ExecutorConfig {
     pub default_timeout: Duration,
     /// The Claude CLI command; may be several words (`npx @anthropic-ai/claude-code@latest`).
     pub claude_cli_path: String,
-    /// How long a Claude session stays eligible for `--resume` by later runs (reserved for session
-    /// reuse; jobs resume explicitly with `execution.resume_session` today).
+    /// How long a Claude session stays eligible for `--resume` by later runs of jobs with
+    /// `execution.session: continue_job` (a job's own `execution.session_timeout` overrides it).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
     /// Between SIGTERM and SIGKILL when a run is stopped.
