@@ -151,13 +151,7 @@ impl JobTemplate {
 
 /// Template names: letters, digits, `-`, `_`, `.`; 1–100, not starting with `.`.
 pub fn check_name(name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::manifest::is_stem_name(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(err(

@@ -482,15 +482,20 @@ fn validate_plugin_ref(field: &str, r: &PluginRef) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Plugin names are file stems: letters, digits, `-`, `_` and `.`.
-pub fn validate_plugin_name(field: &str, name: &str) -> Result<(), SpecError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
+/// Whether `name` can be a file stem: 1–`max` letters, digits, `-`, `_` and `.`, not starting
+/// with `.` (plugin and template names).
+pub fn is_stem_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
         && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Plugin names are file stems: letters, digits, `-`, `_` and `.`.
+pub fn validate_plugin_name(field: &str, name: &str) -> Result<(), SpecError> {
+    if is_stem_name(name, 128) {
         Ok(())
     } else {
         Err(err(

@@ -9,93 +9,10 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use support::api::Api;
 use support::{process_gone, ConfigOpts, Env, DEADLINE};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A client for one running service.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: String, token: String) -> Api {
-        Api {
-            base,
-            token,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    /// `POST` without a body.
-    async fn post_empty(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::POST, path, None).await
-    }
-
-    async fn raw(&self, method: Method, path: &str, body: &'static str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        let status = res.status();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Polls an execution until `pred` holds.
-    async fn wait_execution(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let (s, e) = self.get(&format!("/api/executions/{id}")).await;
-            assert_eq!(s, StatusCode::OK, "{e}");
-            if pred(&e) {
-                return e;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}: {e}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn ws_url(&self, query: &str) -> String {
-        format!("{}/api/ws?{query}", self.base.replace("http://", "ws://"))
-    }
-}
 
 fn start() -> (Env, support::Cnp, Api) {
     let env = Env::new(ConfigOpts::default());

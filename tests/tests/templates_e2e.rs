@@ -5,89 +5,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::api::Api;
 use support::{ConfigOpts, Env, DEADLINE};
-
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, v)
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(body)).await
-    }
-
-    async fn delete(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::DELETE, path, None).await
-    }
-
-    /// Polls `GET path` until `pred` holds.
-    async fn wait(&self, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let (s, v) = self.get(path).await;
-            if s == StatusCode::OK && pred(&v) {
-                return v;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}: {s} {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Runs a job now and waits until the run completed.
-    async fn run_to_completion(&self, job: &str) {
-        let (s, r) = self
-            .post(&format!("/api/jobs/{job}/execute"), json!({}))
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "{r}");
-        let id = r["execution_id"].as_str().unwrap().to_owned();
-        self.wait(&format!("/api/executions/{id}"), "run completed", |e| {
-            e["status"] == "completed"
-        })
-        .await;
-    }
-
-    async fn execution_count(&self, job: &str) -> u64 {
-        let (s, page) = self.get(&format!("/api/jobs/{job}/executions")).await;
-        assert_eq!(s, StatusCode::OK, "{page}");
-        page["total"].as_u64().unwrap()
-    }
-}
 
 fn assert_error(v: &Value, code: &str, field: Option<&str>) {
     assert_eq!(v["error"]["code"], code, "{v}");
@@ -124,11 +46,7 @@ async fn a_template_change_re_renders_its_jobs_and_keeps_their_history() {
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
     cnp.wait_log("watching the manifest folder");
-    let api = Api {
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(base, token);
 
     // Made from the template: rendered, the override applied, the template remembered.
     let (s, job) = api.get("/api/jobs/review-x").await;
@@ -238,11 +156,7 @@ async fn templates_through_the_api_and_the_cli() {
     env.enable_api();
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
-    let api = Api {
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(base, token);
     let template = |prompt: &str| {
         json!({
             "name": "nightly",
@@ -424,11 +338,7 @@ async fn a_restart_leaves_jobs_made_from_templates_alone() {
     );
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
-    let api = Api {
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(base, token);
     let (s, made) = api
         .post(
             "/api/templates/review/instantiate",
@@ -444,11 +354,7 @@ async fn a_restart_leaves_jobs_made_from_templates_alone() {
     assert!(cnp.wait_exit(DEADLINE).success());
     let mut cnp = env.start();
     let (base, token) = cnp.wait_api(&env);
-    let api = Api {
-        base,
-        token,
-        http: reqwest::Client::new(),
-    };
+    let api = Api::new(base, token);
     let log = cnp.log();
     assert!(
         log.contains("unchanged=1") && log.contains("errors=0"),

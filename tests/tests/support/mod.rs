@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
