@@ -632,6 +632,15 @@ impl Config {
             .unwrap_or_else(default_data_dir_file)
     }
 
+    /// Where runs' git worktrees are made (`execution.worktree`): `worktrees/` beside the
+    /// database.
+    pub fn worktree_dir(&self) -> PathBuf {
+        self.database_path()
+            .parent()
+            .map(|d| d.join("worktrees"))
+            .unwrap_or_else(|| PathBuf::from("worktrees"))
+    }
+
     /// The manifest folder: configured, or `<config dir>/cnp/jobs` when that exists.
     pub fn manifest_dir(&self) -> Option<PathBuf> {
         if let Some(d) = &self.manifests.directory {

@@ -402,6 +402,30 @@ impl JobSpec {
                  `continue_session` or `resume_upstream_session`",
             ));
         }
+        if let Some(w) = &e.worktree {
+            if w.repo.trim().is_empty() {
+                return Err(err("execution.worktree.repo", "must not be empty"));
+            }
+            if w.base
+                .as_deref()
+                .is_some_and(|b| b.trim().is_empty() || b.starts_with('-'))
+            {
+                return Err(err(
+                    "execution.worktree.base",
+                    "must be a branch, tag or commit",
+                ));
+            }
+            if let Some(b) = &w.branch {
+                crate::executor::worktree::check_branch_template(b)
+                    .map_err(|m| err("execution.worktree.branch", m))?;
+            }
+            if e.working_directory.is_some() {
+                return Err(err(
+                    "execution.worktree",
+                    "runs in its worktree: not together with `working_directory`",
+                ));
+            }
+        }
         if e.session_timeout == Some(0) {
             return Err(err(
                 "execution.session_timeout",

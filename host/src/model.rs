@@ -215,6 +215,9 @@ pub struct ExecutionOptions {
     pub resume_session: Option<String>,
     /// `--continue`: continue the most recent conversation in the working directory.
     pub continue_session: bool,
+    /// Run in a git worktree of its own, made for the run from `repo` (see [`WorktreeSpec`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<WorktreeSpec>,
     /// Which Claude session a run uses: `new` (the default: a new conversation each run) or
     /// `continue_job` (resume the session of this job's latest successful run while it is
     /// younger than `session_timeout`; runs of the job then run one at a time).
@@ -237,6 +240,55 @@ pub struct ExecutionOptions {
     /// Condition-hook plugins asked, in order, just before each run: the first that says skip
     /// or defer decides. (Manifests give them as a top-level `conditions:` list.)
     pub conditions: Vec<PluginRef>,
+}
+
+/// A git worktree per run: made from `repo` at `base` on a new branch before the run, the CLI
+/// runs in it, and afterwards its diff stat and commits are recorded and it is removed or kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct WorktreeSpec {
+    /// The repository (a path to its checkout).
+    pub repo: String,
+    /// What the worktree starts from: a branch, tag or commit (default `HEAD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The new branch's name, a template over `job` (the job's name, made branch-safe) and
+    /// `run` (the execution id); default `cnp/{{job}}/{{run}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// When to keep the worktree after the run: `on_failure` (default), `always`, `never`.
+    #[serde(default)]
+    pub keep: KeepWorktree,
+}
+
+/// When a run's worktree outlives the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum KeepWorktree {
+    /// Kept when the run did not complete (to look at what it did); removed after a success.
+    #[default]
+    OnFailure,
+    Always,
+    Never,
+}
+
+/// What a run's worktree became (`executions.worktree`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+pub struct WorktreeReport {
+    pub repo: String,
+    pub path: String,
+    pub branch: String,
+    /// The commit it started from.
+    pub base_commit: String,
+    /// `git diff --stat` of everything the run changed (committed or not) against the base.
+    pub diff_stat: String,
+    /// The commits the run made: `<sha> <subject>`, oldest first.
+    pub commits: Vec<String>,
+    /// Whether the worktree was left in place.
+    pub kept: bool,
+    /// Why not removed, or what went wrong removing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Which Claude session a job's runs use.
@@ -467,6 +519,9 @@ pub struct JobExecution {
     /// For `trigger: dependency`: the upstream executions whose ends started this run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstream_ids: Vec<String>,
+    /// The run's git worktree (`execution.worktree`): where, the diff stat, the commits, kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<WorktreeReport>,
 }
 
 /// One attempt of a run, as the run's chain lists it.

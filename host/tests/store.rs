@@ -75,6 +75,7 @@ fn finished(id: &str, status: ExecutionStatus, ms: i64) -> FinishedRun {
         usage: None,
         resource_usage: None,
         pid: Some(1),
+        worktree: None,
     }
 }
 

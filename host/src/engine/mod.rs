@@ -71,6 +71,8 @@ pub struct EngineSettings {
     pub cooldown: crate::config::CooldownConfig,
     /// `[executor] session_timeout`: how old a session `session: continue_job` resumes may be.
     pub session_timeout: Duration,
+    /// Where runs' git worktrees go (`worktrees/` beside the database).
+    pub worktree_dir: std::path::PathBuf,
 }
 
 impl EngineSettings {
@@ -91,6 +93,7 @@ impl EngineSettings {
             default_retry: c.retry.as_retry_config(),
             cooldown: c.cooldown.clone(),
             session_timeout: c.executor.session_timeout,
+            worktree_dir: c.worktree_dir(),
         }
     }
 }
@@ -310,6 +313,15 @@ impl Engine {
             }
         }
         let interrupted = s.store.recover_interrupted(now, retries).await?;
+        // Worktrees of runs a stop cut short never got their clean-up: removed now (those kept
+        // on purpose stay).
+        let kept = s.store.kept_worktrees().await?;
+        let pruned =
+            crate::executor::worktree::prune(&s.settings.worktree_dir, |id| kept.contains(id))
+                .await;
+        if pruned > 0 {
+            tracing::info!(pruned, dir = %s.settings.worktree_dir.display(), "stale run worktrees removed");
+        }
         let loaded_edges = workflow::load(self).await?;
         if loaded_edges > 0 {
             tracing::info!(

@@ -13,6 +13,7 @@ use super::session::{self, SessionPlan};
 use super::workflow;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
+use crate::executor::worktree;
 use crate::executor::{RunObserver, RunReport, RunRequest};
 use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy,
@@ -419,6 +420,33 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             true
         }
     };
+    // `execution.worktree`: a git worktree of its own, where the CLI runs.
+    let worktree = match &job.execution_options.worktree {
+        None => None,
+        Some(spec) => {
+            match worktree::create(spec, &job.name, &run.execution_id, &s.settings.worktree_dir)
+                .await
+            {
+                Ok(w) => {
+                    observer.note(format!(
+                        "worktree {} of {} on new branch {} from {}",
+                        w.path.display(),
+                        w.repo.display(),
+                        w.branch,
+                        &w.base_commit[..w.base_commit.len().min(12)]
+                    ));
+                    options.working_directory = Some(w.path.to_string_lossy().into_owned());
+                    Some(w)
+                }
+                Err(message) => {
+                    observer.note(format!("not run: {message}"));
+                    observer.flush();
+                    fail_unstarted(engine, &run, message).await;
+                    return None;
+                }
+            }
+        }
+    };
     let request = RunRequest {
         execution_id: run.execution_id.clone(),
         prompt: prompt.clone(),
@@ -444,6 +472,20 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         report = run_cli(engine, fresh, &observer, &kill).await;
     }
     let mut status = report.outcome.status();
+    // The worktree: what the run changed and committed; removed or kept.
+    let worktree_report = match &worktree {
+        None => None,
+        Some(w) => {
+            let r = worktree::finish(w, status == ExecutionStatus::Completed).await;
+            observer.note(format!(
+                "worktree: {} commit(s); {}{}",
+                r.commits.len(),
+                if r.kept { "kept at " } else { "removed" },
+                if r.kept { r.path.as_str() } else { "" }
+            ));
+            Some(r)
+        }
+    };
     if shutdown_kill.is_cancelled() && report.outcome == Outcome::Cancelled {
         // Not a user's cancel: cnp stopped the run at shutdown.
         report.outcome = Outcome::Error {
@@ -482,7 +524,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         engine,
         &run,
         Some(prompt),
-        report,
+        (report, worktree_report),
         status,
         planned.as_ref().map(|(id, at, _)| NewRetry {
             id: id.clone(),
@@ -528,7 +570,7 @@ async fn fail_unstarted(engine: &Engine, run: &QueuedRun, message: String) {
     let now = engine.shared.clock.now();
     let report = failed_report(now, message);
     let status = report.outcome.status();
-    finish(engine, run, None, report, status, None, None).await;
+    finish(engine, run, None, (report, None), status, None, None).await;
     workflow::settle_ended(engine, &run.execution_id).await;
 }
 
@@ -705,6 +747,7 @@ async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
         usage: None,
         resource_usage: None,
         pid: None,
+        worktree: None,
     };
     match s.store.finish_execution(finished).await {
         Ok(_) => {
@@ -779,7 +822,7 @@ async fn finish(
     engine: &Engine,
     run: &QueuedRun,
     prompt: Option<String>,
-    report: RunReport,
+    (report, worktree): (RunReport, Option<crate::model::WorktreeReport>),
     status: ExecutionStatus,
     retry: Option<NewRetry>,
     downstream: Option<crate::store::Settle>,
@@ -801,6 +844,7 @@ async fn finish(
         usage: report.usage,
         resource_usage: report.resource_usage,
         pid: report.pid,
+        worktree,
     };
     let next = retry.as_ref().map(|r| AttemptRef {
         id: r.id.clone(),

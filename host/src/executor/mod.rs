@@ -8,6 +8,7 @@
 
 pub mod output;
 pub mod process;
+pub mod worktree;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -77,6 +77,8 @@ pub struct FinishedRun {
     pub usage: Option<serde_json::Value>,
     pub resource_usage: Option<ResourceUsage>,
     pub pid: Option<u32>,
+    /// What became of the run's git worktree.
+    pub worktree: Option<crate::model::WorktreeReport>,
 }
 
 /// The next attempt of a failed run (see [`Store::finish_with_retry`]).
@@ -101,7 +103,7 @@ pub(super) const EXEC_COLUMNS: &str =
     "id, job_id, status, trigger, scheduled_for, queued_at, started_at, \
     completed_at, execution_time_ms, prompt, output, error, retry_count, outcome, exit_code, \
     session_id, cost_usd, usage, resource_usage, pid, first_attempt_id, workflow_run_id, \
-    upstream_ids";
+    upstream_ids, worktree";
 
 pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
     let status: String = r.get(2)?;
@@ -132,6 +134,7 @@ pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
         first_attempt_id: r.get(20)?,
         workflow_run_id: r.get(21)?,
         upstream_ids: opt_json(r, 22, "executions.upstream_ids")?.unwrap_or_default(),
+        worktree: opt_json(r, 23, "executions.worktree")?,
     })
 }
 
@@ -426,6 +429,21 @@ impl Store {
         .await
     }
 
+    /// Executions whose worktree was kept on purpose (`keep`): start-up leaves those alone.
+    pub async fn kept_worktrees(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id FROM executions
+                 WHERE worktree IS NOT NULL AND json_extract(worktree, '$.kept') = 1",
+            )?;
+            let ids = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// The session of a job's latest successful run that reported one: (execution id, session
     /// id, when it ended).
     pub async fn last_session(
@@ -593,6 +611,7 @@ impl Store {
                             usage: None,
                             resource_usage: None,
                             pid: e.pid,
+                            worktree: None,
                         },
                     )?;
                     let recorded = match &retry {
@@ -751,7 +770,8 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
                 started_at = CASE WHEN ?2 = 'skipped' THEN NULL ELSE COALESCE(?3, started_at) END,
                 completed_at = ?4, execution_time_ms = ?5, output = ?6, error = ?7, outcome = ?8,
                 exit_code = ?9, session_id = ?10, cost_usd = ?11, usage = ?12,
-                resource_usage = ?13, pid = COALESCE(?14, pid), prompt = COALESCE(?15, prompt)
+                resource_usage = ?13, pid = COALESCE(?14, pid), prompt = COALESCE(?15, prompt),
+                worktree = COALESCE(?16, worktree)
              WHERE id = ?1 AND status IN ('queued', 'deferred', 'running')",
         )?
         .execute(params![
@@ -770,6 +790,7 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
             run.resource_usage.as_ref().map(to_json),
             run.pid,
             run.prompt,
+            run.worktree.as_ref().map(to_json),
         ])?;
     if n == 0 {
         return Ok(false);

@@ -173,6 +173,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (pass_id, downstream_job, upstream_job)
     ) WITHOUT ROWID;
     "#,
+    // v7: what became of a run's git worktree (`execution.worktree`), JSON.
+    r#"
+    ALTER TABLE executions ADD COLUMN worktree TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

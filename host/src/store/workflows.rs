@@ -412,7 +412,7 @@ impl Store {
             let mut out = Vec::new();
             while let Some(r) = rows.next()? {
                 let e = exec_from_row(r)?;
-                out.push((r.get::<_, String>(23)?, e));
+                out.push((r.get::<_, String>(24)?, e));
             }
             Ok(out)
         })

@@ -1,0 +1,198 @@
+//! Git worktrees per run, with the real `git` CLI on a throw-away repository: made on a new
+//! branch from the base, the diff stat and commits read afterwards, removed or kept per `keep`,
+//! clear errors for a missing repository, a dirty base or a bad base, and stale ones pruned.
+
+use std::path::Path;
+use std::process::Command;
+
+use cnp::executor::worktree;
+use cnp::model::{KeepWorktree, WorktreeSpec};
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn repo(dir: &Path) -> std::path::PathBuf {
+    let r = dir.join("repo");
+    std::fs::create_dir_all(&r).unwrap();
+    git(&r, &["init", "--quiet", "--initial-branch=main"]);
+    git(&r, &["config", "user.email", "cnp@example.com"]);
+    git(&r, &["config", "user.name", "cnp test"]);
+    std::fs::write(r.join("README.md"), "hello\n").unwrap();
+    git(&r, &["add", "."]);
+    git(&r, &["commit", "--quiet", "-m", "first"]);
+    r
+}
+
+fn spec(repo: &Path, keep: KeepWorktree) -> WorktreeSpec {
+    WorktreeSpec {
+        repo: repo.display().to_string(),
+        base: None,
+        branch: None,
+        keep,
+    }
+}
+
+#[tokio::test]
+async fn a_run_gets_its_own_worktree_and_its_commits_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let root = dir.path().join("worktrees");
+    let a = worktree::create(
+        &spec(&repo, KeepWorktree::OnFailure),
+        "Nightly fix",
+        "run-a",
+        &root,
+    )
+    .await
+    .unwrap();
+    let b = worktree::create(
+        &spec(&repo, KeepWorktree::OnFailure),
+        "Nightly fix",
+        "run-b",
+        &root,
+    )
+    .await
+    .unwrap();
+    assert_ne!(
+        a.path, b.path,
+        "concurrent runs of one repository each get their own"
+    );
+    assert_eq!(a.branch, "cnp/Nightly-fix/run-a");
+    assert!(a.path.join("README.md").is_file());
+    // The run edits and commits in its worktree, and leaves one change uncommitted.
+    std::fs::write(a.path.join("fix.rs"), "fn main() {}\n").unwrap();
+    git(&a.path, &["add", "fix.rs"]);
+    git(
+        &a.path,
+        &[
+            "-c",
+            "user.email=c@e",
+            "-c",
+            "user.name=c",
+            "commit",
+            "--quiet",
+            "-m",
+            "fix the bug",
+        ],
+    );
+    std::fs::write(a.path.join("README.md"), "hello\nworld\n").unwrap();
+    let r = worktree::finish(&a, true).await;
+    assert_eq!(r.commits.len(), 1, "{r:?}");
+    assert!(r.commits[0].ends_with(" fix the bug"), "{r:?}");
+    assert!(
+        r.diff_stat.contains("fix.rs") && r.diff_stat.contains("README.md"),
+        "{}",
+        r.diff_stat
+    );
+    assert!(
+        !r.kept && !a.path.exists(),
+        "a completed run's worktree is removed"
+    );
+    // Its branch keeps the commit; b's branch (no commits) goes with its worktree.
+    assert!(git(&repo, &["branch", "--list", &a.branch]).contains(&a.branch));
+    let r = worktree::finish(&b, true).await;
+    assert!(!r.kept && r.commits.is_empty());
+    assert!(git(&repo, &["branch", "--list", &b.branch]).is_empty());
+}
+
+#[tokio::test]
+async fn keep_on_failure_keeps_a_failed_runs_worktree_and_prune_removes_stale_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let root = dir.path().join("worktrees");
+    let failed = worktree::create(
+        &spec(&repo, KeepWorktree::OnFailure),
+        "j",
+        "failed-run",
+        &root,
+    )
+    .await
+    .unwrap();
+    let r = worktree::finish(&failed, false).await;
+    assert!(r.kept && failed.path.is_dir(), "{r:?}");
+    let always = worktree::create(&spec(&repo, KeepWorktree::Always), "j", "kept-run", &root)
+        .await
+        .unwrap();
+    assert!(worktree::finish(&always, true).await.kept);
+    let never = worktree::create(&spec(&repo, KeepWorktree::Never), "j", "never-run", &root)
+        .await
+        .unwrap();
+    assert!(!worktree::finish(&never, false).await.kept && !never.path.exists());
+    // A crash left one behind (no finish): pruned at start-up; those kept on purpose stay.
+    let stale = worktree::create(
+        &spec(&repo, KeepWorktree::OnFailure),
+        "j",
+        "crashed-run",
+        &root,
+    )
+    .await
+    .unwrap();
+    let n = worktree::prune(&root, |id| id == "failed-run" || id == "kept-run").await;
+    assert_eq!(n, 1);
+    assert!(!stale.path.exists() && failed.path.is_dir() && always.path.is_dir());
+    assert!(!git(&repo, &["worktree", "list"]).contains("crashed-run"));
+}
+
+#[tokio::test]
+async fn bad_repositories_and_bases_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let root = dir.path().join("worktrees");
+    let missing = WorktreeSpec {
+        repo: "/nonexistent/repo".into(),
+        ..spec(&repo, KeepWorktree::Never)
+    };
+    let e = worktree::create(&missing, "j", "r1", &root)
+        .await
+        .unwrap_err();
+    assert!(e.contains("does not exist"), "{e}");
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let not_git = WorktreeSpec {
+        repo: plain.display().to_string(),
+        ..spec(&repo, KeepWorktree::Never)
+    };
+    let e = worktree::create(&not_git, "j", "r2", &root)
+        .await
+        .unwrap_err();
+    assert!(e.contains("not a git repository"), "{e}");
+    let bad_base = WorktreeSpec {
+        base: Some("no-such-branch".into()),
+        ..spec(&repo, KeepWorktree::Never)
+    };
+    let e = worktree::create(&bad_base, "j", "r3", &root)
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("`no-such-branch` is not a branch, tag or commit"),
+        "{e}"
+    );
+    // Uncommitted changes in the checkout: a worktree from HEAD would leave them out.
+    std::fs::write(repo.join("README.md"), "changed\n").unwrap();
+    let e = worktree::create(&spec(&repo, KeepWorktree::Never), "j", "r4", &root)
+        .await
+        .unwrap_err();
+    assert!(e.contains("uncommitted changes"), "{e}");
+    // Naming the base says "from that commit", dirty checkout or not.
+    let named = WorktreeSpec {
+        base: Some("main".into()),
+        ..spec(&repo, KeepWorktree::Never)
+    };
+    let w = worktree::create(&named, "j", "r5", &root).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(w.path.join("README.md")).unwrap(),
+        "hello\n"
+    );
+}
