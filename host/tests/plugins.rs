@@ -1677,7 +1677,10 @@ fn context_0_2(
 #[tokio::test]
 async fn a_0_2_condition_hook_loads_beside_0_1_ones_and_sees_the_upstreams() {
     let (host, _folder) = loaded_host(
-        &[(CONDITION, CONDITION, None), (UPSTREAM_GATE, UPSTREAM_GATE, None)],
+        &[
+            (CONDITION, CONDITION, None),
+            (UPSTREAM_GATE, UPSTREAM_GATE, None),
+        ],
         fixed_clock(),
     )
     .await;
@@ -1711,10 +1714,9 @@ async fn a_0_2_condition_hook_loads_beside_0_1_ones_and_sees_the_upstreams() {
         ],
     );
     assert_dbg!(
-        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx).await,
-        Ok(Verdict::Skip(
-            "upstream `review` said `NO-CHANGES`".into()
-        ))
+        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx)
+            .await,
+        Ok(Verdict::Skip("upstream `review` said `NO-CHANGES`".into()))
     );
     // Only an indirect one has it: runs (only_direct is the default), unless told to look at
     // every earlier run of the pass.
@@ -1726,33 +1728,45 @@ async fn a_0_2_condition_hook_loads_beside_0_1_ones_and_sees_the_upstreams() {
         ],
     );
     assert_dbg!(
-        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx).await,
+        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx)
+            .await,
         Ok(Verdict::Run)
     );
     let all = json!({"skip_if_contains": ["NO-CHANGES"], "only_direct": false});
     assert_dbg!(
-        host.evaluate_condition(UPSTREAM_GATE, Some(&all), &ctx).await,
+        host.evaluate_condition(UPSTREAM_GATE, Some(&all), &ctx)
+            .await,
         Ok(Verdict::Skip("upstream `lint` said `NO-CHANGES`".into()))
     );
     // 0.1's entry point still reaches a 0.2 hook (with no upstreams: it runs).
     assert_dbg!(
-        host.evaluate(UPSTREAM_GATE, Some(&cfg), &context(ConditionTrigger::Schedule, "UTC"))
-            .await,
+        host.evaluate(
+            UPSTREAM_GATE,
+            Some(&cfg),
+            &context(ConditionTrigger::Schedule, "UTC")
+        )
+        .await,
         Ok(Verdict::Run)
     );
     // A 0.1 hook given 0.2's context sees `dependency` as `manual`: business-hours' manual
     // bypass lets it run on a Saturday, and without the bypass it is outside the window.
     let saturday = context_0_2(T::Dependency, vec![upstream("review", true, "x")]);
-    let (host, _folder) =
-        loaded_host(&[(CONDITION, CONDITION, None)], Clock::tokio_from(utc(2026, 3, 7, 11, 0)))
-            .await;
+    let (host, _folder) = loaded_host(
+        &[(CONDITION, CONDITION, None)],
+        Clock::tokio_from(utc(2026, 3, 7, 11, 0)),
+    )
+    .await;
     let tz = json!({"timezone": "Europe/Berlin", "outside": "skip"});
     assert_dbg!(
-        host.evaluate_condition(CONDITION, Some(&tz), &saturday).await,
+        host.evaluate_condition(CONDITION, Some(&tz), &saturday)
+            .await,
         Ok(Verdict::Run)
     );
     let strict = json!({"timezone": "Europe/Berlin", "outside": "skip", "manual_bypass": false});
-    match host.evaluate_condition(CONDITION, Some(&strict), &saturday).await {
+    match host
+        .evaluate_condition(CONDITION, Some(&strict), &saturday)
+        .await
+    {
         Ok(Verdict::Skip(r)) => assert!(r.contains("outside business hours"), "{r}"),
         other => panic!("expected a skip, got {other:?}"),
     }
@@ -1927,7 +1941,11 @@ async fn a_0_1_condition_hook_still_decides_on_a_dependency_triggered_run() {
         "{reason}"
     );
     let ra = f.runs(&after).await;
-    assert_eq!(ra.len(), 1, "the skipped node's downstream is settled: {ra:?}");
+    assert_eq!(
+        ra.len(),
+        1,
+        "the skipped node's downstream is settled: {ra:?}"
+    );
     assert_eq!(ra[0].status, ExecutionStatus::Skipped, "{:?}", ra[0]);
     let rb = f.runs(&bypass).await;
     assert_eq!(rb.len(), 1, "{rb:?}");
@@ -1980,7 +1998,11 @@ async fn a_0_2_condition_hook_skips_a_workflow_node_on_its_upstream_result() {
     assert_eq!(rr.len(), 1, "{rr:?}");
     assert_eq!(rr[0].status, ExecutionStatus::Completed, "{:?}", rr[0]);
     assert!(
-        f.prompts.lock().unwrap().iter().any(|p| p == "fix ended skipped"),
+        f.prompts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == "fix ended skipped"),
         "{:?}",
         f.prompts.lock().unwrap()
     );

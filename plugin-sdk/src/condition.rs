@@ -161,7 +161,7 @@ impl From<wit::Trigger> for Trigger {
             wit::Trigger::Manual => Trigger::Manual,
             wit::Trigger::Delayed => Trigger::Delayed,
             wit::Trigger::Retry => Trigger::Retry,
-            #[cfg(cnp_wit_0_2)]
+            #[cfg(all(not(doc), cnp_wit_0_2))]
             wit::Trigger::Dependency => Trigger::Dependency,
         }
     }
@@ -206,13 +206,14 @@ impl From<wit::RunContext> for RunContext {
             trigger: c.trigger.into(),
             scheduled_at: c.scheduled_at,
             previous: c.previous.map(Into::into),
-            #[cfg(cnp_wit_0_2)]
+            #[cfg(all(not(doc), cnp_wit_0_2))]
             workflow_pass: c.workflow_pass,
-            #[cfg(cnp_wit_0_2)]
+            #[cfg(all(not(doc), cnp_wit_0_2))]
             upstreams: c.upstreams.into_iter().map(Into::into).collect(),
-            #[cfg(all(doc, not(cnp_wit_0_2)))]
+            // Rustdoc's bindings are 0.1's (see `bindings`).
+            #[cfg(doc)]
             workflow_pass: None,
-            #[cfg(all(doc, not(cnp_wit_0_2)))]
+            #[cfg(doc)]
             upstreams: Vec::new(),
         }
     }

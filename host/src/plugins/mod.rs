@@ -686,9 +686,7 @@ fn context_0_1(c: &ConditionContext) -> RunContext {
         job: c.job.clone(),
         trigger: match c.trigger {
             ConditionTrigger02::Schedule => ConditionTrigger::Schedule,
-            ConditionTrigger02::Manual | ConditionTrigger02::Dependency => {
-                ConditionTrigger::Manual
-            }
+            ConditionTrigger02::Manual | ConditionTrigger02::Dependency => ConditionTrigger::Manual,
             ConditionTrigger02::Delayed => ConditionTrigger::Delayed,
             ConditionTrigger02::Retry => ConditionTrigger::Retry,
         },

@@ -50,44 +50,113 @@ impl ConditionHook for UpstreamGate {
     }
 
     fn evaluate(config: Config, context: RunContext) -> Result<Verdict, PluginError> {
-        if context.upstreams.is_empty() {
-            return Ok(Verdict::Run);
+        if !context.upstreams.is_empty() {
+            let dependency = context.trigger == Trigger::Dependency;
+            log::debug(
+                "deciding on upstream results",
+                &[
+                    ("job", &context.job.name),
+                    ("dependency", &dependency),
+                    ("upstreams", &context.upstreams.len()),
+                ],
+            );
         }
-        let looked_at: Vec<&UpstreamRun> = context
-            .upstreams
-            .iter()
-            .filter(|u| u.direct || !config.only_direct)
-            .collect();
-        let dependency = context.trigger == Trigger::Dependency;
-        log::info(
-            "deciding on upstream results",
-            &[
-                ("job", &context.job.name),
-                ("dependency", &dependency),
-                ("upstreams", &looked_at.len()),
-            ],
-        );
-        for u in &looked_at {
-            if config.require_completed && u.status != RunStatus::Completed {
-                return Ok(Verdict::skip(format!(
-                    "upstream `{}` ended {:?}, not completed",
-                    u.job_name, u.status
-                )));
-            }
-            let text = u.result.as_deref().unwrap_or_default().to_lowercase();
-            if let Some(word) = config
-                .skip_if_contains
-                .iter()
-                .find(|w| text.contains(&w.to_lowercase()))
-            {
-                return Ok(Verdict::skip(format!(
-                    "upstream `{}` said `{word}`",
-                    u.job_name
-                )));
-            }
-        }
-        Ok(Verdict::Run)
+        Ok(decide(&config, &context))
     }
 }
 
+/// The decision itself (no host calls, so it is tested natively).
+fn decide(config: &Config, context: &RunContext) -> Verdict {
+    let looked_at = context
+        .upstreams
+        .iter()
+        .filter(|u| u.direct || !config.only_direct);
+    for u in looked_at {
+        if config.require_completed && u.status != RunStatus::Completed {
+            return Verdict::skip(format!(
+                "upstream `{}` ended {:?}, not completed",
+                u.job_name, u.status
+            ));
+        }
+        if let Some(word) = found_word(config, u) {
+            return Verdict::skip(format!("upstream `{}` said `{word}`", u.job_name));
+        }
+    }
+    Verdict::Run
+}
+
+fn found_word<'a>(config: &'a Config, u: &UpstreamRun) -> Option<&'a str> {
+    let text = u.result.as_deref().unwrap_or_default().to_lowercase();
+    config
+        .skip_if_contains
+        .iter()
+        .find(|w| text.contains(&w.to_lowercase()))
+        .map(String::as_str)
+}
+
 cnp_plugin_sdk::register_plugin!(UpstreamGate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cnp_plugin_sdk::JobInfo;
+
+    fn run(job: &str, direct: bool, status: RunStatus, result: &str) -> UpstreamRun {
+        UpstreamRun {
+            job_name: job.into(),
+            execution_id: format!("e-{job}"),
+            direct,
+            status,
+            exit_code: Some(0),
+            result: Some(result.into()),
+            error: None,
+            cost_usd: None,
+            duration_ms: Some(10),
+            session_id: None,
+        }
+    }
+
+    fn context(upstreams: Vec<UpstreamRun>) -> RunContext {
+        RunContext {
+            job: JobInfo {
+                id: "j".into(),
+                name: "fix".into(),
+                tags: vec![],
+                priority: 5,
+                timezone: "UTC".into(),
+            },
+            trigger: Trigger::Dependency,
+            scheduled_at: None,
+            previous: None,
+            workflow_pass: Some("p".into()),
+            upstreams,
+        }
+    }
+
+    fn config(json: &str) -> Config {
+        cnp_plugin_sdk::config::parse(json).unwrap()
+    }
+
+    #[test]
+    fn skips_on_a_word_in_a_direct_upstream_only_by_default() {
+        let c = config(r#"{"skip_if_contains": ["NO-CHANGES"]}"#);
+        let ctx = context(vec![
+            run("lint", false, RunStatus::Completed, "no-changes"),
+            run("review", true, RunStatus::Completed, "all good"),
+        ]);
+        assert_eq!(decide(&c, &ctx), Verdict::Run);
+        let c = config(r#"{"skip_if_contains": ["NO-CHANGES"], "only_direct": false}"#);
+        assert_eq!(decide(&c, &ctx), Verdict::skip("upstream `lint` said `NO-CHANGES`"));
+    }
+
+    #[test]
+    fn require_completed_and_no_upstreams() {
+        let c = config(r#"{"require_completed": true}"#);
+        let ctx = context(vec![run("review", true, RunStatus::Failed, "")]);
+        assert_eq!(
+            decide(&c, &ctx),
+            Verdict::skip("upstream `review` ended Failed, not completed")
+        );
+        assert_eq!(decide(&c, &context(vec![])), Verdict::Run);
+    }
+}
