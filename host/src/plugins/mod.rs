@@ -503,7 +503,7 @@ impl PluginHost {
         job_config: Option<&serde_json::Value>,
         context: &RunContext,
     ) -> Result<Verdict, PluginFailure> {
-        self.evaluate_condition(name, job_config, &context_0_2(context))
+        self.evaluate_any(name, job_config, AnyContext::V0_1(context))
             .await
     }
 
@@ -516,19 +516,46 @@ impl PluginHost {
         job_config: Option<&serde_json::Value>,
         context: &ConditionContext,
     ) -> Result<Verdict, PluginFailure> {
+        self.evaluate_any(name, job_config, AnyContext::V0_2(context))
+            .await
+    }
+
+    /// Calls the hook with `context` in the shape of the version it was built against
+    /// (converted only when they differ).
+    async fn evaluate_any(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        context: AnyContext<'_>,
+    ) -> Result<Verdict, PluginFailure> {
         let mut call = self.begin(name, PluginKind::ConditionHook).await?;
         let config = call.plugin.sidecar.merged_config(job_config);
         let plugin = call.plugin.clone();
         let r = match &plugin.exports {
             Exports::Condition(ix) => {
-                let old = context_0_1(context);
+                let converted;
+                let context = match context {
+                    AnyContext::V0_1(c) => c,
+                    AnyContext::V0_2(c) => {
+                        converted = context_0_1(c);
+                        &converted
+                    }
+                };
                 let fut = async {
                     let g = ix.load(&mut call.store, &call.instance)?;
-                    g.call_evaluate(&mut call.store, &config, &old).await
+                    g.call_evaluate(&mut call.store, &config, context).await
                 };
                 run_with_timeout(&plugin, fut).await
             }
             Exports::Condition02(ix) => {
+                let converted;
+                let context = match context {
+                    AnyContext::V0_2(c) => c,
+                    AnyContext::V0_1(c) => {
+                        converted = context_0_2(c);
+                        &converted
+                    }
+                };
                 let fut = async {
                     let g = ix.load(&mut call.store, &call.instance)?;
                     g.call_evaluate(&mut call.store, &config, context)
@@ -660,6 +687,13 @@ impl PluginHost {
             .find(|e| e.path.file_stem().and_then(|s| s.to_str()) == Some(name))
             .map(|e| e.message.clone())
     }
+}
+
+/// A condition hook's context in either version's shape.
+#[derive(Clone, Copy)]
+enum AnyContext<'a> {
+    V0_1(&'a RunContext),
+    V0_2(&'a ConditionContext),
 }
 
 /// 0.1's run context as 0.2's (no workflow pass, no upstreams).
