@@ -1,6 +1,7 @@
 //! Turns the world features into cfgs the crate can test in one place:
 //! `cnp_world = "<feature>"` and `cnp_one_world` when exactly one is enabled,
-//! `cnp_world_conflict` when several are, `cnp_world_none` when none is.
+//! `cnp_world_conflict` when several are, `cnp_world_none` when none is; `cnp_wit_0_2` for a
+//! condition hook built against `cnp:plugin@0.2.0` (feature `wit-0-2`).
 
 const WORLDS: [&str; 3] = ["retry-strategy", "notifier", "condition-hook"];
 
@@ -9,6 +10,13 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(cnp_one_world)");
     println!("cargo::rustc-check-cfg=cfg(cnp_world_conflict)");
     println!("cargo::rustc-check-cfg=cfg(cnp_world_none)");
+    println!("cargo::rustc-check-cfg=cfg(cnp_wit_0_2)");
+    // `wit-0-2` matters to the condition hook only (0.2's other worlds are 0.1's).
+    if std::env::var_os("CARGO_FEATURE_WIT_0_2").is_some()
+        && std::env::var_os("CARGO_FEATURE_CONDITION_HOOK").is_some()
+    {
+        println!("cargo::rustc-cfg=cnp_wit_0_2");
+    }
     let enabled: Vec<&str> = WORLDS
         .iter()
         .copied()

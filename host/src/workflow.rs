@@ -166,7 +166,9 @@ impl UpstreamRun {
     }
 }
 
-fn cap(s: &str) -> String {
+/// `s` cut at [`MAX_RESULT_IN_CONTEXT`] bytes (on a character boundary), with a line saying how
+/// much was cut.
+pub fn cap(s: &str) -> String {
     if s.len() <= MAX_RESULT_IN_CONTEXT {
         return s.to_owned();
     }

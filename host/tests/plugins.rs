@@ -43,6 +43,8 @@ macro_rules! assert_dbg {
 const RETRY: &str = "decorrelated-jitter";
 const NOTIFIER: &str = "webhook-notifier";
 const CONDITION: &str = "business-hours";
+/// A condition hook built against `cnp:plugin@0.2.0` (it sees the workflow upstreams).
+const UPSTREAM_GATE: &str = "upstream-gate";
 
 /// The built component of workspace package `package` (`plugins/target/.../<crate_name>.wasm`).
 fn artifact(package: &str) -> PathBuf {
@@ -79,6 +81,7 @@ fn shared_cache() -> PathBuf {
                 "panicker",
                 "forbidden-http",
                 "output-flood",
+                UPSTREAM_GATE,
             ] {
                 folder.install(package, package, None);
             }
@@ -87,7 +90,7 @@ fn shared_cache() -> PathBuf {
                 let host =
                     PluginHost::new(&settings(), Some(folder.path()), Some(cache), fixed_clock())
                         .unwrap();
-                assert_eq!(host.load_all().await, 8, "{:?}", host.load_errors());
+                assert_eq!(host.load_all().await, 9, "{:?}", host.load_errors());
             });
         })
         .join()
@@ -1637,4 +1640,397 @@ async fn the_engine_defers_a_run_until_business_hours_and_then_runs_it() {
         "ran at {}",
         ran[0]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. WIT 0.2 condition hooks: the workflow upstreams
+
+fn upstream(job: &str, direct: bool, result: &str) -> cnp::plugins::UpstreamRunInfo {
+    cnp::plugins::UpstreamRunInfo {
+        job_name: job.into(),
+        execution_id: format!("exec-{job}"),
+        direct,
+        status: cnp::plugins::UpstreamStatus::Completed,
+        exit_code: Some(0),
+        result_text: Some(result.into()),
+        error: None,
+        cost_usd: Some(0.5),
+        duration_ms: Some(1200),
+        session_id: Some("s-1".into()),
+    }
+}
+
+fn context_0_2(
+    trigger: cnp::plugins::ConditionTrigger02,
+    upstreams: Vec<cnp::plugins::UpstreamRunInfo>,
+) -> cnp::plugins::ConditionContext {
+    cnp::plugins::ConditionContext {
+        job: job("job-ug", "UTC"),
+        trigger,
+        scheduled_at: None,
+        previous: None,
+        workflow_pass: Some("pass-1".into()),
+        upstreams,
+    }
+}
+
+#[tokio::test]
+async fn a_0_2_condition_hook_loads_beside_0_1_ones_and_sees_the_upstreams() {
+    let (host, _folder) = loaded_host(
+        &[
+            (CONDITION, CONDITION, None),
+            (UPSTREAM_GATE, UPSTREAM_GATE, None),
+        ],
+        fixed_clock(),
+    )
+    .await;
+    let versions: HashMap<String, (PluginKind, &str)> = host
+        .list()
+        .into_iter()
+        .map(|p| (p.name, (p.kind, p.wit_version)))
+        .collect();
+    assert_eq!(
+        versions[UPSTREAM_GATE],
+        (PluginKind::ConditionHook, "0.2.0")
+    );
+    assert_eq!(versions[CONDITION], (PluginKind::ConditionHook, "0.1.0"));
+    let cfg = json!({"skip_if_contains": ["NO-CHANGES"]});
+    host.validate_use(UPSTREAM_GATE, PluginKind::ConditionHook, Some(&cfg))
+        .await
+        .unwrap();
+    let bad = json!({"skip_if_contains": [" "]});
+    assert!(matches!(
+        host.validate_use(UPSTREAM_GATE, PluginKind::ConditionHook, Some(&bad))
+            .await,
+        Err(PluginFailure::Error { .. })
+    ));
+    use cnp::plugins::ConditionTrigger02 as T;
+    // A direct upstream's result has the word: skipped, naming it.
+    let ctx = context_0_2(
+        T::Dependency,
+        vec![
+            upstream("lint", false, "fine"),
+            upstream("review", true, "verdict: no-changes needed"),
+        ],
+    );
+    assert_dbg!(
+        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx)
+            .await,
+        Ok(Verdict::Skip("upstream `review` said `NO-CHANGES`".into()))
+    );
+    // Only an indirect one has it: runs (only_direct is the default), unless told to look at
+    // every earlier run of the pass.
+    let ctx = context_0_2(
+        T::Dependency,
+        vec![
+            upstream("lint", false, "NO-CHANGES"),
+            upstream("review", true, "3 issues"),
+        ],
+    );
+    assert_dbg!(
+        host.evaluate_condition(UPSTREAM_GATE, Some(&cfg), &ctx)
+            .await,
+        Ok(Verdict::Run)
+    );
+    let all = json!({"skip_if_contains": ["NO-CHANGES"], "only_direct": false});
+    assert_dbg!(
+        host.evaluate_condition(UPSTREAM_GATE, Some(&all), &ctx)
+            .await,
+        Ok(Verdict::Skip("upstream `lint` said `NO-CHANGES`".into()))
+    );
+    // 0.1's entry point still reaches a 0.2 hook (with no upstreams: it runs).
+    assert_dbg!(
+        host.evaluate(
+            UPSTREAM_GATE,
+            Some(&cfg),
+            &context(ConditionTrigger::Schedule, "UTC")
+        )
+        .await,
+        Ok(Verdict::Run)
+    );
+    // A 0.1 hook given 0.2's context sees `dependency` as `manual`: business-hours' manual
+    // bypass lets it run on a Saturday, and without the bypass it is outside the window.
+    let saturday = context_0_2(T::Dependency, vec![upstream("review", true, "x")]);
+    let (host, _folder) = loaded_host(
+        &[(CONDITION, CONDITION, None)],
+        Clock::tokio_from(utc(2026, 3, 7, 11, 0)),
+    )
+    .await;
+    let tz = json!({"timezone": "Europe/Berlin", "outside": "skip"});
+    assert_dbg!(
+        host.evaluate_condition(CONDITION, Some(&tz), &saturday)
+            .await,
+        Ok(Verdict::Run)
+    );
+    let strict = json!({"timezone": "Europe/Berlin", "outside": "skip", "manual_bypass": false});
+    match host
+        .evaluate_condition(CONDITION, Some(&strict), &saturday)
+        .await
+    {
+        Ok(Verdict::Skip(r)) => assert!(r.contains("outside business hours"), "{r}"),
+        other => panic!("expected a skip, got {other:?}"),
+    }
+}
+
+/// "Runs" for 1 s of paused time and answers `FAKE_RESULT` from the job's environment, else
+/// `result of <prompt>`; records the prompts it saw by job.
+struct WorkflowRunner {
+    clock: Clock,
+    prompts: Arc<Mutex<Vec<String>>>,
+}
+
+impl cnp::executor::Runner for WorkflowRunner {
+    fn run(
+        &self,
+        request: cnp::executor::RunRequest,
+        _observer: Arc<dyn cnp::executor::RunObserver>,
+    ) -> cnp::executor::BoxFuture<cnp::executor::RunReport> {
+        let clock = self.clock.clone();
+        self.prompts.lock().unwrap().push(request.prompt.clone());
+        Box::pin(async move {
+            let started = clock.now();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let result = request
+                .options
+                .environment
+                .get("FAKE_RESULT")
+                .cloned()
+                .unwrap_or_else(|| format!("result of {}", request.prompt));
+            cnp::executor::RunReport {
+                outcome: cnp::model::Outcome::Success,
+                exit_code: Some(0),
+                started_at: Some(started),
+                finished_at: clock.now(),
+                pid: Some(1),
+                result_text: Some(result),
+                session_id: Some(format!("session-{}", request.execution_id)),
+                cost_usd: Some(0.01),
+                usage: None,
+                resource_usage: None,
+            }
+        })
+    }
+}
+
+struct Flow {
+    engine: cnp::engine::Engine,
+    store: cnp::store::Store,
+    prompts: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+    _folder: Folder,
+}
+
+/// An engine on paused time with `plugins` (name, package) loaded.
+async fn flow(plugins: &[(&str, &str)], clock: Clock) -> Flow {
+    let folder = Folder::new();
+    for (name, package) in plugins {
+        folder.install(name, package, None);
+    }
+    let host = host_in(&folder, clock.clone());
+    assert_eq!(
+        host.load_all().await,
+        plugins.len(),
+        "{:?}",
+        host.load_errors()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = cnp::store::Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let prompts = Arc::new(Mutex::new(Vec::new()));
+    let runner = Arc::new(WorkflowRunner {
+        clock: clock.clone(),
+        prompts: prompts.clone(),
+    });
+    let engine = cnp::engine::Engine::start_with_plugins(
+        store.clone(),
+        runner,
+        cnp::engine::EngineSettings {
+            default_retry: None,
+            ..Default::default()
+        },
+        clock,
+        cnp::events::EventBus::default(),
+        Some(host),
+    )
+    .await
+    .unwrap();
+    Flow {
+        engine,
+        store,
+        prompts,
+        _dir: dir,
+        _folder: folder,
+    }
+}
+
+impl Flow {
+    async fn create(&self, v: Value) -> String {
+        let spec: cnp::manifest::JobSpec = serde_json::from_value(v).unwrap();
+        self.engine.create_job(spec, None).await.unwrap().id
+    }
+
+    /// The job's runs, oldest first.
+    async fn runs(&self, job_id: &str) -> Vec<cnp::model::JobExecution> {
+        let mut v = self
+            .store
+            .list_executions(cnp::store::ExecutionFilter {
+                job_id: Some(job_id.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        v.reverse();
+        v
+    }
+
+    /// Lets runs go until nothing is queued or running.
+    async fn settle(&self) {
+        let mut quiet = 0;
+        for _ in 0..2000 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+            let busy = self.store.pending_executions().await.unwrap().len()
+                + self.store.running_executions().await.unwrap().len();
+            quiet = if busy == 0 { quiet + 1 } else { 0 };
+            if quiet >= 5 {
+                return;
+            }
+        }
+        panic!("runs did not settle");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_0_1_condition_hook_still_decides_on_a_dependency_triggered_run() {
+    use cnp::model::{ExecutionStatus, Trigger};
+    // Saturday 2026-03-07 12:00 Berlin: outside business hours.
+    let f = flow(
+        &[(CONDITION, CONDITION)],
+        Clock::tokio_from(utc(2026, 3, 7, 11, 0)),
+    )
+    .await;
+    let a = f.create(json!({"name": "a", "prompt": "start"})).await;
+    // No manual bypass: the hook applies its window to the dependency run.
+    let strict = f
+        .create(json!({
+            "name": "strict", "prompt": "x", "depends_on": ["a"],
+            "conditions": [{"plugin": CONDITION, "config":
+                {"timezone": "Europe/Berlin", "outside": "skip", "manual_bypass": false}}],
+        }))
+        .await;
+    let after = f
+        .create(json!({"name": "after-strict", "prompt": "x", "depends_on": ["strict"]}))
+        .await;
+    // With the (default) manual bypass: a 0.1 hook sees the dependency run as manual.
+    let bypass = f
+        .create(json!({
+            "name": "bypass", "prompt": "y", "depends_on": ["a"],
+            "conditions": [{"plugin": CONDITION, "config":
+                {"timezone": "Europe/Berlin", "outside": "skip"}}],
+        }))
+        .await;
+    f.engine.run_now(&a).await.unwrap();
+    f.settle().await;
+    let rs = f.runs(&strict).await;
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert_eq!(rs[0].trigger, Trigger::Dependency);
+    assert_eq!(rs[0].status, ExecutionStatus::Skipped, "{:?}", rs[0]);
+    let reason = rs[0].error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("condition `business-hours`") && reason.contains("outside business hours"),
+        "{reason}"
+    );
+    let ra = f.runs(&after).await;
+    assert_eq!(
+        ra.len(),
+        1,
+        "the skipped node's downstream is settled: {ra:?}"
+    );
+    assert_eq!(ra[0].status, ExecutionStatus::Skipped, "{:?}", ra[0]);
+    let rb = f.runs(&bypass).await;
+    assert_eq!(rb.len(), 1, "{rb:?}");
+    assert_eq!(rb[0].status, ExecutionStatus::Completed, "{:?}", rb[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_0_2_condition_hook_skips_a_workflow_node_on_its_upstream_result() {
+    use cnp::model::ExecutionStatus;
+    let f = flow(&[(UPSTREAM_GATE, UPSTREAM_GATE)], fixed_clock()).await;
+    let review = f
+        .create(json!({
+            "name": "review", "prompt": "review it",
+            "execution": {"environment": {"FAKE_RESULT": "Looks fine. Verdict: NO-CHANGES"}},
+        }))
+        .await;
+    let fix = f
+        .create(json!({
+            "name": "fix", "prompt": "fix: {{ upstream.review.result }}", "depends_on": ["review"],
+            "conditions": [{"plugin": UPSTREAM_GATE, "config": {"skip_if_contains": ["no-changes"]}}],
+        }))
+        .await;
+    let tests = f
+        .create(json!({"name": "tests", "prompt": "run tests", "depends_on": ["fix"]}))
+        .await;
+    let report = f
+        .create(json!({
+            "name": "report", "prompt": "fix ended {{ upstream.fix.status }}",
+            "depends_on": [{"job": "fix", "on": "always"}],
+        }))
+        .await;
+
+    // Pass 1: the review says NO-CHANGES: fix is skipped by the hook; tests (on success) is
+    // skipped in turn, report (on always) runs.
+    f.engine.run_now(&review).await.unwrap();
+    f.settle().await;
+    let rf = f.runs(&fix).await;
+    assert_eq!(rf.len(), 1, "{rf:?}");
+    assert_eq!(rf[0].status, ExecutionStatus::Skipped, "{:?}", rf[0]);
+    assert_eq!(
+        rf[0].error.as_deref(),
+        Some("condition `upstream-gate`: upstream `review` said `no-changes`"),
+        "{:?}",
+        rf[0]
+    );
+    let rt = f.runs(&tests).await;
+    assert_eq!(rt.len(), 1, "{rt:?}");
+    assert_eq!(rt[0].status, ExecutionStatus::Skipped, "{:?}", rt[0]);
+    let rr = f.runs(&report).await;
+    assert_eq!(rr.len(), 1, "{rr:?}");
+    assert_eq!(rr[0].status, ExecutionStatus::Completed, "{:?}", rr[0]);
+    assert!(
+        f.prompts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == "fix ended skipped"),
+        "{:?}",
+        f.prompts.lock().unwrap()
+    );
+
+    // Pass 2: the review finds issues: fix runs with the review's result in its prompt (read
+    // once with the hook's upstreams), then tests.
+    let mut spec: cnp::manifest::JobSpec = serde_json::from_value(json!({
+        "name": "review", "prompt": "review it",
+        "execution": {"environment": {"FAKE_RESULT": "2 issues found"}},
+    }))
+    .unwrap();
+    spec = spec.normalized();
+    f.engine.update_job(&review, spec, None).await.unwrap();
+    f.engine.run_now(&review).await.unwrap();
+    f.settle().await;
+    let rf = f.runs(&fix).await;
+    assert_eq!(rf.len(), 2, "{rf:?}");
+    assert_eq!(rf[1].status, ExecutionStatus::Completed, "{:?}", rf[1]);
+    assert!(
+        f.prompts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p == "fix: 2 issues found"),
+        "{:?}",
+        f.prompts.lock().unwrap()
+    );
+    let rt = f.runs(&tests).await;
+    assert_eq!(rt.len(), 2, "{rt:?}");
+    assert_eq!(rt[1].status, ExecutionStatus::Completed, "{:?}", rt[1]);
 }

@@ -29,7 +29,7 @@ wit_bindgen::generate!({
     runtime_path: "::cnp_plugin_sdk::__private::wit_bindgen::rt",
 });
 
-#[cfg(all(not(doc), cnp_world = "condition-hook"))]
+#[cfg(all(not(doc), cnp_world = "condition-hook", not(cnp_wit_0_2)))]
 wit_bindgen::generate!({
     world: "cnp:plugin/condition-hook@0.1.0",
     path: "../wit",
@@ -39,6 +39,38 @@ wit_bindgen::generate!({
     default_bindings_module: "::cnp_plugin_sdk::bindings",
     runtime_path: "::cnp_plugin_sdk::__private::wit_bindgen::rt",
 });
+
+/// `cnp:plugin@0.2.0`'s condition hook. Resolved together with 0.1 (whose `types`, `log` and
+/// `clock` it uses), so the generated modules carry their package version; the aliases below
+/// put them at the paths the rest of the crate uses.
+#[cfg(all(not(doc), cnp_world = "condition-hook", cnp_wit_0_2))]
+pub mod v0_2 {
+    wit_bindgen::generate!({
+        world: "cnp:plugin/condition-hook@0.2.0",
+        path: ["../wit", "../wit/v0.2"],
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "__cnp_export_condition_hook",
+        default_bindings_module: "::cnp_plugin_sdk::bindings::v0_2",
+        runtime_path: "::cnp_plugin_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[cfg(all(not(doc), cnp_world = "condition-hook", cnp_wit_0_2))]
+pub mod cnp {
+    pub mod plugin {
+        pub use crate::bindings::v0_2::cnp::plugin0_1_0::{clock, log, types};
+    }
+}
+
+#[cfg(all(not(doc), cnp_world = "condition-hook", cnp_wit_0_2))]
+pub mod exports {
+    pub mod cnp {
+        pub mod plugin {
+            pub use crate::bindings::v0_2::exports::cnp::plugin0_2_0::condition;
+        }
+    }
+}
 
 #[cfg(doc)]
 wit_bindgen::generate!({

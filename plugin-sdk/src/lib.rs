@@ -104,6 +104,8 @@ pub use types::{ExecutionInfo, JobInfo, LocalTime, OutcomeKind, PluginError, Tim
 
 #[cfg(any(doc, cnp_world = "condition-hook"))]
 pub use condition::{ConditionHook, RunContext, Trigger, Verdict};
+#[cfg(any(doc, cnp_wit_0_2))]
+pub use condition::{RunStatus, UpstreamRun};
 #[cfg(any(doc, cnp_world = "notifier"))]
 pub use notify::{Event, EventKind, Notifier};
 #[cfg(any(doc, cnp_world = "retry-strategy"))]

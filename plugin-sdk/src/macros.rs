@@ -43,11 +43,20 @@ macro_rules! __cnp_export_world {
     };
 }
 
-#[cfg(all(not(doc), cnp_world = "condition-hook"))]
+#[cfg(all(not(doc), cnp_world = "condition-hook", not(cnp_wit_0_2)))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cnp_export_world {
     ($export:ident) => {
         $crate::bindings::__cnp_export_condition_hook!($export with_types_in $crate::bindings);
+    };
+}
+
+#[cfg(all(not(doc), cnp_world = "condition-hook", cnp_wit_0_2))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cnp_export_world {
+    ($export:ident) => {
+        $crate::bindings::v0_2::__cnp_export_condition_hook!($export with_types_in $crate::bindings::v0_2);
     };
 }

@@ -15,7 +15,12 @@ use serde_json::Value;
 use support::*;
 
 /// Every plugin these tests install.
-const PACKAGES: [&str; 3] = ["business-hours", "decorrelated-jitter", "webhook-notifier"];
+const PACKAGES: [&str; 4] = [
+    "business-hours",
+    "decorrelated-jitter",
+    "webhook-notifier",
+    "upstream-gate",
+];
 
 /// Puts compiled artifacts of [`PACKAGES`] into `env`'s plugin cache, so the service loads them
 /// at once instead of compiling for seconds with a debug build (a `once` job's instant would
@@ -385,4 +390,75 @@ fn a_plugin_dropped_into_the_running_service_is_loaded_and_used() {
     std::fs::write(env.plugins_dir().join("broken.wasm"), b"not a component").unwrap();
     cnp.wait_log_line("plugin not loaded", "broken.wasm");
     cnp.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. WIT 0.2 condition hooks in a workflow
+
+#[test]
+fn a_0_2_condition_hook_skips_a_workflow_node_on_what_its_upstream_answered() {
+    let env = Env::new(ConfigOpts::default());
+    seed_plugin_cache(&env);
+    install_plugin(&env, "upstream-gate", "upstream-gate", None);
+    install_plugin(&env, "business-hours", "business-hours", None);
+    env.manifest(
+        "review.yaml",
+        "name: review\nprompt: review the diff\n\
+         execution: { environment: { FAKE_CLAUDE_RESULT: 'Nothing to fix. Verdict: NO-CHANGES' } }\n",
+    );
+    // `fix` (0.2 hook) is skipped on the review's answer; `tests` after it is skipped in turn;
+    // `notes` has a 0.1 hook (business-hours, manual bypass on) and runs: a dependency run is
+    // `manual` to it.
+    let (start, end) = never_open_window();
+    env.manifest(
+        "nodes.yaml",
+        &format!(
+            "- name: fix\n  prompt: \"fix: {{{{ upstream.review.result }}}}\"\n  depends_on: [review]\n  \
+             conditions:\n    - plugin: upstream-gate\n      config: {{ skip_if_contains: [no-changes] }}\n\
+             - name: tests\n  prompt: run the tests\n  depends_on: [fix]\n\
+             - name: notes\n  prompt: write notes\n  depends_on: [review]\n  \
+             conditions:\n    - plugin: business-hours\n      config: {{ days: [mon, tue, wed, thu, fri, sat, sun], \
+             start: \"{start}\", end: \"{end}\", outside: skip, timezone: UTC }}\n"
+        ),
+    );
+    let mut cnp = env.start();
+    cnp.wait_log("cnp is running");
+    let out = env.run_cli(&["job", "execute", "review", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tests = cnp.wait_for("the node after the skipped one settled", || {
+        env.executions("tests")
+            .into_iter()
+            .find(|e| e.status == "skipped")
+    });
+    assert_eq!(tests.trigger, "dependency", "{tests:?}");
+    let fix = env.executions("fix");
+    assert_eq!(fix.len(), 1, "{fix:#?}");
+    assert_eq!(fix[0].status, "skipped", "{:?}", fix[0]);
+    assert_eq!(fix[0].trigger, "dependency");
+    assert_eq!(
+        fix[0].error.as_deref(),
+        Some("condition `upstream-gate`: upstream `review` said `no-changes`"),
+        "{:?}",
+        fix[0]
+    );
+    let notes = cnp.wait_for("the node with a 0.1 hook ran", || {
+        env.executions("notes")
+            .into_iter()
+            .find(|e| e.status == "completed")
+    });
+    assert_eq!(notes.trigger, "dependency", "{notes:?}");
+    // Only review and notes reached the CLI.
+    let invocations = env
+        .records()
+        .into_iter()
+        .filter(|r| !r.raw["scenario"].is_null())
+        .count();
+    assert_eq!(invocations, 2);
+    let out = env.run_cli(&["plugin", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("condition-hook (WIT 0.2.0)"), "{list}");
 }

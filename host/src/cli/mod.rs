@@ -612,9 +612,10 @@ async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<E
         let Some(p) = host.get(name) else { continue };
         let validated = host.validate_use(name, p.kind, None).await;
         println!(
-            "{}: ok — {} plugin, {} KiB, loaded in {:.1} ms{}",
+            "{}: ok — {} plugin (cnp:plugin@{}), {} KiB, loaded in {:.1} ms{}",
             f.display(),
             p.kind,
+            p.wit_version,
             p.size_bytes / 1024,
             p.load_time.as_secs_f64() * 1e3,
             if p.from_cache { " (cached)" } else { "" }

@@ -230,9 +230,14 @@ pub async fn plugins(client: &Client, format: Format) -> anyhow::Result<ExitCode
                 .and_then(|h| h.as_array())
                 .map(|a| a.iter().filter_map(|h| h.as_str()).collect())
                 .unwrap_or_default();
+            // The WIT version, when not the base one (a 0.2 condition hook).
+            let kind = match p.get("wit_version").and_then(|v| v.as_str()) {
+                Some(v) if v != "0.1.0" => format!("{} (WIT {v})", s(p, "/kind")),
+                _ => s(p, "/kind"),
+            };
             t.add_row(vec![
                 s(p, "/name"),
-                s(p, "/kind"),
+                kind,
                 format!("{} KiB", n("/size_bytes") / 1024),
                 format!(
                     "{} ok, {} failed, {} timed out",

@@ -13,8 +13,8 @@ use crate::model::{
     ExecutionStatus, Job, JobExecution, Outcome, RetryConfig, RetryStrategy, Schedule, Trigger,
 };
 use crate::plugins::{
-    ConditionTrigger, ExecutionInfo, JobInfo, OutcomeKind, PluginKind, RetryDecision, RunContext,
-    Verdict,
+    ConditionContext, ConditionTrigger02, ExecutionInfo, JobInfo, OutcomeKind, PluginKind,
+    RetryDecision, UpstreamRunInfo, UpstreamStatus, Verdict,
 };
 
 /// Delays are never longer than this, whatever a strategy says.
@@ -32,13 +32,23 @@ pub(super) enum Gate {
     },
 }
 
+/// The workflow around a run its upstreams started (or a retry of one): its pass, the pass's
+/// ended runs (as [`crate::store::Store::pass_runs`] reads them) and the run's direct upstreams.
+pub(super) struct PassView<'a> {
+    pub pass_id: &'a str,
+    pub runs: &'a [(String, JobExecution)],
+    pub upstream_ids: &'a [String],
+}
+
 /// Asks the job's condition hooks, in order; the first that does not say "run" decides. A hook
-/// that fails is passed over (the built-in behaviour is to run) with a note.
+/// that fails is passed over (the built-in behaviour is to run) with a note. 0.2 hooks see the
+/// pass's ended runs (`pass`); 0.1 hooks see a `dependency` run as `manual`.
 pub(super) async fn check_conditions(
     engine: &Engine,
     job: &Job,
     run: &QueuedRun,
     trigger: Trigger,
+    pass: Option<PassView<'_>>,
     note: &(dyn Fn(String) + Sync),
 ) -> Gate {
     let hooks = &job.execution_options.conditions;
@@ -64,22 +74,28 @@ pub(super) async fn check_conditions(
             None
         }
     };
-    let context = RunContext {
+    // WIT 0.1 has no `dependency` trigger: the plugin host shows such a run to a 0.1 hook as
+    // `manual` (one that was asked for), without the upstreams.
+    let context = ConditionContext {
         job: job_info(engine, job),
         trigger: match trigger {
-            Trigger::Schedule | Trigger::Catchup => ConditionTrigger::Schedule,
-            // WIT 0.1 has no `dependency` trigger: a run its upstreams started is, to a 0.1
-            // plugin, one that was asked for.
-            Trigger::Manual | Trigger::Dependency => ConditionTrigger::Manual,
-            Trigger::Delayed => ConditionTrigger::Delayed,
-            Trigger::Retry => ConditionTrigger::Retry,
+            Trigger::Schedule | Trigger::Catchup => ConditionTrigger02::Schedule,
+            Trigger::Manual => ConditionTrigger02::Manual,
+            Trigger::Dependency => ConditionTrigger02::Dependency,
+            Trigger::Delayed => ConditionTrigger02::Delayed,
+            Trigger::Retry => ConditionTrigger02::Retry,
         },
         scheduled_at: run.scheduled_for.map(|t| t.timestamp_millis()),
         previous,
+        workflow_pass: pass.as_ref().map(|p| p.pass_id.to_owned()),
+        upstreams: pass
+            .as_ref()
+            .map(|p| upstreams_of(job, p))
+            .unwrap_or_default(),
     };
     for hook in hooks {
         match host
-            .evaluate(&hook.plugin, hook.config.as_ref(), &context)
+            .evaluate_condition(&hook.plugin, hook.config.as_ref(), &context)
             .await
         {
             Ok(Verdict::Run) => {}
@@ -102,6 +118,41 @@ pub(super) async fn check_conditions(
         }
     }
     Gate::Run
+}
+
+/// What a 0.2 condition hook sees of the pass: its ended runs but the job's own, in the order
+/// they ended, results capped as in prompts.
+fn upstreams_of(job: &Job, pass: &PassView<'_>) -> Vec<UpstreamRunInfo> {
+    pass.runs
+        .iter()
+        .filter(|(_, e)| e.job_id != job.id)
+        .filter_map(|(name, e)| {
+            let status = match e.status {
+                ExecutionStatus::Completed => UpstreamStatus::Completed,
+                ExecutionStatus::Failed => UpstreamStatus::Failed,
+                ExecutionStatus::TimedOut => UpstreamStatus::TimedOut,
+                ExecutionStatus::Cancelled => UpstreamStatus::Cancelled,
+                ExecutionStatus::Interrupted => UpstreamStatus::Interrupted,
+                ExecutionStatus::Skipped => UpstreamStatus::Skipped,
+                // Not ended: `pass_runs` never returns these.
+                ExecutionStatus::Queued | ExecutionStatus::Deferred | ExecutionStatus::Running => {
+                    return None
+                }
+            };
+            Some(UpstreamRunInfo {
+                job_name: name.clone(),
+                execution_id: e.id.clone(),
+                direct: pass.upstream_ids.contains(&e.id),
+                status,
+                exit_code: e.exit_code,
+                result_text: e.output.as_deref().map(crate::workflow::cap),
+                error: e.error.clone(),
+                cost_usd: e.cost_usd,
+                duration_ms: e.execution_time_ms,
+                session_id: e.session_id.clone(),
+            })
+        })
+        .collect()
 }
 
 /// When (and why) a failed run is tried again, or `None` when it is not.

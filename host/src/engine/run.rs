@@ -334,7 +334,30 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         buffer: Mutex::new(Vec::new()),
     });
     let note = |m: String| observer.note(m);
-    match hooks::check_conditions(engine, &job, &run, trigger, &note).await {
+    // A run its upstreams started (or a retry of one): the pass's ended runs, read once, for
+    // the condition hooks (0.2 hooks see them) and then the prompt and session.
+    let pass = match (
+        &place.workflow_run_id,
+        trigger == crate::model::Trigger::Dependency || trigger == crate::model::Trigger::Retry,
+    ) {
+        (Some(pass), true) => match s.store.pass_runs(pass.clone()).await {
+            Ok(runs) => Some((pass.as_str(), runs)),
+            Err(e) => {
+                let message = format!("cannot read the workflow pass: {e}");
+                observer.note(format!("not run: {message}"));
+                observer.flush();
+                fail_unstarted(engine, &run, message).await;
+                return None;
+            }
+        },
+        _ => None,
+    };
+    let view = pass.as_ref().map(|(id, runs)| hooks::PassView {
+        pass_id: id,
+        runs,
+        upstream_ids: &place.upstream_ids,
+    });
+    match hooks::check_conditions(engine, &job, &run, trigger, view, &note).await {
         Gate::Run => {}
         Gate::Skip(reason) => {
             observer.flush();
@@ -352,11 +375,8 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     // A run its upstreams started: its prompt may use their results, its session theirs.
     let mut prompt = prompt;
     let mut resume = None;
-    if let (Some(pass), true) = (
-        &place.workflow_run_id,
-        trigger == crate::model::Trigger::Dependency || trigger == crate::model::Trigger::Retry,
-    ) {
-        match workflow::prepare(engine, &job, &prompt, pass, &place.upstream_ids).await {
+    if let Some((pass_id, runs)) = &pass {
+        match workflow::prepare(engine, &job, &prompt, pass_id, runs, &place.upstream_ids) {
             Ok((rendered, session)) => {
                 prompt = rendered;
                 resume = session;

@@ -355,20 +355,16 @@ pub(super) async fn reconcile(engine: &Engine, since: DateTime<Utc>) -> Result<u
 }
 
 /// A run started by its upstreams: its prompt rendered with the pass's results, and the
-/// session to resume when the job asks for its upstream's.
-pub(super) async fn prepare(
+/// session to resume when the job asks for its upstream's. `runs` are the pass's ended runs
+/// ([`crate::store::Store::pass_runs`]), read once by the caller (the condition hooks saw them).
+pub(super) fn prepare(
     engine: &Engine,
     job: &Job,
     prompt: &str,
     pass_id: &str,
+    runs: &[(String, JobExecution)],
     upstream_ids: &[String],
 ) -> Result<(String, Option<String>), String> {
-    let runs = engine
-        .shared
-        .store
-        .pass_runs(pass_id.to_owned())
-        .await
-        .map_err(|e| format!("cannot read the workflow pass: {e}"))?;
     let facts: Vec<UpstreamRun> = runs.iter().map(|(n, e)| facts_of(e, n.clone())).collect();
     let rendered = workflow::render_prompt(prompt, pass_id, &facts, upstream_ids)?;
     let session = if job.execution_options.resume_upstream_session {

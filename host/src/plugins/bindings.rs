@@ -1,4 +1,7 @@
-//! Host bindings for `wit/` (the `cnp:plugin/host` world: every plugin kind's exports at once).
+//! Host bindings for `wit/` (the `cnp:plugin/host` world: every plugin kind's exports at once)
+//! and for `wit/v0.2` (the 0.2 `condition-hook` world: a condition hook that sees its workflow
+//! upstreams). 0.2 uses 0.1's `types`, `log` and `clock`, so both share the same Rust types and
+//! host imports.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -12,7 +15,30 @@ wasmtime::component::bindgen!({
 pub use self::cnp::plugin::{clock, log, types};
 pub use self::exports::cnp::plugin::{condition, notify, retry};
 
+/// `cnp:plugin@0.2.0`'s condition hook. Resolved together with `../wit` (0.1 and WASI), so the
+/// generated modules carry their package version (`plugin0_2_0`).
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: ["../wit", "../wit/v0.2"],
+        world: "cnp:plugin/condition-hook@0.2.0",
+        exports: { default: async },
+        with: {
+            "cnp:plugin/types@0.1.0": super::types,
+            "cnp:plugin/log@0.1.0": super::log,
+            "cnp:plugin/clock@0.1.0": super::clock,
+        },
+    });
+}
+
+/// The 0.2 condition interface (`cnp:plugin/condition@0.2.0`).
+pub use self::v0_2::exports::cnp::plugin0_2_0::condition as condition_0_2;
+
 /// The WIT package version this host implements; components must match its major (for 0.x,
 /// its minor) version.
 pub const WIT_PACKAGE: &str = "cnp:plugin";
 pub const WIT_VERSION: (u64, u64, u64) = (0, 1, 0);
+/// [`WIT_VERSION`] as text.
+pub const WIT_VERSION_TEXT: &str = "0.1.0";
+/// The versions a component's exported interface may carry, per interface: retry and notify
+/// are 0.1 only (0.2 includes 0.1's worlds unchanged), condition 0.1 or 0.2.
+pub const CONDITION_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];

@@ -26,6 +26,12 @@ use wasmtime::component::{Instance, InstancePre, Linker};
 use wasmtime::{Store, UpdateDeadline};
 
 pub use bindings::condition::{Deferral, RunContext, Trigger as ConditionTrigger, Verdict};
+/// `cnp:plugin@0.2.0`'s condition types: [`ConditionContext`] is what the engine builds for
+/// every condition hook (a 0.1 hook gets it converted down, see [`PluginHost::evaluate_condition`]).
+pub use bindings::condition_0_2::{
+    RunContext as ConditionContext, RunStatus as UpstreamStatus, Trigger as ConditionTrigger02,
+    UpstreamRun as UpstreamRunInfo,
+};
 pub use bindings::notify::{Event as NotifyEvent, EventKind};
 pub use bindings::retry::RetryDecision;
 pub use bindings::types::{ExecutionInfo, JobInfo, OutcomeKind, PluginError};
@@ -137,6 +143,9 @@ pub struct Plugin {
     /// `name`, shared with every call's log records.
     label: Arc<str>,
     pub kind: PluginKind,
+    /// The version of the WIT package its exported interface comes from (`0.1.0`, or `0.2.0`
+    /// for a condition hook built against 0.2).
+    pub wit_version: &'static str,
     pub path: PathBuf,
     /// SHA-256 of the `.wasm` file.
     pub digest: String,
@@ -155,6 +164,7 @@ enum Exports {
     Retry(bindings::retry::GuestIndices),
     Notify(bindings::notify::GuestIndices),
     Condition(bindings::condition::GuestIndices),
+    Condition02(bindings::condition_0_2::GuestIndices),
 }
 
 /// A plugin as listings show it.
@@ -162,6 +172,7 @@ enum Exports {
 pub struct PluginInfo {
     pub name: String,
     pub kind: PluginKind,
+    pub wit_version: &'static str,
     pub path: PathBuf,
     pub digest: String,
     pub size_bytes: u64,
@@ -367,6 +378,7 @@ impl PluginHost {
             .map(|p| PluginInfo {
                 name: p.name.clone(),
                 kind: p.kind,
+                wit_version: p.wit_version,
                 path: p.path.clone(),
                 digest: p.digest.clone(),
                 size_bytes: p.size_bytes,
@@ -429,6 +441,10 @@ impl PluginHost {
                     let g = ix.load(&mut call.store, &call.instance)?;
                     g.call_validate_config(&mut call.store, &config).await
                 }
+                Exports::Condition02(ix) => {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_validate_config(&mut call.store, &config).await
+                }
             }
         };
         let r = run_with_timeout(&plugin, fut).await;
@@ -479,24 +495,77 @@ impl PluginHost {
         self.finish(call, r)
     }
 
-    /// Asks condition-hook plugin `name` whether a run starts now.
+    /// Asks condition-hook plugin `name` whether a run starts now, with 0.1's context (a 0.2
+    /// hook gets it with no workflow upstreams).
     pub async fn evaluate(
         &self,
         name: &str,
         job_config: Option<&serde_json::Value>,
         context: &RunContext,
     ) -> Result<Verdict, PluginFailure> {
+        self.evaluate_any(name, job_config, AnyContext::V0_1(context))
+            .await
+    }
+
+    /// Asks condition-hook plugin `name` whether a run starts now. A 0.2 hook gets `context`
+    /// as it is; a 0.1 hook gets 0.1's shape of it: no workflow pass or upstreams, and the
+    /// `dependency` trigger as `manual` (0.1 has no such trigger).
+    pub async fn evaluate_condition(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        context: &ConditionContext,
+    ) -> Result<Verdict, PluginFailure> {
+        self.evaluate_any(name, job_config, AnyContext::V0_2(context))
+            .await
+    }
+
+    /// Calls the hook with `context` in the shape of the version it was built against
+    /// (converted only when they differ).
+    async fn evaluate_any(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        context: AnyContext<'_>,
+    ) -> Result<Verdict, PluginFailure> {
         let mut call = self.begin(name, PluginKind::ConditionHook).await?;
         let config = call.plugin.sidecar.merged_config(job_config);
         let plugin = call.plugin.clone();
-        let Exports::Condition(ix) = &plugin.exports else {
-            unreachable!("kind checked by begin")
+        let r = match &plugin.exports {
+            Exports::Condition(ix) => {
+                let converted;
+                let context = match context {
+                    AnyContext::V0_1(c) => c,
+                    AnyContext::V0_2(c) => {
+                        converted = context_0_1(c);
+                        &converted
+                    }
+                };
+                let fut = async {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_evaluate(&mut call.store, &config, context).await
+                };
+                run_with_timeout(&plugin, fut).await
+            }
+            Exports::Condition02(ix) => {
+                let converted;
+                let context = match context {
+                    AnyContext::V0_2(c) => c,
+                    AnyContext::V0_1(c) => {
+                        converted = context_0_2(c);
+                        &converted
+                    }
+                };
+                let fut = async {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_evaluate(&mut call.store, &config, context)
+                        .await
+                        .map(|r| r.map(verdict_0_1))
+                };
+                run_with_timeout(&plugin, fut).await
+            }
+            _ => unreachable!("kind checked by begin"),
         };
-        let fut = async {
-            let g = ix.load(&mut call.store, &call.instance)?;
-            g.call_evaluate(&mut call.store, &config, context).await
-        };
-        let r = run_with_timeout(&plugin, fut).await;
         self.finish(call, r)
     }
 
@@ -617,6 +686,58 @@ impl PluginHost {
             .values()
             .find(|e| e.path.file_stem().and_then(|s| s.to_str()) == Some(name))
             .map(|e| e.message.clone())
+    }
+}
+
+/// A condition hook's context in either version's shape.
+#[derive(Clone, Copy)]
+enum AnyContext<'a> {
+    V0_1(&'a RunContext),
+    V0_2(&'a ConditionContext),
+}
+
+/// 0.1's run context as 0.2's (no workflow pass, no upstreams).
+fn context_0_2(c: &RunContext) -> ConditionContext {
+    ConditionContext {
+        job: c.job.clone(),
+        trigger: match c.trigger {
+            ConditionTrigger::Schedule => ConditionTrigger02::Schedule,
+            ConditionTrigger::Manual => ConditionTrigger02::Manual,
+            ConditionTrigger::Delayed => ConditionTrigger02::Delayed,
+            ConditionTrigger::Retry => ConditionTrigger02::Retry,
+        },
+        scheduled_at: c.scheduled_at,
+        previous: c.previous.clone(),
+        workflow_pass: None,
+        upstreams: Vec::new(),
+    }
+}
+
+/// 0.2's run context as a 0.1 hook sees it: WIT 0.1 has no `dependency` trigger, so a run its
+/// upstreams started is, to a 0.1 hook, one that was asked for; the upstreams are left out.
+fn context_0_1(c: &ConditionContext) -> RunContext {
+    RunContext {
+        job: c.job.clone(),
+        trigger: match c.trigger {
+            ConditionTrigger02::Schedule => ConditionTrigger::Schedule,
+            ConditionTrigger02::Manual | ConditionTrigger02::Dependency => ConditionTrigger::Manual,
+            ConditionTrigger02::Delayed => ConditionTrigger::Delayed,
+            ConditionTrigger02::Retry => ConditionTrigger::Retry,
+        },
+        scheduled_at: c.scheduled_at,
+        previous: c.previous.clone(),
+    }
+}
+
+fn verdict_0_1(v: bindings::condition_0_2::Verdict) -> Verdict {
+    use bindings::condition_0_2::Verdict as V;
+    match v {
+        V::Run => Verdict::Run,
+        V::Skip(reason) => Verdict::Skip(reason),
+        V::DeferUntil(d) => Verdict::DeferUntil(Deferral {
+            until: d.until,
+            reason: d.reason,
+        }),
     }
 }
 

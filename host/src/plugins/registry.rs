@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
 
-use super::bindings::{self, WIT_PACKAGE, WIT_VERSION};
+use super::bindings::{self, CONDITION_VERSIONS, WIT_PACKAGE, WIT_VERSION};
 use super::sandbox::HostRule;
 use super::{Exports, Plugin, PluginHost, PluginKind, PluginLoadError};
 
@@ -172,7 +172,7 @@ impl PluginHost {
         })
         .await
         .map_err(|e| format!("compilation panicked: {e}"))??;
-        let kind = detect_kind(&self.inner.engine, &component)?;
+        let (kind, wit_version) = detect_kind(&self.inner.engine, &component)?;
         if let Some(k) = pinned_kind {
             if k != kind {
                 return Err(format!(
@@ -189,6 +189,9 @@ impl PluginHost {
                 bindings::retry::GuestIndices::new(&pre).map(Exports::Retry)
             }
             PluginKind::Notifier => bindings::notify::GuestIndices::new(&pre).map(Exports::Notify),
+            PluginKind::ConditionHook if wit_version == "0.2.0" => {
+                bindings::condition_0_2::GuestIndices::new(&pre).map(Exports::Condition02)
+            }
             PluginKind::ConditionHook => {
                 bindings::condition::GuestIndices::new(&pre).map(Exports::Condition)
             }
@@ -199,6 +202,7 @@ impl PluginHost {
             name: name.to_owned(),
             label: Arc::from(name),
             kind,
+            wit_version,
             path: wasm.to_owned(),
             digest,
             size_bytes,
@@ -434,10 +438,16 @@ fn wasm_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The plugin kind from the component's exports, with the WIT version checked.
-fn detect_kind(engine: &wasmtime::Engine, component: &Component) -> Result<PluginKind, String> {
+/// The plugin kind from the component's exports, with the WIT version checked: retry and notify
+/// are `0.1.0` (0.2 includes 0.1's worlds unchanged), condition `0.1.0` or `0.2.0`. Returns the
+/// kind and the version of its exported interface.
+fn detect_kind(
+    engine: &wasmtime::Engine,
+    component: &Component,
+) -> Result<(PluginKind, &'static str), String> {
     let ty = component.component_type();
     let mut found = Vec::new();
+    let base = format!("{}.{}.{}", WIT_VERSION.0, WIT_VERSION.1, WIT_VERSION.2);
     for (name, item) in ty.exports(engine) {
         if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             continue;
@@ -449,14 +459,22 @@ fn detect_kind(engine: &wasmtime::Engine, component: &Component) -> Result<Plugi
         let Some(kind) = PluginKind::from_interface(iface) else {
             continue;
         };
-        let want = format!("{}.{}.{}", WIT_VERSION.0, WIT_VERSION.1, WIT_VERSION.2);
-        if version != want {
+        let supported: &[&'static str] = match kind {
+            PluginKind::ConditionHook => &CONDITION_VERSIONS,
+            _ => std::slice::from_ref(&bindings::WIT_VERSION_TEXT),
+        };
+        let Some(v) = supported.iter().find(|v| **v == version) else {
+            let also = if kind == PluginKind::ConditionHook {
+                format!(" (condition hooks: also {WIT_PACKAGE}@0.2.0)")
+            } else {
+                String::new()
+            };
             return Err(format!(
-                "built against {WIT_PACKAGE}@{version}, but this cnp supports {WIT_PACKAGE}@{want}: \
+                "built against {WIT_PACKAGE}@{version}, but this cnp supports {WIT_PACKAGE}@{base}{also}: \
                  rebuild the plugin with the matching cnp-plugin-sdk"
             ));
-        }
-        found.push(kind);
+        };
+        found.push((kind, *v));
     }
     match found.as_slice() {
         [k] => Ok(*k),
@@ -468,7 +486,7 @@ fn detect_kind(engine: &wasmtime::Engine, component: &Component) -> Result<Plugi
             "exports several plugin interfaces ({}); a plugin supplies exactly one kind",
             found
                 .iter()
-                .map(|k| k.interface())
+                .map(|(k, _)| k.interface())
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
