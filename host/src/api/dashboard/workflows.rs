@@ -172,10 +172,9 @@ pub async fn detail(
                 Some(false) => ("bad", "not satisfied"),
                 None => ("open", "not decided yet"),
             };
-            let label = match &e.when {
-                Some(w) => format!("{} when {}", e.on.as_str(), shorten(w, 28)),
-                None => e.on.as_str().to_owned(),
-            };
+            // Two short lines fit the gap between layers: `on`, then `when …` cut to fit.
+            let label = e.on.as_str();
+            let when_short = e.when.as_deref().map(|w| shorten(w, LABEL_CHARS));
             let mut title = format!(
                 "{} → {}: on {}",
                 name_of(&e.from),
@@ -194,7 +193,7 @@ pub async fn detail(
                 from_name => name_of(&e.from), to_name => name_of(&e.to),
                 on => e.on.as_str(), when => e.when,
                 satisfied => e.satisfied, reason => e.reason,
-                class, verdict, label, title,
+                class, verdict, label, when_short, title,
                 path => d.path, lx => d.label_x, ly => d.label_y,
             }
         })
@@ -249,6 +248,8 @@ const GAP_Y: f64 = 22.0;
 /// Height of the slot a passing edge takes in a layer.
 const LANE_H: f64 = 16.0;
 const MARGIN: f64 = 12.0;
+/// Characters of an edge's `when` its label shows (the tooltip and the table have it all).
+const LABEL_CHARS: usize = 20;
 /// Characters of a job name a node shows (the full name is in its tooltip and the table).
 const NAME_CHARS: usize = 24;
 
@@ -491,7 +492,7 @@ pub(super) fn layout(pass: &WorkflowPass) -> Layout {
             EdgePath {
                 path: d,
                 label_x: (x + x2) / 2.0,
-                label_y: (y + y2) / 2.0 - 5.0,
+                label_y: (y + y2) / 2.0 - 8.0,
             }
         })
         .collect();
