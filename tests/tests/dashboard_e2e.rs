@@ -1127,3 +1127,520 @@ async fn screenshots() {
         })
         .await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Workflow passes: the list, a pass drawn as a graph, the links between runs, passes and jobs.
+
+/// Polls the API until `path` answers 200 with a document `ok` accepts.
+async fn api_until(
+    base: &str,
+    token: &str,
+    path: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, || async {
+        let res = reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?;
+        if !res.status().is_success() {
+            return None;
+        }
+        let v: Value = res.json().await.ok()?;
+        ok(&v).then_some(v)
+    })
+    .await
+}
+
+fn node<'a>(pass: &'a Value, job_id: &str) -> &'a Value {
+    pass["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["job_id"] == json!(job_id))
+        .unwrap_or_else(|| panic!("no node {job_id} in {pass}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_is_drawn_as_a_graph_with_statuses_edges_and_links() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let hostile = "<img src=x onerror=alert(1)>";
+    let post = |body: Value| {
+        let (base, token) = (base.clone(), token.clone());
+        async move {
+            let j = api(
+                &base,
+                &token,
+                reqwest::Method::POST,
+                "/api/jobs",
+                Some(body),
+            )
+            .await;
+            j["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // A diamond: A; B (hostile name) and C after A (C only on A's failure: skipped); D after
+    // B and C (C on `always`), slow enough to watch the pass run.
+    let a = post(json!({"name": "A", "prompt": "first"})).await;
+    let b = post(json!({"name": hostile, "prompt": "second", "depends_on": ["A"]})).await;
+    let c = post(
+        json!({"name": "C", "prompt": "on failure", "depends_on": [{"job": "A", "on": "failure"}]}),
+    )
+    .await;
+    let d = post(json!({
+        "name": "D", "prompt": "last",
+        "depends_on": [{"job": b, "on": "success", "when": "status == 'completed'"}, {"job": "C", "on": "always"}],
+        "execution": {"environment": {"FAKE_CLAUDE_SLEEP_MS": "4000"}},
+    }))
+    .await;
+    let exec = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        &format!("/api/jobs/{a}/execute"),
+        None,
+    )
+    .await;
+    let pass_id = exec["execution_id"].as_str().unwrap().to_owned();
+    // The pass exists from A's end; wait until D runs.
+    let pass = api_until(
+        &base,
+        &token,
+        &format!("/api/workflows/{pass_id}"),
+        "D running",
+        |p| {
+            p["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["job_id"] == json!(d) && n["status"] == json!("running"))
+            })
+        },
+    )
+    .await;
+    let b_exec = node(&pass, &b)["execution_id"].as_str().unwrap().to_owned();
+    let a_exec = node(&pass, &a)["execution_id"].as_str().unwrap().to_owned();
+    let shot = std::env::temp_dir()
+        .join("cnp-dashboard-failures")
+        .join(format!("workflow-pass-{}.png", std::process::id()));
+    let (base2, token2, b2, c2, d2) =
+        (base.clone(), token.clone(), b.clone(), c.clone(), d.clone());
+    browser
+        .run("workflow-pass", |cl| async move {
+            let (base, token, b, c, d) = (base2, token2, b2, c2, d2);
+            login(&cl, &base, &token).await;
+            // The list, from the nav.
+            cl.find(Locator::Css("header nav a[href='/ui/workflows']"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            eventually("the workflows page", || async {
+                text_of(&cl, "main h1")
+                    .await
+                    .filter(|t| t.starts_with("Workflow passes"))
+            })
+            .await;
+            let first = text_of(&cl, "table.workflows tbody tr td.name")
+                .await
+                .unwrap();
+            assert_eq!(first, "A");
+            cl.find(Locator::Css(&format!(
+                "table.workflows a[href='/ui/workflows/{pass_id}']"
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+            eventually("the pass page", || async {
+                text_of(&cl, "main h1")
+                    .await
+                    .filter(|t| t.starts_with("Pass"))
+            })
+            .await;
+            // While D runs: the cancel button is there, and the page follows the pass by
+            // itself (reloads when its runs move) until it is finished.
+            let status = cl
+                .find(Locator::Id("pass-status"))
+                .await
+                .unwrap()
+                .attr("data-status")
+                .await
+                .unwrap();
+            if status.as_deref() == Some("running") {
+                assert!(text_of(&cl, "main form button.danger")
+                    .await
+                    .unwrap()
+                    .contains("Cancel pass"));
+            }
+            eventually("the pass page to show the pass finished (live)", || async {
+                let el = cl.find(Locator::Id("pass-status")).await.ok()?;
+                (el.attr("data-status").await.ok()?? == "finished").then_some(())
+            })
+            .await;
+            assert!(cl
+                .find_all(Locator::Css("main form button.danger"))
+                .await
+                .unwrap()
+                .is_empty());
+            // The drawing: 4 nodes, 4 edges, statuses as words.
+            let nodes = cl
+                .find_all(Locator::Css("svg#wf-graph g.node"))
+                .await
+                .unwrap();
+            assert_eq!(nodes.len(), 4);
+            let edges = cl
+                .find_all(Locator::Css("svg#wf-graph g.edge path"))
+                .await
+                .unwrap();
+            assert_eq!(edges.len(), 4);
+            let status_of = |job: String| {
+                let cl = cl.clone();
+                async move {
+                    cl.find(Locator::Css(&format!(
+                        "svg#wf-graph g.node[data-job='{job}'] .node-status"
+                    )))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+                }
+            };
+            assert!(status_of(d.clone()).await.contains("completed"));
+            assert!(status_of(c.clone()).await.contains("skipped"));
+            assert!(status_of(b.clone()).await.contains("✔ completed"));
+            // The unsatisfied edge (A → C, on failure) is marked, with its reason in the title.
+            let bad = cl
+                .find_all(Locator::Css("svg#wf-graph g.edge[data-verdict='bad']"))
+                .await
+                .unwrap();
+            assert_eq!(bad.len(), 1);
+            assert_eq!(
+                bad[0].attr("data-to").await.unwrap().as_deref(),
+                Some(c.as_str())
+            );
+            let label = bad[0]
+                .find(Locator::Css("text"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(label.contains("✗") && label.contains("failure"), "{label}");
+            let title = bad[0]
+                .find(Locator::Css("title"))
+                .await
+                .unwrap()
+                .html(true)
+                .await
+                .unwrap();
+            assert!(title.contains("not satisfied"), "{title}");
+            // The `when` is on its edge's label.
+            let when = cl
+                .find(Locator::Css(&format!(
+                    "svg#wf-graph g.edge[data-to='{d}'][data-from='{b}'] text"
+                )))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                when.contains("success") && when.contains("when status =="),
+                "{when}"
+            );
+            // The hostile name is text (in the drawing and in the table), and nothing ran.
+            let name = cl
+                .find(Locator::Css(&format!(
+                    "svg#wf-graph g.node[data-job='{b}'] a.node-name text"
+                )))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(name, shorten_like_the_page(hostile));
+            assert!(cl
+                .find_all(Locator::Css("main img"))
+                .await
+                .unwrap()
+                .is_empty());
+            let cell = cl
+                .find(Locator::Css(&format!(
+                    "table.wf-nodes a[href='/ui/jobs/{b}']"
+                )))
+                .await
+                .unwrap();
+            assert_eq!(cell.text().await.unwrap(), hostile);
+            assert!(cl.get_alert_text().await.is_err(), "an injected script ran");
+            std::fs::write(&shot, cl.screenshot().await.unwrap()).unwrap();
+            eprintln!("workflow pass screenshot: {}", shot.display());
+            // A node links to its run; the run page links back to the pass and its upstream.
+            let run_link = cl
+                .find(Locator::Css(&format!(
+                    "svg#wf-graph g.node[data-job='{b}'] a.node-run"
+                )))
+                .await
+                .unwrap();
+            assert_eq!(
+                run_link.attr("href").await.unwrap(),
+                Some(format!("/ui/runs/{b_exec}"))
+            );
+            cl.goto(&format!("{base}/ui/runs/{b_exec}")).await.unwrap();
+            let p = text_of(&cl, "p.workflow-link").await.unwrap();
+            assert!(
+                p.contains("Part of workflow pass") && p.contains("started by A"),
+                "{p}"
+            );
+            cl.find(Locator::Css(&format!(
+                "p.workflow-link a[href='/ui/runs/{a_exec}']"
+            )))
+            .await
+            .unwrap();
+            cl.find(Locator::Css(&format!(
+                "p.workflow-link a[href='/ui/workflows/{pass_id}']"
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+            eventually("back on the pass page", || async {
+                text_of(&cl, "main h1")
+                    .await
+                    .filter(|t| t.starts_with("Pass"))
+            })
+            .await;
+            // D's page: what it depends on (with on/when) and its passes; A's: its downstream.
+            cl.goto(&format!("{base}/ui/jobs/{d}")).await.unwrap();
+            let wf = text_of(&cl, "#workflow").await.unwrap();
+            assert!(
+                wf.contains(hostile) && wf.contains("on always") && wf.contains("when status =="),
+                "{wf}"
+            );
+            cl.find(Locator::Css(&format!(
+                "#workflow a[href='/ui/workflows/{pass_id}']"
+            )))
+            .await
+            .unwrap();
+            cl.goto(&format!("{base}/ui/jobs/{a}", a = pass_id_job(&pass)))
+                .await
+                .unwrap();
+            let wf = text_of(&cl, "#workflow").await.unwrap();
+            assert!(
+                wf.contains("C — on failure") && wf.contains(hostile),
+                "{wf}"
+            );
+            // The list filtered by job.
+            cl.goto(&format!("{base}/ui/workflows?job=D"))
+                .await
+                .unwrap();
+            assert_eq!(
+                cl.find_all(Locator::Css("table.workflows tbody tr td.name a"))
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            cl.goto(&format!("{base}/ui/workflows?job=nobody"))
+                .await
+                .unwrap();
+            assert!(text_of(&cl, "p.banner.bad")
+                .await
+                .unwrap()
+                .contains("nobody"));
+        })
+        .await;
+}
+
+fn shorten_like_the_page(s: &str) -> String {
+    if s.chars().count() <= 24 {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(23).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn pass_id_job(pass: &Value) -> String {
+    pass["root_job_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_pages_send_strict_headers_and_cancel_only_with_the_token() {
+    let env = Env::new(ConfigOpts::default());
+    let mut cnp = env.start();
+    let (base, token) = cnp.wait_api(&env);
+    let a = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({"name": "up", "prompt": "x"})),
+    )
+    .await;
+    api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({
+            "name": "down", "prompt": "y", "depends_on": ["up"],
+            "execution": {"environment": {"FAKE_CLAUDE_SLEEP_MS": "60000"}},
+        })),
+    )
+    .await;
+    let a = a["id"].as_str().unwrap().to_owned();
+    let exec = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        &format!("/api/jobs/{a}/execute"),
+        None,
+    )
+    .await;
+    let pass_id = exec["execution_id"].as_str().unwrap().to_owned();
+    api_until(
+        &base,
+        &token,
+        &format!("/api/workflows/{pass_id}"),
+        "down running",
+        |p| {
+            p["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["name"] == json!("down") && n["status"] == json!("running"))
+            })
+        },
+    )
+    .await;
+    let mut h = Http::new(&base);
+    // No session: to the login page; the cancel form is refused.
+    assert_eq!(
+        h.get(&format!("/ui/workflows/{pass_id}")).await.status(),
+        303
+    );
+    assert_eq!(
+        h.post(&format!("/ui/workflows/{pass_id}/cancel"), &[], None)
+            .await
+            .status(),
+        401
+    );
+    h.login(&token).await;
+    for path in [
+        "/ui/workflows".to_owned(),
+        format!("/ui/workflows/{pass_id}"),
+    ] {
+        let page = h.get(&path).await;
+        assert_eq!(page.status(), 200, "{path}");
+        let csp = page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("style-src 'self'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        assert_eq!(page.headers()["x-frame-options"], "DENY");
+        let html = page.text().await.unwrap();
+        assert!(
+            !html.contains("<script>") && !html.contains(" style=") && !html.contains(" onclick="),
+            "{path}"
+        );
+    }
+    let page = h
+        .get(&format!("/ui/workflows/{pass_id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<svg class=\"wf-graph\"") && page.contains("Cancel pass"));
+    assert_eq!(h.get("/ui/workflows/no-such-pass").await.status(), 404);
+    let csrf = h.csrf().await;
+    let origin = Some(base.as_str());
+    let cancel = format!("/ui/workflows/{pass_id}/cancel");
+    assert_eq!(
+        h.post(&cancel, &[("csrf", "forged")], origin)
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        h.post(&cancel, &[("csrf", &csrf)], Some("http://evil.example"))
+            .await
+            .status(),
+        403
+    );
+    let res = h.post(&cancel, &[("csrf", &csrf)], origin).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(
+        res.headers()["location"],
+        format!("/ui/workflows/{pass_id}?done=cancelled").as_str()
+    );
+    let p = api_until(
+        &base,
+        &token,
+        &format!("/api/workflows/{pass_id}"),
+        "the pass cancelled",
+        |p| {
+            p["status"] == json!("cancelled")
+                && p["nodes"]
+                    .as_array()
+                    .is_some_and(|ns| ns.iter().all(|n| n["status"] != json!("running")))
+        },
+    )
+    .await;
+    assert!(p["cancelled_at"].is_string());
+    let page = h
+        .get(&format!("/ui/workflows/{pass_id}?done=cancelled"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Pass cancelled") && !page.contains("Cancel pass</button>"));
+    // The job form's depends_on box: checked by the same validator, errors at the box.
+    let form = |deps: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "third".to_owned()),
+            ("prompt_source", "text".to_owned()),
+            ("prompt", "z".to_owned()),
+            ("schedule.type", "manual".to_owned()),
+            ("depends_on", deps.to_owned()),
+        ]
+    };
+    let send = |f: Vec<(&'static str, String)>| {
+        let (h, base) = (&h, &base);
+        async move {
+            let pairs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            h.post("/ui/jobs/new", &pairs, Some(base.as_str())).await
+        }
+    };
+    let res = send(form("[nope]")).await;
+    assert_eq!(res.status(), 422);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("depends_on[0].job") && html.contains("aria-invalid=\"true\""),
+        "{html}"
+    );
+    let res = send(form("[unclosed")).await;
+    assert_eq!(res.status(), 422);
+    let res = send(form("- job: down\n  on: always\n")).await;
+    assert_eq!(res.status(), 303);
+    let j = api(&base, &token, reqwest::Method::GET, "/api/jobs/third", None).await;
+    assert_eq!(j["depends_on"][0]["job"], json!("down"), "{j}");
+    assert_eq!(j["depends_on"][0]["on"], json!("always"), "{j}");
+    let id = j["id"].as_str().unwrap();
+    let edit = h
+        .get(&format!("/ui/jobs/{id}/edit"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(edit.contains("job: down"), "the form shows the edges again");
+}

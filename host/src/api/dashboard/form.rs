@@ -143,6 +143,14 @@ fn values_of_spec(spec: &JobSpec) -> Value {
     );
     m.insert("notifications.channels", Value::from_serialize(&channels));
     m.insert("paused", Value::from(spec.paused));
+    m.insert(
+        "depends_on",
+        Value::from(if spec.depends_on.is_empty() {
+            String::new()
+        } else {
+            serde_yaml_ng::to_string(&spec.depends_on).unwrap_or_default()
+        }),
+    );
     Value::from_serialize(&m)
 }
 
@@ -167,6 +175,7 @@ fn values_of_form(form: &FormData) -> Value {
         "retry.max_attempts",
         "retry.strategy",
         "retry.delay",
+        "depends_on",
     ];
     let mut map: std::collections::BTreeMap<String, Value> = keys
         .iter()
@@ -384,12 +393,23 @@ fn spec_of_form(form: &FormData, mut spec: JobSpec) -> Result<JobSpec, FieldErro
     n.channels.extend(channels);
     spec.notifications = Some(n);
     spec.paused = form.checked("paused");
+    // `depends_on` as YAML (or JSON): the same shapes as in a manifest; blank is none.
+    let deps = form.raw("depends_on");
+    spec.depends_on = if deps.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml_ng::from_str(deps).map_err(|e| bad("depends_on", e.to_string()))?
+    };
     Ok(spec)
 }
 
 /// The error of a create/update as a field and its message.
 fn field_error(e: EngineError) -> Result<FieldError, PageError> {
     match e {
+        // `depends_on[1].job` and the like are shown at the one depends_on box, named.
+        EngineError::Invalid(s) if s.field.starts_with("depends_on") && s.field != "depends_on" => {
+            Ok(bad("depends_on", format!("{}: {}", s.field, s.message)))
+        }
         EngineError::Invalid(s) => Ok(bad(&s.field, s.message)),
         EngineError::Conflict(m) => Ok(bad("name", m)),
         EngineError::NotFound { what: "prompt", id } => {

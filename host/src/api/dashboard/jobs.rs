@@ -327,6 +327,51 @@ pub async fn detail(
         .and_then(|v| serde_yaml_ng::to_string(&v).ok())
         .unwrap_or_default();
     let cooldown = engine.cooldown().is_some();
+    // Its place in workflows: the jobs it depends on, the jobs that depend on it, its passes.
+    let store = engine.store();
+    let mut upstreams = Vec::with_capacity(job.depends_on.edges.len());
+    for d in &job.depends_on.edges {
+        let found = store.job_id_and_name(d.job.clone()).await?;
+        upstreams.push(context! {
+            job => d.job,
+            id => found.as_ref().map(|(i, _)| i.clone()),
+            name => found.map(|(_, n)| n),
+            on => d.on.as_str(),
+            when => d.when,
+        });
+    }
+    let downstream: Vec<Value> = store
+        .job_dependencies()
+        .await?
+        .into_iter()
+        .flat_map(|j| {
+            let (jid, jname) = (j.id.clone(), j.name.clone());
+            j.depends_on
+                .edges
+                .into_iter()
+                .zip(j.resolved)
+                .filter(|(_, r)| r.as_deref() == Some(job.id.as_str()))
+                .map(move |(d, _)| {
+                    context! { id => jid.clone(), name => jname.clone(), on => d.on.as_str(), when => d.when }
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (passes, pass_total) = tokio::try_join!(
+        store.list_workflow_runs(Some(job.id.clone()), 5, 0),
+        store.count_workflow_runs(Some(job.id.clone())),
+    )?;
+    let passes: Vec<Value> = passes
+        .iter()
+        .map(|w| {
+            context! {
+                id => w.id,
+                root_job_name => w.root_job_name,
+                started => view::time(w.created_at, tz),
+                cancelled => w.cancelled_at.is_some(),
+            }
+        })
+        .collect();
     render(
         "job.html",
         frame(&st, &s, "jobs"),
@@ -352,6 +397,7 @@ pub async fn detail(
                 updated => view::time(job.updated_at, tz),
             },
             yaml,
+            upstreams, any_of => job.depends_on.any, downstream, passes, pass_total,
             fires => fires.as_ref().map(|v| v.iter().map(|t| view::time(*t, tz)).collect::<Vec<_>>()).unwrap_or_default(),
             fires_error => fires.err(),
             runs, total, page_no => page, pages,

@@ -20,6 +20,7 @@ mod misc;
 mod prompts;
 mod runs;
 mod view;
+mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -65,6 +66,9 @@ pub(super) fn routes(state: &ApiState) -> Router<ApiState> {
         )
         .route("/ui/runs/{id}", get(runs::detail))
         .route("/ui/runs/{id}/cancel", post(runs::cancel))
+        .route("/ui/workflows", get(workflows::list))
+        .route("/ui/workflows/{id}", get(workflows::detail))
+        .route("/ui/workflows/{id}/cancel", post(workflows::cancel))
         .route("/ui/cooldown/clear", post(misc::clear_cooldown))
         .route("/ui/plugins", get(misc::plugins))
         .route("/ui/stats", get(misc::stats))
@@ -337,7 +341,9 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         "plugins.html",
         "stats.html",
         "prompts.html",
-        "prompt_form.html"
+        "prompt_form.html",
+        "workflows.html",
+        "workflow.html"
     );
     env
 });

@@ -81,6 +81,24 @@ pub async fn detail(
         }
     });
     let going = !e.status.is_terminal();
+    // The runs that started this one (trigger `dependency`), with their jobs' names.
+    let mut upstreams: Vec<Value> = Vec::with_capacity(e.upstream_ids.len());
+    for up in &e.upstream_ids {
+        let x = store.get_execution(up.clone()).await?;
+        let name = match &x {
+            Some(x) => store
+                .job_id_and_name(x.job_id.clone())
+                .await?
+                .map(|(_, n)| n),
+            None => None,
+        };
+        upstreams.push(context! {
+            id => up,
+            job_id => x.as_ref().map(|x| x.job_id.clone()),
+            job_name => name,
+            status => x.as_ref().map(|x| view::exec_status(x.status)),
+        });
+    }
     render(
         "run.html",
         frame(&st, &s, "jobs"),
@@ -90,6 +108,8 @@ pub async fn detail(
                 status => view::exec_status(e.status),
                 trigger => e.trigger.as_str(),
                 going,
+                workflow_run_id => e.workflow_run_id,
+                upstreams,
                 retry_pending => d.run_status == RunStatus::RetryPending,
                 attempt => d.attempt, max_attempts => d.max_attempts,
                 attempts => d.attempts.iter().map(|a| context! {

@@ -202,6 +202,30 @@
     ws.onclose = () => { if (state && state.textContent === "live") state.textContent = "disconnected — reload to resume"; };
   }
 
+  // A workflow pass while it runs: reload the page (it is drawn on the service) when one of
+  // its jobs' runs moves, at most once a second; every 15 s as well, in case the socket is gone.
+  function livePass() {
+    const el = $("#pass-live");
+    if (!el || el.dataset.passLive !== "yes") return;
+    const jobs = new Set((el.dataset.passJobs || "").split(" ").filter(Boolean));
+    let pending = false;
+    const reload = () => {
+      if (pending) return;
+      pending = true;
+      setTimeout(() => location.reload(), 1000);
+    };
+    try {
+      const proto = location.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(`${proto}//${location.host}/api/ws`);
+      ws.onmessage = (ev) => {
+        let m;
+        try { m = JSON.parse(ev.data); } catch (_) { return; }
+        if (m.type === "jobStatus" && m.executionId && jobs.has(m.jobId)) reload();
+      };
+    } catch (_) { /* the periodic reload below still runs */ }
+    setInterval(reload, 15000);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     localize();
     tick();
@@ -210,5 +234,6 @@
     forms();
     preview();
     liveLog();
+    livePass();
   });
 })();
