@@ -196,3 +196,121 @@ async fn bad_repositories_and_bases_are_clear_errors() {
         "hello\n"
     );
 }
+
+mod through_the_engine {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use cnp::clock::Clock;
+    use cnp::engine::{Engine, EngineSettings};
+    use cnp::events::EventBus;
+    use cnp::executor::{BoxFuture, RunObserver, RunReport, RunRequest, Runner};
+    use cnp::model::{ExecutionStatus, Outcome};
+    use cnp::store::Store;
+
+    /// Hits the usage limit on its first call, succeeds after; checks it runs in a worktree.
+    struct LimitedOnce {
+        calls: AtomicU32,
+    }
+
+    impl Runner for LimitedOnce {
+        fn run(&self, request: RunRequest, _o: Arc<dyn RunObserver>) -> BoxFuture<RunReport> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                let cwd = request
+                    .options
+                    .working_directory
+                    .clone()
+                    .unwrap_or_default();
+                assert!(
+                    std::path::Path::new(&cwd).join("README.md").is_file(),
+                    "runs in its worktree: {cwd}"
+                );
+                let outcome = if n == 0 {
+                    Outcome::UsageLimit {
+                        resets_at: None,
+                        message: "limit".into(),
+                    }
+                } else {
+                    Outcome::Success
+                };
+                RunReport {
+                    exit_code: Some(0),
+                    outcome,
+                    started_at: Some(Utc::now()),
+                    finished_at: Utc::now(),
+                    pid: None,
+                    result_text: Some("ok".into()),
+                    session_id: None,
+                    cost_usd: None,
+                    usage: None,
+                    resource_usage: None,
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_usage_limited_run_starts_over_in_a_fresh_worktree() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = super::repo(dir.path());
+        let store = Store::open(&dir.path().join("cnp.db")).unwrap();
+        let settings = EngineSettings {
+            default_retry: None,
+            worktree_dir: dir.path().join("worktrees"),
+            ..EngineSettings::default()
+        };
+        let runner = Arc::new(LimitedOnce {
+            calls: AtomicU32::new(0),
+        });
+        let engine = Engine::start(
+            store.clone(),
+            runner.clone(),
+            settings,
+            Clock::System,
+            EventBus::default(),
+        )
+        .await
+        .unwrap();
+        let job = engine
+            .create_job(
+                serde_json::from_value(serde_json::json!({
+                    "name": "wt", "prompt": "x",
+                    "execution": {"worktree": {"repo": repo.display().to_string(), "keep": "always"}}
+                }))
+                .unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        let id = engine.run_now(&job.id).await.unwrap();
+        for _ in 0..200 {
+            if engine.cooldown().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            engine.cooldown().is_some(),
+            "the usage limit began a cooldown"
+        );
+        engine.clear_cooldown().await.unwrap();
+        let mut done = None;
+        for _ in 0..300 {
+            let e = store.get_execution(id.clone()).await.unwrap().unwrap();
+            if e.status.is_terminal() {
+                done = Some(e);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = done.expect("the run ended");
+        assert_eq!(e.status, ExecutionStatus::Completed, "{e:?}");
+        assert_eq!(runner.calls.load(Ordering::SeqCst), 2);
+        let w = e.worktree.expect("a worktree report");
+        assert!(w.kept, "keep: always");
+        engine.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -493,8 +493,15 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     }
     let mut status = report.outcome.status();
     // The worktree: what the run changed and committed; removed or kept.
+    let limited = matches!(report.outcome, Outcome::UsageLimit { .. }) && !cancel.is_cancelled();
     let worktree_report = match &worktree {
         None => None,
+        // Hit the usage limit: the run will be tried again from scratch, in a new worktree
+        // under the same name, so this one goes whatever `keep` says.
+        Some(w) if limited => {
+            worktree::discard(w).await;
+            None
+        }
         Some(w) => {
             let r = worktree::finish(w, status == ExecutionStatus::Completed).await;
             observer.note(format!(

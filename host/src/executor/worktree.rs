@@ -256,6 +256,13 @@ pub async fn finish(w: &Worktree, completed: bool) -> WorktreeReport {
     report
 }
 
+/// Removes a worktree and its branch whatever `keep` says (a run that will start over).
+pub async fn discard(w: &Worktree) {
+    if let Err(e) = remove(w, true).await {
+        tracing::warn!(worktree = %w.path.display(), error = %e, "cannot remove a worktree");
+    }
+}
+
 async fn remove(w: &Worktree, delete_branch: bool) -> Result<(), String> {
     let path = w.path.to_string_lossy().into_owned();
     git(&w.repo, &["worktree", "remove", "--force", &path]).await?;
