@@ -18,23 +18,31 @@ use proptest::prelude::*;
 
 /// Prompts the runner saw, by execution id.
 type Seen = Arc<Mutex<HashMap<String, String>>>;
+/// The `--resume` session each run was given, by execution id.
+type Resumed = Arc<Mutex<HashMap<String, Option<String>>>>;
 
 /// "Runs" for 2 s of paused time; fails when the prompt contains `fail`; answers
 /// `FAKE_RESULT` from the job's environment, else `result of <prompt>`.
 struct TestRunner {
     clock: Clock,
     seen: Seen,
+    resumed: Resumed,
 }
 
 impl Runner for TestRunner {
     fn run(&self, request: RunRequest, observer: Arc<dyn RunObserver>) -> BoxFuture<RunReport> {
         let clock = self.clock.clone();
         let seen = self.seen.clone();
+        let resumed = self.resumed.clone();
         Box::pin(async move {
             let started = clock.now();
             seen.lock()
                 .unwrap()
                 .insert(request.execution_id.clone(), request.prompt.clone());
+            resumed.lock().unwrap().insert(
+                request.execution_id.clone(),
+                request.options.resume_session.clone(),
+            );
             observer.spawned(4242, started);
             let outcome = tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {
@@ -72,6 +80,7 @@ struct Harness {
     engine: Engine,
     store: Store,
     seen: Seen,
+    resumed: Resumed,
     _dir: tempfile::TempDir,
 }
 
@@ -80,9 +89,11 @@ async fn harness() -> Harness {
     let store = Store::open_inline(&dir.path().join("cnp.db")).unwrap();
     let clock = Clock::tokio_from(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
     let seen = Seen::default();
+    let resumed = Resumed::default();
     let runner = Arc::new(TestRunner {
         clock: clock.clone(),
         seen: seen.clone(),
+        resumed: resumed.clone(),
     });
     let settings = EngineSettings {
         default_retry: None,
@@ -95,6 +106,7 @@ async fn harness() -> Harness {
         engine,
         store,
         seen,
+        resumed,
         _dir: dir,
     }
 }
@@ -254,6 +266,38 @@ async fn branches_follow_on_and_when_and_record_skips_with_reasons() {
     assert_eq!(
         one(h.runs(&alert2).await).status,
         ExecutionStatus::Completed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_upstream_session_continues_the_upstream_runs_conversation() {
+    let h = harness().await;
+    let a = h
+        .create(serde_json::json!({"name": "plan", "prompt": "make a plan"}))
+        .await;
+    let b = h
+        .create(
+            serde_json::json!({"name": "do", "prompt": "now do it", "depends_on": ["plan"],
+                                   "execution": {"resume_upstream_session": true}}),
+        )
+        .await;
+    let c = h
+        .create(serde_json::json!({"name": "fresh", "prompt": "x", "depends_on": ["plan"]}))
+        .await;
+    let first = h.engine.run_now(&a).await.unwrap();
+    h.settle().await;
+    let upstream_session = h.runs(&a).await[0].session_id.clone().unwrap();
+    assert_eq!(upstream_session, format!("session-{first}"));
+    let r = h.resumed.lock().unwrap().clone();
+    assert_eq!(
+        r[&h.runs(&b).await[0].id],
+        Some(upstream_session),
+        "continues plan's session"
+    );
+    assert_eq!(
+        r[&h.runs(&c).await[0].id],
+        None,
+        "a new conversation by default"
     );
 }
 
