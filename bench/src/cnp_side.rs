@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
-use cnp::config::Config;
 use cnp::clock::Clock;
+use cnp::config::Config;
 use cnp::engine::{Engine, EngineSettings};
 use cnp::events::{Event, EventBus};
 use cnp::executor::{BoxFuture, ClaudeRunner, RunObserver, RunReport, RunRequest, Runner};

@@ -154,7 +154,14 @@ async fn main() -> anyhow::Result<()> {
         let path = Arc::new(path);
         // Warm-up, then the measured run.
         let auth = (header.to_owned(), value.to_owned());
-        load(&base, &auth, path.clone(), cli.connections, cli.requests / 10).await?;
+        load(
+            &base,
+            &auth,
+            path.clone(),
+            cli.connections,
+            cli.requests / 10,
+        )
+        .await?;
         let (hist, elapsed) = load(&base, &auth, path, cli.connections, cli.requests).await?;
         let ms = |v: u64| v as f64 / 1000.0;
         rows.push(Row {
@@ -182,17 +189,36 @@ async fn main() -> anyhow::Result<()> {
     );
     let browser = if cli.fcp_runs > 0 {
         let job_page = format!("{base}/ui/jobs/{}", job_ids[job_ids.len() / 2]);
-        Some(browser::measure(&base, token.expose(), &[format!("{base}/ui/"), job_page], cli.fcp_runs).await?)
+        Some(
+            browser::measure(
+                &base,
+                token.expose(),
+                &[format!("{base}/ui/"), job_page],
+                cli.fcp_runs,
+            )
+            .await?,
+        )
     } else {
         None
     };
     if let Some(b) = &browser {
         println!();
-        println!("{:<36} {:>9} {:>9} {:>9} {:>8}", "page (headless Chromium)", "FCP p50", "FCP p99", "cold", "n");
+        println!(
+            "{:<36} {:>9} {:>9} {:>9} {:>8}",
+            "page (headless Chromium)", "FCP p50", "FCP p99", "cold", "n"
+        );
         for p in &b.pages {
             println!(
                 "{:<36} {:>7.0}ms {:>7.0}ms {:>7.0}ms {:>8}",
-                if p.page.starts_with("/ui/jobs/") { "/ui/jobs/:id" } else { p.page.as_str() }, p.fcp_p50_ms, p.fcp_p99_ms, p.cold_fcp_ms, p.n
+                if p.page.starts_with("/ui/jobs/") {
+                    "/ui/jobs/:id"
+                } else {
+                    p.page.as_str()
+                },
+                p.fcp_p50_ms,
+                p.fcp_p99_ms,
+                p.cold_fcp_ms,
+                p.n
             );
         }
         println!(
@@ -206,7 +232,9 @@ async fn main() -> anyhow::Result<()> {
     if cli.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "routes": rows, "browser": browser }))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "routes": rows, "browser": browser })
+            )?
         );
     }
     server.abort();
@@ -366,8 +394,15 @@ mod browser {
         sorted[i]
     }
 
-    pub async fn measure(base: &str, token: &str, pages: &[String], runs: usize) -> anyhow::Result<Report> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    pub async fn measure(
+        base: &str,
+        token: &str,
+        pages: &[String],
+        runs: usize,
+    ) -> anyhow::Result<Report> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -375,19 +410,26 @@ mod browser {
             .spawn()
             .context("starting /usr/bin/chromedriver (apt-get install chromium chromium-driver, or --fcp-runs 0)")?;
         let profile = tempfile::tempdir()?;
-        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({
-            "goog:chromeOptions": {
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                    "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,800",
-                    format!("--user-data-dir={}", profile.path().display())]
-            }
-        }))?;
+        let caps: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+            serde_json::json!({
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", "--disable-dev-shm-usage", "--window-size=1280,800",
+                        format!("--user-data-dir={}", profile.path().display())]
+                }
+            }),
+        )?;
         let start = Instant::now();
         let c = loop {
-            let mut b = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
-            match b.capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+            let mut b =
+                ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+            match b
+                .capabilities(caps.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
                 Ok(c) => break c,
                 Err(_) if start.elapsed() < Duration::from_secs(20) => {
                     tokio::time::sleep(Duration::from_millis(100)).await

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use cnp::config::PluginsConfig;
 use cnp::clock::Clock;
+use cnp::config::PluginsConfig;
 use cnp::plugins::bindings::{self, clock, log, types};
 use cnp::plugins::{
     ConditionTrigger, EventKind, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginHost,
