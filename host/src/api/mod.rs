@@ -404,6 +404,23 @@ pub struct Page<T> {
     pub offset: u32,
 }
 
+impl<T> Page<T> {
+    /// The page `limit`/`offset` of a whole list held in memory, each item made by `f`.
+    pub fn of<U>(all: Vec<U>, limit: u32, offset: u32, f: impl FnMut(U) -> T) -> Page<T> {
+        Page {
+            total: all.len() as u64,
+            items: all
+                .into_iter()
+                .skip(offset as usize)
+                .take(limit as usize)
+                .map(f)
+                .collect(),
+            limit,
+            offset,
+        }
+    }
+}
+
 /// Default page size.
 pub const DEFAULT_LIMIT: u32 = 50;
 /// Largest page size.

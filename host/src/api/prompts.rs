@@ -82,18 +82,7 @@ pub async fn list(
 ) -> Result<Json<Page<Prompt>>, ApiError> {
     let (limit, offset) = q.page()?;
     let all = st.engine().store().list_prompts().await?;
-    let total = all.len() as u64;
-    let items = all
-        .into_iter()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .collect();
-    Ok(Json(Page {
-        items,
-        total,
-        limit,
-        offset,
-    }))
+    Ok(Json(Page::of(all, limit, offset, |p| p)))
 }
 
 #[utoipa::path(post, path = "/api/prompts", tag = "prompts",

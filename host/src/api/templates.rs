@@ -80,23 +80,11 @@ pub async fn list(
     let (limit, offset) = q.page()?;
     let all = st.engine().store().list_templates().await?;
     let mut users = svc::template_users(st.engine()).await?;
-    let total = all.len() as u64;
-    let items = all
-        .into_iter()
-        .skip(offset as usize)
-        .take(limit as usize)
-        .map(|t| TemplateView {
-            jobs: users.remove(&t.name).unwrap_or_default(),
-            template: redacted(t),
-            rerendered: None,
-        })
-        .collect();
-    Ok(Json(Page {
-        items,
-        total,
-        limit,
-        offset,
-    }))
+    Ok(Json(Page::of(all, limit, offset, |t| TemplateView {
+        jobs: users.remove(&t.name).unwrap_or_default(),
+        template: redacted(t),
+        rerendered: None,
+    })))
 }
 
 #[utoipa::path(post, path = "/api/templates", tag = "templates",
