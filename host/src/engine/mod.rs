@@ -315,12 +315,15 @@ impl Engine {
         let interrupted = s.store.recover_interrupted(now, retries).await?;
         // Worktrees of runs a stop cut short never got their clean-up: removed now (those kept
         // on purpose stay).
-        let kept = s.store.kept_worktrees().await?;
-        let pruned =
-            crate::executor::worktree::prune(&s.settings.worktree_dir, |id| kept.contains(id))
-                .await;
-        if pruned > 0 {
-            tracing::info!(pruned, dir = %s.settings.worktree_dir.display(), "stale run worktrees removed");
+        // (Only read the kept ones when there is any worktree at all.)
+        if crate::executor::worktree::any(&s.settings.worktree_dir) {
+            let kept = s.store.kept_worktrees().await?;
+            let pruned =
+                crate::executor::worktree::prune(&s.settings.worktree_dir, |id| kept.contains(id))
+                    .await;
+            if pruned > 0 {
+                tracing::info!(pruned, dir = %s.settings.worktree_dir.display(), "stale run worktrees removed");
+            }
         }
         let loaded_edges = workflow::load(self).await?;
         if loaded_edges > 0 {
@@ -412,7 +415,7 @@ impl Engine {
         // and what a crash cut short between an end and its settle is settled.
         for (e, retry) in &interrupted {
             if retry.is_none() {
-                workflow::settle_ended(self, &e.id).await;
+                workflow::settle_ended(self, &e.job_id, &e.id).await;
             }
         }
         let settled = workflow::reconcile(self, now - chrono::Duration::days(7)).await?;
@@ -868,7 +871,7 @@ impl Engine {
             .await?;
         if changed {
             self.publish_exec(execution_id, &exec.job_id, ExecutionStatus::Cancelled, None);
-            workflow::settle_ended(self, execution_id).await;
+            workflow::settle_ended(self, &exec.job_id, execution_id).await;
         }
         Ok(changed)
     }

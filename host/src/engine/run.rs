@@ -117,7 +117,7 @@ pub(super) fn enqueue_all(engine: &Engine, runs: Vec<QueuedRun>, announce: bool)
             {
                 Ok(true) => {
                     engine.publish_exec(&run.execution_id, &run.job_id, ExecutionStatus::Skipped, Some(reason));
-                    workflow::settle_ended(&engine, &run.execution_id).await;
+                    workflow::settle_ended(&engine, &run.job_id, &run.execution_id).await;
                 }
                 Ok(false) => {}
                 Err(e) => tracing::error!(execution = %run.execution_id, error = %e, "cannot record skipped run"),
@@ -598,7 +598,7 @@ async fn fail_unstarted(engine: &Engine, run: &QueuedRun, message: String) {
     let report = failed_report(now, message);
     let status = report.outcome.status();
     finish(engine, run, None, (report, None), status, None, None).await;
-    workflow::settle_ended(engine, &run.execution_id).await;
+    workflow::settle_ended(engine, &run.job_id, &run.execution_id).await;
 }
 
 /// What the edges leaving `job` see of this run's end.
@@ -785,7 +785,7 @@ async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
                 ExecutionStatus::Skipped,
                 Some(reason),
             );
-            workflow::settle_ended(engine, &run.execution_id).await;
+            workflow::settle_ended(engine, &run.job_id, &run.execution_id).await;
         }
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot record a skipped run")

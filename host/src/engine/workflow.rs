@@ -295,11 +295,10 @@ pub(super) async fn start(engine: &Engine, settled: Vec<Settled>) {
 
 /// Settles the downstream of a run that ended outside the normal end of a run (skipped,
 /// cancelled before it started, interrupted at a restart), then starts what that decides.
-pub(super) async fn settle_ended(engine: &Engine, execution_id: &str) {
-    if let Some(job_id) = job_of(engine, execution_id).await {
-        if !engine.shared.graph.lock().unwrap().has_downstream(&job_id) {
-            return;
-        }
+pub(super) async fn settle_ended(engine: &Engine, job_id: &str, execution_id: &str) {
+    // Most jobs have nothing downstream: decided from memory, no read.
+    if !engine.shared.graph.lock().unwrap().has_downstream(job_id) {
+        return;
     }
     match settle_one(engine, execution_id).await {
         Ok(settled) => start(engine, settled).await,
@@ -307,17 +306,6 @@ pub(super) async fn settle_ended(engine: &Engine, execution_id: &str) {
             tracing::error!(execution = %execution_id, error = %e, "cannot settle a workflow run's downstream (retried at the next start)")
         }
     }
-}
-
-async fn job_of(engine: &Engine, execution_id: &str) -> Option<String> {
-    engine
-        .shared
-        .store
-        .get_execution(execution_id.to_owned())
-        .await
-        .ok()
-        .flatten()
-        .map(|e| e.job_id)
 }
 
 async fn settle_one(engine: &Engine, execution_id: &str) -> Result<Vec<Settled>, EngineError> {
@@ -339,6 +327,10 @@ async fn settle_one(engine: &Engine, execution_id: &str) -> Result<Vec<Settled>,
 /// At start-up: settles pass runs whose end was recorded but whose downstream verdicts were
 /// not (a crash between an end recorded outside a run's own end and its settle).
 pub(super) async fn reconcile(engine: &Engine, since: DateTime<Utc>) -> Result<usize, EngineError> {
+    // No job has upstreams: nothing to settle, and no query at start-up.
+    if engine.shared.graph.lock().unwrap().is_empty() {
+        return Ok(0);
+    }
     let ended = engine.shared.store.ended_pass_runs(since).await?;
     let mut n = 0;
     for (e, done) in ended {
@@ -348,7 +340,7 @@ pub(super) async fn reconcile(engine: &Engine, since: DateTime<Utc>) -> Result<u
         };
         if missing {
             n += 1;
-            settle_ended(engine, &e.id).await;
+            settle_ended(engine, &e.job_id, &e.id).await;
         }
     }
     Ok(n)

@@ -273,6 +273,11 @@ async fn remove(w: &Worktree, delete_branch: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `root` holds any worktree (entry) at all.
+pub fn any(root: &Path) -> bool {
+    std::fs::read_dir(root).is_ok_and(|mut d| d.next().is_some())
+}
+
 /// At start-up: removes the worktrees under `root` whose run is over and that are not to be
 /// kept (`keep(execution id)` says whether to keep one; a run interrupted by a crash never
 /// reached its own clean-up). Returns how many were removed.
