@@ -87,6 +87,8 @@
 //! - `FAKE_CLAUDE_STDERR`: written to stderr (after the init event).
 //! - `FAKE_CLAUDE_RESULT`: the `ok` result text (default `Hello from fake claude: <the first 50
 //!   characters of the prompt>`).
+//! - `FAKE_CLAUDE_COST_USD`: the `ok` result's `total_cost_usd` (and the model's `costUSD`),
+//!   default 0.00014; `none` leaves both out (as a CLI that reports no cost).
 //! - `FAKE_CLAUDE_EXIT`: overrides the exit code (any scenario).
 //! - `FAKE_CLAUDE_IGNORE_SIGTERM=1`: ignore SIGTERM (to test TERM→KILL escalation). The
 //!   disposition is inherited by the grandchild of `FAKE_CLAUDE_SPAWN_CHILD`.
@@ -744,22 +746,38 @@ impl Fake {
                     format!("Hello from fake claude: {head}")
                 });
                 self.event(self.assistant_event(json!([{"type": "text", "text": text}])))?;
-                let r = self.result_event(json!({
+                let cost = match std::env::var("FAKE_CLAUDE_COST_USD").as_deref() {
+                    Ok("none") => None,
+                    Ok(v) => match v.parse::<f64>() {
+                        Ok(c) => Some(c),
+                        Err(_) => {
+                            eprintln!("fake-claude: FAKE_CLAUDE_COST_USD={v} is not a number");
+                            return Ok(2);
+                        }
+                    },
+                    Err(_) => Some(0.00014),
+                };
+                let mut model_usage = json!({
+                    "inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 0,
+                    "cacheCreationInputTokens": 0, "webSearchRequests": 0, "costUSD": cost,
+                    "contextWindow": 1_000_000, "maxOutputTokens": 128_000,
+                });
+                let mut r = self.result_event(json!({
                     "subtype": "success",
                     "is_error": false,
                     "result": text,
                     "num_turns": 1,
-                    "total_cost_usd": 0.00014,
+                    "total_cost_usd": cost,
                     "stop_reason": "end_turn",
                     "terminal_reason": "completed",
                     "api_error_status": null,
                     "usage": usage(10, 5),
-                    "modelUsage": { self.model.clone(): {
-                        "inputTokens": 10, "outputTokens": 5, "cacheReadInputTokens": 0,
-                        "cacheCreationInputTokens": 0, "webSearchRequests": 0, "costUSD": 0.00014,
-                        "contextWindow": 1_000_000, "maxOutputTokens": 128_000,
-                    }},
                 }));
+                if cost.is_none() {
+                    r.as_object_mut().unwrap().remove("total_cost_usd");
+                    model_usage.as_object_mut().unwrap().remove("costUSD");
+                }
+                r["modelUsage"] = json!({ self.model.clone(): model_usage });
                 self.result(r)?;
                 Ok(0)
             }
