@@ -32,6 +32,8 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     pub retry: RetryDefaults,
     pub cooldown: CooldownConfig,
+    /// `[budget]`: caps on what all runs together spend over rolling windows (docs/budgets.md).
+    pub budget: crate::model::Budget,
 }
 
 /// `[api]`: the admin HTTP API (REST + WebSocket) that the `cnp` CLI talks to.
@@ -174,6 +176,9 @@ pub struct NotificationsConfig {
     pub on_cooldown: bool,
     /// A plugin trapped, timed out or failed, to the default channels.
     pub on_plugin_failure: bool,
+    /// A spending cap was reached (`budget_exceeded`): to the job's channels for a job's
+    /// budget, to the default channels for `[budget]`.
+    pub on_budget: bool,
     /// Base URL of API links in messages; default `http://<api.bind>`.
     pub api_url: Option<String>,
     /// Deliveries waiting at once; beyond it new ones are dropped (and recorded so).
@@ -389,6 +394,7 @@ impl Default for NotificationsConfig {
             on_completion: false,
             on_cooldown: true,
             on_plugin_failure: true,
+            on_budget: true,
             api_url: None,
             queue_capacity: 1024,
             channels: Default::default(),
@@ -551,6 +557,16 @@ impl Config {
                         .into(),
                 ));
             }
+        }
+        if let Some((field, message)) = self.budget.invalid() {
+            return Err(invalid(
+                if field == "daily_usd" {
+                    "budget.daily_usd"
+                } else {
+                    "budget.monthly_usd"
+                },
+                message,
+            ));
         }
         if self.plugins.call_timeout.is_zero() {
             return Err(invalid(

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    DependsOn, ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, PluginRef,
+    Budget, DependsOn, ExecutionOptions, JobStatus, MisfirePolicy, NotificationConfig, PluginRef,
     ResourceLimits, RetryConfig, RetryStrategy, Schedule, PRIORITY_DEFAULT, PRIORITY_MAX,
     PRIORITY_MIN,
 };
@@ -45,6 +45,9 @@ pub struct JobSpec {
     pub notifications: Option<NotificationConfig>,
     #[serde(default)]
     pub resource_limits: Option<ResourceLimits>,
+    /// Caps on what the job's runs spend over rolling windows (docs/budgets.md).
+    #[serde(default)]
+    pub budget: Option<Budget>,
     /// Upstream jobs whose runs start this one (see docs/workflows.md).
     #[serde(default, skip_serializing_if = "DependsOn::is_empty")]
     pub depends_on: DependsOn,
@@ -295,6 +298,9 @@ impl JobSpec {
             validate_retry(r)?;
         }
         self.validate_depends_on()?;
+        if let Some((field, message)) = self.budget.as_ref().and_then(Budget::invalid) {
+            return Err(err(&format!("budget.{field}"), message));
+        }
         if let Some(l) = &self.resource_limits {
             if l.max_memory_mb == Some(0) {
                 return Err(err("resource_limits.max_memory_mb", "must be at least 1"));

@@ -41,6 +41,9 @@ pub struct Job {
     pub retry_config: Option<RetryConfig>,
     pub notification_config: Option<NotificationConfig>,
     pub resource_limits: Option<ResourceLimits>,
+    /// Caps on what the job's runs may spend over rolling windows (`budget:`; docs/budgets.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Free-form labels; the CLI selects jobs by tag.
     pub tags: Vec<String>,
     /// Upstream jobs whose runs trigger this one (a workflow; see docs/workflows.md). Written
@@ -240,6 +243,45 @@ pub struct ExecutionOptions {
     /// Condition-hook plugins asked, in order, just before each run: the first that says skip
     /// or defer decides. (Manifests give them as a top-level `conditions:` list.)
     pub conditions: Vec<PluginRef>,
+}
+
+/// Spending caps over rolling windows: a job's `budget:` and the config's `[budget]`. Costs are
+/// the CLI's `total_cost_usd` of runs that ended in the window (docs/budgets.md).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// The most the runs that ended in the last 24 hours may have cost, in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    /// The most the runs that ended in the last 30 days may have cost, in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    /// When a cap is reached, stop the runs going too (default: they finish; only new runs are
+    /// held).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hard_stop: bool,
+}
+
+impl Budget {
+    /// Whether any cap is set.
+    pub fn is_capped(&self) -> bool {
+        self.daily_usd.is_some() || self.monthly_usd.is_some()
+    }
+
+    /// A cap that is not a finite number ≥ 0, as `(field, message)`.
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        [
+            ("daily_usd", self.daily_usd),
+            ("monthly_usd", self.monthly_usd),
+        ]
+        .into_iter()
+        .find_map(|(field, v)| match v {
+            Some(v) if !v.is_finite() || v < 0.0 => {
+                Some((field, format!("must be a number of USD ≥ 0, got {v}")))
+            }
+            _ => None,
+        })
+    }
 }
 
 /// A git worktree per run: made from `repo` at `base` on a new branch before the run, the CLI

@@ -656,6 +656,7 @@ pub fn same_definition(job: &Job, spec: &JobSpec) -> bool {
         && job.notification_config == spec.notifications
         && job.resource_limits == spec.resource_limits
         && job.depends_on == spec.depends_on
+        && job.budget == spec.budget
         && status_matches(job.status, spec)
 }
 
@@ -681,6 +682,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         notifications: job.notification_config.clone(),
         resource_limits: job.resource_limits.clone(),
         depends_on: job.depends_on.clone(),
+        budget: job.budget.clone(),
         conditions: Vec::new(),
     }
 }

@@ -9,6 +9,7 @@
 //! ```
 
 mod auth;
+mod budget;
 mod cooldown;
 mod dashboard;
 mod error;
@@ -248,6 +249,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/plugins", get(system::plugins))
         .route("/api/status", get(system::status))
+        .route(
+            "/api/budget",
+            get(budget::show).put(budget::set).delete(budget::reset),
+        )
         .route("/api/cooldown", get(cooldown::show))
         .route("/api/cooldown/clear", post(cooldown::clear))
         .route("/api/openapi.json", get(openapi::serve))

@@ -6,7 +6,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    cooldown, error, executions, jobs, notifications, prompts, system, templates, workflows, ws,
+    budget, cooldown, error, executions, jobs, notifications, prompts, system, templates,
+    workflows, ws,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +28,7 @@ use super::{
         templates::instantiate,
         system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
+        budget::show, budget::set, budget::reset,
         workflows::list, workflows::show, workflows::cancel,
         ws::upgrade, serve,
     ),
@@ -40,6 +42,7 @@ use super::{
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
         (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
         (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
+        (name = "costs", description = "What runs cost, and the spending caps (budgets) that hold runs back"),
     )
 )]
 struct ApiDoc;

@@ -275,6 +275,18 @@ pub struct JobFlags {
     /// Drop the job's upstreams.
     #[arg(long, conflicts_with_all = ["depends_on", "any_of"])]
     pub no_depends_on: bool,
+    /// Cap on what the job's runs that ended in the last 24 hours may cost, USD (docs/budgets.md).
+    #[arg(long, value_name = "USD")]
+    pub budget_daily_usd: Option<f64>,
+    /// Cap on what the job's runs that ended in the last 30 days may cost, USD.
+    #[arg(long, value_name = "USD")]
+    pub budget_monthly_usd: Option<f64>,
+    /// When a cap is reached, stop the job's runs going too (`true`/`false`).
+    #[arg(long, value_name = "BOOL")]
+    pub budget_hard_stop: Option<bool>,
+    /// Drop the job's budget.
+    #[arg(long, conflicts_with_all = ["budget_daily_usd", "budget_monthly_usd", "budget_hard_stop"])]
+    pub no_budget: bool,
 }
 
 /// `NAME` or `NAME:on`.
@@ -306,6 +318,23 @@ fn parse_snake<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
 impl JobFlags {
     /// Applies the given flags to `spec` (unspecified ones leave it as it is).
     pub fn apply(&self, spec: &mut JobSpec) -> anyhow::Result<()> {
+        if self.no_budget {
+            spec.budget = None;
+        } else if self.budget_daily_usd.is_some()
+            || self.budget_monthly_usd.is_some()
+            || self.budget_hard_stop.is_some()
+        {
+            let b = spec.budget.get_or_insert_with(Default::default);
+            if let Some(v) = self.budget_daily_usd {
+                b.daily_usd = Some(v);
+            }
+            if let Some(v) = self.budget_monthly_usd {
+                b.monthly_usd = Some(v);
+            }
+            if let Some(v) = self.budget_hard_stop {
+                b.hard_stop = v;
+            }
+        }
         if self.no_depends_on {
             spec.depends_on = Default::default();
         } else if !self.depends_on.is_empty() {
@@ -453,6 +482,7 @@ pub fn blank_spec(name: &str) -> JobSpec {
         notifications: None,
         resource_limits: None,
         depends_on: Default::default(),
+        budget: None,
         conditions: Vec::new(),
     }
 }

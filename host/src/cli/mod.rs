@@ -6,6 +6,7 @@
 //! configuration error; 3 the service is not running; 4 the awaited run was skipped.
 
 mod batch;
+mod budget;
 mod client;
 mod interactive;
 mod job;
@@ -110,6 +111,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t, global = true)]
         format: Format,
     },
+    /// Spending caps: what was spent in their windows, the runs they hold; set or reset the
+    /// global caps on the running service.
+    Budget {
+        #[command(subcommand)]
+        action: Option<budget::BudgetCommand>,
+        #[arg(long, value_enum, default_value_t, global = true)]
+        format: Format,
+    },
     /// Print a shell completion script (`cnp completions bash > /etc/bash_completion.d/cnp`).
     Completions {
         #[arg(value_enum)]
@@ -128,6 +137,7 @@ impl Command {
                 | Command::Template(_)
                 | Command::Status { .. }
                 | Command::Cooldown { .. }
+                | Command::Budget { .. }
                 | Command::Plugin(PluginCommand::List { .. })
         )
     }
@@ -230,6 +240,7 @@ fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await
             }
+            Command::Budget { action, format } => budget::run(&client, action, format).await,
             Command::Plugin(PluginCommand::List { format }) => {
                 status::plugins(&client, format).await
             }
@@ -257,6 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Template(_)
         | Command::Status { .. }
         | Command::Cooldown { .. }
+        | Command::Budget { .. }
         | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "cnp", &mut std::io::stdout());

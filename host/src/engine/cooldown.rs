@@ -211,7 +211,14 @@ pub(super) async fn end(engine: &Engine, why: &str) -> Result<Option<Cooldown>, 
             return Ok(None);
         };
         let mut runs = st.queue.drain();
-        let groups = collapse(engine, &mut st, &mut runs, now, grace);
+        let groups = collapse(
+            engine,
+            &mut st,
+            &mut runs,
+            now,
+            grace,
+            "a Claude usage-limit cooldown",
+        );
         runs.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)
@@ -262,12 +269,13 @@ pub(super) async fn end(engine: &Engine, why: &str) -> Result<Option<Cooldown>, 
 /// Per job, the first attempts of schedule slots that came due during the cooldown (more than
 /// `misfire_grace` ago) beyond what the job's misfire policy runs: taken out of `runs` and
 /// turned into one skipped execution per job (the latest surplus slot, saying how many).
-fn collapse(
+pub(super) fn collapse(
     engine: &Engine,
     st: &mut super::State,
     runs: &mut Vec<QueuedRun>,
     now: DateTime<Utc>,
     grace: chrono::Duration,
+    cause: &str,
 ) -> Vec<(String, CollapsedSlots)> {
     let mut missed: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, r) in runs.iter().enumerate() {
@@ -297,8 +305,7 @@ fn collapse(
                 .expect("a slot"),
         );
         let reason = format!(
-            "{} missed slot(s) from {} to {} not run (misfire policy: {}; a Claude usage-limit \
-             cooldown held them back)",
+            "{} missed slot(s) from {} to {} not run (misfire policy: {}; {cause} held them back)",
             surplus.len(),
             first.to_rfc3339(),
             last.to_rfc3339(),

@@ -311,7 +311,7 @@ fn is_not_found(message: &str) -> bool {
 pub(super) fn notify_event(
     engine: &Engine,
     job: &Job,
-    kind: crate::plugins::EventKind,
+    kind: crate::notify::EventKind,
     execution: Option<ExecutionInfo>,
     summary: String,
     note: std::sync::Arc<dyn Fn(String) + Send + Sync>,
@@ -324,7 +324,7 @@ pub(super) fn notify_event(
 pub(super) fn notify_run(
     engine: &Engine,
     job: &Job,
-    kind: crate::plugins::EventKind,
+    kind: crate::notify::EventKind,
     execution_id: Option<String>,
     execution: Option<ExecutionInfo>,
     summary: String,

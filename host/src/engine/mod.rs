@@ -17,6 +17,7 @@
 //! leaves `running` become `interrupted` on the next start. See `timer.rs` for how runs recorded
 //! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
+mod budget;
 mod cooldown;
 mod hooks;
 mod jobs;
@@ -37,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 
+pub use budget::{BudgetStatus, Exceeded, Scope, ScopeStatus, WindowStatus};
 pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
 pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV, LOG_FLUSH_INTERVAL};
@@ -73,6 +75,8 @@ pub struct EngineSettings {
     pub session_timeout: Duration,
     /// Where runs' git worktrees go (`worktrees/` beside the database).
     pub worktree_dir: std::path::PathBuf,
+    /// `[budget]`: the global spending caps (an operator may override them at run time).
+    pub budget: crate::model::Budget,
 }
 
 impl EngineSettings {
@@ -94,6 +98,7 @@ impl EngineSettings {
             cooldown: c.cooldown.clone(),
             session_timeout: c.executor.session_timeout,
             worktree_dir: c.worktree_dir(),
+            budget: c.budget.clone(),
         }
     }
 }
@@ -139,6 +144,8 @@ struct State {
     running: HashMap<String, RunningRun>,
     /// The usage-limit cooldown in force: while set, the dispatcher starts nothing.
     cooldown: Option<Cooldown>,
+    /// Spending caps, what was spent, and the runs they hold.
+    budgets: budget::Budgets,
 }
 
 struct RunningRun {
@@ -193,6 +200,8 @@ struct Shared {
     notifications: std::sync::OnceLock<crate::notify::NotificationService>,
     /// Wakes the cooldown task (entered, extended, cleared).
     cooldown_changed: Notify,
+    /// Wakes the budget task (caps changed).
+    budget_changed: Notify,
     /// The jobs with a `depends_on`, and who is downstream of whom.
     graph: Mutex<crate::workflow::Graph>,
 }
@@ -274,6 +283,7 @@ impl Engine {
                 .map(std::sync::OnceLock::from)
                 .unwrap_or_default(),
             cooldown_changed: Notify::new(),
+            budget_changed: Notify::new(),
             graph: Mutex::new(Default::default()),
         });
         let engine = Engine { shared };
@@ -284,6 +294,7 @@ impl Engine {
         s.tasks.spawn(run::run_dispatcher(engine.clone()));
         s.tasks.spawn(run::run_housekeeping(engine.clone()));
         s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
+        s.tasks.spawn(budget::run_budget(engine.clone()));
         Ok(engine)
     }
 
@@ -351,6 +362,8 @@ impl Engine {
         }
         // A cooldown in force when cnp stopped holds runs back from the start.
         cooldown::restore(self).await?;
+        // What was spent in the budgets' windows, and the scopes over a cap.
+        budget::restore(self, self.shared.settings.budget.clone()).await?;
         // Runs recorded ahead of a slot that came due while cnp was down are withdrawn: the
         // misfire policy decides those slots (below, as the timer finds them late).
         let grace = chrono::Duration::from_std(s.settings.misfire_grace).unwrap_or_default();
@@ -473,6 +486,9 @@ impl Engine {
                 priority: job.priority,
                 overlap: job.options.overlap,
             });
+            if st.budgets.set_job_cap(job.id, job.budget) {
+                s.budget_changed.notify_one();
+            }
             (idx, generation)
         };
         if let (true, Some(due)) = (active, due) {
@@ -622,6 +638,7 @@ impl Engine {
             resource_limits: None,
             tags: Vec::new(),
             depends_on: Default::default(),
+            budget: None,
             source,
             template,
             execution_count: 0,
@@ -727,6 +744,7 @@ impl Engine {
         {
             let mut st = self.shared.state.lock().unwrap();
             st.jobs.remove(job.id.as_str());
+            st.budgets.forget_job(job.id.as_str());
             for r in st.running.values() {
                 if r.job_id == job.id {
                     r.cancel.cancel();
@@ -1008,6 +1026,7 @@ struct JobDef<'a> {
     priority: u8,
     options: &'a ExecutionOptions,
     created_at: DateTime<Utc>,
+    budget: Option<&'a crate::model::Budget>,
 }
 
 impl<'a> JobDef<'a> {
@@ -1019,6 +1038,7 @@ impl<'a> JobDef<'a> {
             priority: job.priority,
             options: &job.execution_options,
             created_at: job.created_at,
+            budget: job.budget.as_ref(),
         }
     }
 }
@@ -1036,6 +1056,7 @@ impl AsDef for JobScheduling {
             priority: self.priority,
             options: &self.execution_options,
             created_at: self.created_at,
+            budget: self.budget.as_ref(),
         }
     }
 }
@@ -1070,6 +1091,7 @@ fn with_definition(job: Job, spec: JobSpec, schedule: Schedule) -> Job {
         resource_limits: spec.resource_limits,
         tags: spec.tags,
         depends_on: spec.depends_on,
+        budget: spec.budget,
         ..job
     }
 }

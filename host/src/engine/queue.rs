@@ -64,9 +64,9 @@ impl DispatchQueue {
 
     /// Takes the most urgent run whose job may start another run (`can_start(job_id)`); runs of
     /// saturated jobs are set aside until [`DispatchQueue::release`] is called for their job.
-    pub fn pop(&mut self, mut can_start: impl FnMut(&str) -> bool) -> Option<QueuedRun> {
+    pub fn pop(&mut self, mut can_start: impl FnMut(&QueuedRun) -> bool) -> Option<QueuedRun> {
         while let Some(run) = self.ready.pop() {
-            if can_start(&run.job_id) {
+            if can_start(&run) {
                 return Some(run);
             }
             self.held
@@ -80,6 +80,13 @@ impl DispatchQueue {
     /// A run of `job_id` finished: its held runs compete again (in their original order).
     pub fn release(&mut self, job_id: &str) {
         if let Some(held) = self.held.remove(job_id) {
+            self.ready.extend(held);
+        }
+    }
+
+    /// Every set-aside run competes again (a spending cap's hold may have lifted).
+    pub fn release_all(&mut self) {
+        for (_, held) in self.held.drain() {
             self.ready.extend(held);
         }
     }
@@ -179,9 +186,9 @@ mod tests {
         q.push(run("a2", "a", 9));
         q.push(run("b1", "b", 1));
         // job a is at its max_parallel: b runs first, a's runs wait
-        let r = q.pop(|job| job != "a").unwrap();
+        let r = q.pop(|r| r.job_id != "a").unwrap();
         assert_eq!(r.execution_id, "b1");
-        assert!(q.pop(|job| job != "a").is_none());
+        assert!(q.pop(|r| r.job_id != "a").is_none());
         assert_eq!(q.len(), 2);
         q.release("a");
         assert_eq!(q.pop(|_| true).unwrap().execution_id, "a1");
@@ -195,7 +202,7 @@ mod tests {
         q.push(run("a1", "a", 5));
         q.push(run("a2", "a", 5));
         q.push(run("b1", "b", 5));
-        assert!(q.pop(|j| j != "a").is_some()); // b1 out, a1/a2 held
+        assert!(q.pop(|r| r.job_id != "a").is_some()); // b1 out, a1/a2 held
         assert_eq!(q.remove("a2").unwrap().execution_id, "a2");
         assert!(q.remove("zz").is_none());
         q.release("a");

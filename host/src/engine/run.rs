@@ -18,7 +18,8 @@ use crate::executor::{RunObserver, RunReport, RunRequest};
 use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobStatus, LogLine, LogStream, Outcome, OverlapPolicy,
 };
-use crate::plugins::{EventKind, ExecutionInfo};
+use crate::notify::EventKind;
+use crate::plugins::ExecutionInfo;
 use crate::store::{Claim, FinishedRun, NewRetry, RunPlace, Settled};
 
 /// Puts a recorded run in the dispatch queue, or records it skipped when the job's overlap
@@ -227,18 +228,26 @@ pub(super) async fn run_dispatcher(engine: Engine) {
         };
         let (run, known) = loop {
             let notified = s.dispatch.notified();
+            let now = s.clock.now();
+            let mut held = super::budget::Held::default();
             let next = {
                 let mut st = s.state.lock().unwrap();
                 let st = &mut *st;
                 let jobs = &st.jobs;
-                // During a usage-limit cooldown nothing starts: runs wait in the queue.
+                let budgets = &mut st.budgets;
+                // During a usage-limit cooldown nothing starts: runs wait in the queue. Runs of
+                // a job at its max_parallel, or held by a spending cap, are set aside.
                 let run = if st.cooldown.is_some() {
                     None
                 } else {
-                    st.queue
-                        .pop(|job_id| jobs.get(job_id).is_none_or(|e| e.running < e.max_parallel))
+                    st.queue.pop(|run| {
+                        jobs.get(run.job_id.as_str())
+                            .is_none_or(|e| e.running < e.max_parallel)
+                            && super::budget::admit(budgets, run, now, &mut held)
+                    })
                 };
                 run.map(|run| {
+                    st.budgets.start(&run.execution_id, &run.job_id);
                     let known = st.jobs.get_mut(run.job_id.as_str()).map(|e| {
                         e.queued = e.queued.saturating_sub(1);
                         e.running += 1;
@@ -246,6 +255,10 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                     (run, known)
                 })
             };
+            if !held.is_empty() {
+                s.tasks
+                    .spawn(super::budget::record_held(engine.clone(), held));
+            }
             if let Some(next) = next {
                 break next;
             }
@@ -279,7 +292,12 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 if let Some(e) = st.jobs.get_mut(run.job_id.as_str()) {
                     e.running = e.running.saturating_sub(1);
                 }
-                st.queue.release(&run.job_id);
+                if st.budgets.end(&run.execution_id) {
+                    // Runs held by a cap that counted this run's expected cost may start now.
+                    st.queue.release_all();
+                } else {
+                    st.queue.release(&run.job_id);
+                }
                 if let Some(again) = again {
                     // Hit the usage limit: back in the queue (whatever the overlap policy: it
                     // is the same run), held there until the cooldown ends.
@@ -513,6 +531,18 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             Some(r)
         }
     };
+    if report.outcome == Outcome::Cancelled {
+        if let Some(why) = super::budget::stopped_why(engine, &run.execution_id) {
+            // Not a user's cancel: a spending cap with `hard_stop` was reached.
+            observer.note(format!("stopped: {why}"));
+            report.outcome = Outcome::Error {
+                subtype: Some("budget".into()),
+                api_status: None,
+                message: format!("stopped: {why}"),
+            };
+            status = ExecutionStatus::Cancelled;
+        }
+    }
     if shutdown_kill.is_cancelled() && report.outcome == Outcome::Cancelled {
         // Not a user's cancel: cnp stopped the run at shutdown.
         report.outcome = Outcome::Error {
@@ -856,6 +886,8 @@ async fn finish(
 ) -> (bool, Vec<Settled>) {
     let s = &engine.shared;
     let error = report.outcome.error_message();
+    let cost = report.cost_usd;
+    let ran = report.started_at.is_some();
     let finished = FinishedRun {
         id: run.execution_id.clone(),
         prompt,
@@ -882,6 +914,10 @@ async fn finish(
     match s.store.finish_with_retry(finished, retry, downstream).await {
         Ok((_, retried, settled)) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
+            if ran {
+                // What it cost counts against the budgets (none reported: $0, flagged).
+                super::budget::recorded(engine, &run.job_id, &run.execution_id, cost);
+            }
             s.events.publish(Event::Execution {
                 execution_id: run.execution_id.clone(),
                 job_id: run.job_id.clone(),

@@ -178,6 +178,7 @@ pub struct NotifySettings {
     pub on_completion: bool,
     pub on_cooldown: bool,
     pub on_plugin_failure: bool,
+    pub on_budget: bool,
     /// Base of API links in messages (`http://127.0.0.1:8377`), if any.
     pub api_url: Option<String>,
     pub queue_capacity: usize,
@@ -253,6 +254,7 @@ impl NotifySettings {
             on_completion: c.on_completion,
             on_cooldown: c.on_cooldown,
             on_plugin_failure: c.on_plugin_failure,
+            on_budget: c.on_budget,
             api_url: c
                 .api_url
                 .clone()

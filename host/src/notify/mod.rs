@@ -34,7 +34,7 @@ pub use config::{Channel, ChannelSpec, NotifySettings, SettingsError};
 
 use crate::clock::Clock;
 use crate::model::NotificationConfig;
-use crate::plugins::{EventKind, ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginHost};
+use crate::plugins::{ExecutionInfo, JobInfo, NotifyEvent, OutcomeKind, PluginHost};
 use crate::store::Store;
 use channels::Outcome;
 use ratelimit::{RateLimiter, Suppressed};
@@ -44,6 +44,48 @@ use template::Templates;
 const MAX_SENDING: usize = 16;
 /// How much of a run's output a message quotes.
 const OUTPUT_EXCERPT: usize = 1000;
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A run started.
+    RunStarted,
+    /// A run succeeded.
+    RunSucceeded,
+    /// A run failed after its last attempt.
+    RunFailed,
+    /// A run ended, whatever its outcome.
+    RunCompleted,
+    /// A failed run will be retried.
+    RetryScheduled,
+    /// Claude's usage limit was reached; runs are held until it resets.
+    CooldownEntered,
+    /// The usage limit is over; held runs resume.
+    CooldownEnded,
+    /// A plugin trapped, timed out or failed.
+    PluginFailure,
+    /// A job's or the global spending cap was reached: runs are held until the window rolls
+    /// or the cap is raised.
+    BudgetExceeded,
+}
+
+impl EventKind {
+    /// The event as `cnp:plugin@0.1.0` notifiers know it (`None`: 0.1 has no such event).
+    pub fn to_plugin(self) -> Option<crate::plugins::EventKind> {
+        use crate::plugins::EventKind as P;
+        Some(match self {
+            EventKind::RunStarted => P::RunStarted,
+            EventKind::RunSucceeded => P::RunSucceeded,
+            EventKind::RunFailed => P::RunFailed,
+            EventKind::RunCompleted => P::RunCompleted,
+            EventKind::RetryScheduled => P::RetryScheduled,
+            EventKind::CooldownEntered => P::CooldownEntered,
+            EventKind::CooldownEnded => P::CooldownEnded,
+            EventKind::PluginFailure => P::PluginFailure,
+            EventKind::BudgetExceeded => return None,
+        })
+    }
+}
 
 /// A callback that writes a `system` line on the execution's log.
 pub type Noter = Arc<dyn Fn(String) + Send + Sync>;
@@ -94,6 +136,7 @@ pub fn event_names(kind: EventKind) -> &'static [&'static str] {
         EventKind::CooldownEntered => &["cooldown_entered", "cooldown"],
         EventKind::CooldownEnded => &["cooldown_ended"],
         EventKind::PluginFailure => &["plugin_failure"],
+        EventKind::BudgetExceeded => &["budget_exceeded", "budget"],
     }
 }
 
@@ -120,7 +163,8 @@ fn is_failure(n: &Notification) -> bool {
         EventKind::RunFailed
         | EventKind::RetryScheduled
         | EventKind::PluginFailure
-        | EventKind::CooldownEntered => true,
+        | EventKind::CooldownEntered
+        | EventKind::BudgetExceeded => true,
         EventKind::RunCompleted => n
             .execution
             .as_ref()
@@ -159,7 +203,7 @@ pub struct Delivery {
     pub execution_id: Option<String>,
     pub job_id: Option<String>,
     /// `started`, `succeeded`, `failed`, `completed`, `retry_scheduled`, `cooldown_entered`,
-    /// `cooldown_ended`, `plugin_failure`, `rate_limit_summary`.
+    /// `cooldown_ended`, `plugin_failure`, `budget_exceeded`, `rate_limit_summary`.
     pub event: String,
     /// The channel's configured name, or a description of an inline channel.
     pub channel: String,
@@ -381,6 +425,7 @@ impl NotificationService {
             EventKind::RunCompleted => on_completion,
             EventKind::CooldownEntered | EventKind::CooldownEnded => s.on_cooldown,
             EventKind::PluginFailure => s.on_plugin_failure,
+            EventKind::BudgetExceeded => s.on_budget,
         };
         if !wanted {
             return None;
@@ -707,7 +752,12 @@ fn prepare(
             Prepared::Email { subject, body }
         }
         ChannelSpec::Plugin(_) => Prepared::Plugin(Box::new(NotifyEvent {
-            kind: n.kind,
+            kind: n.kind.to_plugin().ok_or_else(|| {
+                format!(
+                    "notifier plugins (cnp:plugin@0.1.0) have no `{}` event",
+                    event_names(n.kind)[0]
+                )
+            })?,
             job: n.job.clone(),
             execution: n.execution.clone(),
             summary: n.summary.clone(),
@@ -800,6 +850,7 @@ fn context(n: &Notification, event: &str, api_url: Option<&str>) -> Value {
         (EventKind::CooldownEntered, _) => "cooldown",
         (EventKind::CooldownEnded, _) => "resumed",
         (EventKind::PluginFailure, _) => "plugin_failure",
+        (EventKind::BudgetExceeded, _) => "budget_held",
     };
     let exec_id = n.execution_id.clone().or(e.map(|e| e.execution_id.clone()));
     let links = match &exec_id {

@@ -9,7 +9,7 @@ use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 pub(super) const JOB_COLUMNS: &str = "id, name, prompt_id, prompt, schedule, status, priority, \
     execution_options, retry_config, notification_config, resource_limits, tags, source, \
     execution_count, success_count, failure_count, total_time_ms, next_run_time, last_run_time, \
-    created_at, updated_at, template_use, depends_on";
+    created_at, updated_at, template_use, depends_on, budget";
 
 /// What the engine needs of a job to schedule it (read at start-up, one row at a time).
 #[derive(Debug, Clone)]
@@ -22,6 +22,7 @@ pub struct JobScheduling {
     pub created_at: DateTime<Utc>,
     /// The latest slot already decided (see `jobs.last_slot`).
     pub last_slot: Option<DateTime<Utc>>,
+    pub budget: Option<crate::model::Budget>,
 }
 
 /// Deletes the scheduled runs recorded ahead of their slot (queued, slot after `now`): they must
@@ -156,6 +157,7 @@ pub(super) fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
         updated_at: from_ms(r.get(20)?),
         template: opt_json(r, 21, "jobs.template_use")?,
         depends_on: opt_json(r, 22, "jobs.depends_on")?.unwrap_or_default(),
+        budget: opt_json(r, 23, "jobs.budget")?,
     })
 }
 
@@ -173,9 +175,10 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
             execution_options, retry_config, notification_config, resource_limits, tags, source,
-            next_run_time, last_slot, created_at, updated_at, template, template_use, depends_on)
+            next_run_time, last_slot, created_at, updated_at, template, template_use, depends_on,
+            budget)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-            ?18, ?19, ?20)",
+            ?18, ?19, ?20, ?21)",
         params![
             job.id,
             job.name,
@@ -197,6 +200,7 @@ fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
             job.template.as_ref().map(|t| t.name.clone()),
             job.template.as_ref().map(to_json),
             depends_on_json(job),
+            job.budget.as_ref().map(to_json),
         ],
     );
     map_constraint(r, job)?;
@@ -260,7 +264,7 @@ impl Store {
                     notification_config = ?10, resource_limits = ?11, tags = ?12, source = ?13,
                     next_run_time = ?14, updated_at = ?15,
                     last_slot = COALESCE(?16, last_slot), template = ?17, template_use = ?18,
-                    depends_on = ?19
+                    depends_on = ?19, budget = ?20
                  WHERE id = ?1",
                 params![
                     job.id,
@@ -282,6 +286,7 @@ impl Store {
                     job.template.as_ref().map(|t| t.name.clone()),
                     job.template.as_ref().map(to_json),
                     depends_on_json(&job),
+                    job.budget.as_ref().map(to_json),
                 ],
             );
             if map_constraint(r, &job)? == 0 {
@@ -350,7 +355,8 @@ impl Store {
     {
         self.read(move |c| {
             let mut stmt = c.prepare(
-                "SELECT id, schedule, status, priority, execution_options, created_at, last_slot
+                "SELECT id, schedule, status, priority, execution_options, created_at, last_slot,
+                        budget
                  FROM jobs ORDER BY created_at",
             )?;
             let mut rows = stmt.query([])?;
@@ -369,6 +375,7 @@ impl Store {
                     )?,
                     created_at: from_ms(r.get(5)?),
                     last_slot: opt_from_ms(r.get(6)?),
+                    budget: opt_json(r, 7, "jobs.budget")?,
                 });
                 n += 1;
             }

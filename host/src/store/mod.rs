@@ -8,6 +8,7 @@
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod api;
+mod budget;
 mod cooldown;
 mod dashboard;
 mod executions;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
+pub use budget::CostEntry;
 pub use cooldown::CollapsedSlots;
 pub use dashboard::{DashboardSession, DayStats, JobCost, RecentRun, RunChain};
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry, RunPlace};

@@ -177,6 +177,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE executions ADD COLUMN worktree TEXT;
     "#,
+    // v8: a job's spending caps (`budget:`, JSON); runs' ends by time, for the costs of the
+    // budget windows and the cost report.
+    r#"
+    ALTER TABLE jobs ADD COLUMN budget TEXT;
+    CREATE INDEX executions_completed ON executions(completed_at) WHERE completed_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
