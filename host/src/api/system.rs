@@ -285,14 +285,81 @@ pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, A
     ))]
 pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let m = collect(&st).await?;
+    let mut text = prometheus_text(&m);
+    text.push_str(&budget_text(&st.engine().budget_status().await));
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus_text(&m),
+        text,
     )
         .into_response())
+}
+
+/// The spending caps as Prometheus gauges: per scope (`global`, or `job` with its name) and
+/// window (`daily`, `monthly`), the cap and what was spent; whether the scope holds runs.
+fn budget_text(b: &crate::engine::BudgetStatus) -> String {
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cnp_budget_spent_usd What the scope's runs that ended in the window cost (runs with no cost reported count 0).\n# TYPE cnp_budget_spent_usd gauge"
+    );
+    let scopes: Vec<_> = std::iter::once(&b.global).chain(&b.jobs).collect();
+    let labels = |sc: &crate::engine::ScopeStatus| match &sc.job_name {
+        Some(n) => format!("scope=\"job\",job=\"{}\"", esc(n)),
+        None => "scope=\"global\"".to_owned(),
+    };
+    for sc in &scopes {
+        for w in &sc.windows {
+            let _ = writeln!(
+                out,
+                "cnp_budget_spent_usd{{{},window=\"{}\"}} {}",
+                labels(sc),
+                w.window,
+                w.spent_usd
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cnp_budget_cap_usd The scope's cap in the window (only caps that are set).\n# TYPE cnp_budget_cap_usd gauge"
+    );
+    for sc in &scopes {
+        for w in &sc.windows {
+            if let Some(cap) = w.cap_usd {
+                let _ = writeln!(
+                    out,
+                    "cnp_budget_cap_usd{{{},window=\"{}\"}} {cap}",
+                    labels(sc),
+                    w.window
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cnp_budget_exceeded 1 while the scope holds runs because of what it spent.\n# TYPE cnp_budget_exceeded gauge"
+    );
+    for sc in &scopes {
+        let _ = writeln!(
+            out,
+            "cnp_budget_exceeded{{{}}} {}",
+            labels(sc),
+            u8::from(sc.exceeded)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cnp_budget_held_runs Runs held (deferred) by a spending cap.\n# TYPE cnp_budget_held_runs gauge\ncnp_budget_held_runs {}",
+        b.held_runs
+    );
+    out
 }
 
 /// Renders metrics as Prometheus text. Run counts and durations come from the stored
