@@ -44,6 +44,29 @@ impl Runner for TestRunner {
                 request.options.resume_session.clone(),
             );
             observer.spawned(4242, started);
+            // A CLI that does not know the session (made in another directory, or expired).
+            if let (Some(id), true) = (
+                &request.options.resume_session,
+                request
+                    .options
+                    .environment
+                    .contains_key("FAKE_FORGET_SESSIONS"),
+            ) {
+                return RunReport {
+                    exit_code: Some(1),
+                    outcome: Outcome::InvalidArguments {
+                        message: format!("No conversation found with session ID: {id}"),
+                    },
+                    started_at: Some(started),
+                    finished_at: clock.now(),
+                    pid: Some(4242),
+                    result_text: None,
+                    session_id: None,
+                    cost_usd: None,
+                    usage: None,
+                    resource_usage: None,
+                };
+            }
             let outcome = tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {
                     if request.prompt.contains("fail") {
@@ -298,6 +321,35 @@ async fn resume_upstream_session_continues_the_upstream_runs_conversation() {
         r[&h.runs(&c).await[0].id],
         None,
         "a new conversation by default"
+    );
+
+    // The CLI does not find the upstream's session (it ran in another directory, or the session
+    // expired): the run starts a new conversation once, and says so, instead of failing.
+    let d = h
+        .create(serde_json::json!({"name": "elsewhere", "prompt": "now do it", "depends_on": ["plan"],
+            "execution": {"resume_upstream_session": true, "environment": {"FAKE_FORGET_SESSIONS": "1"}}}))
+        .await;
+    h.engine.run_now(&a).await.unwrap();
+    h.settle().await;
+    let run = &h.runs(&d).await[0];
+    assert_eq!(run.status, ExecutionStatus::Completed, "{run:?}");
+    assert_eq!(
+        h.resumed.lock().unwrap()[&run.id],
+        None,
+        "the retry is fresh"
+    );
+    let log: Vec<String> = h
+        .engine
+        .store()
+        .get_logs(run.id.clone(), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert!(
+        log.iter().any(|l| l.contains("does not know session")),
+        "{log:?}"
     );
 }
 

@@ -54,6 +54,7 @@ async fn a_run_gets_its_own_worktree_and_its_commits_are_recorded() {
         "Nightly fix",
         "run-a",
         &root,
+        None,
     )
     .await
     .unwrap();
@@ -62,6 +63,7 @@ async fn a_run_gets_its_own_worktree_and_its_commits_are_recorded() {
         "Nightly fix",
         "run-b",
         &root,
+        None,
     )
     .await
     .unwrap();
@@ -117,18 +119,31 @@ async fn keep_on_failure_keeps_a_failed_runs_worktree_and_prune_removes_stale_on
         "j",
         "failed-run",
         &root,
+        None,
     )
     .await
     .unwrap();
     let r = worktree::finish(&failed, false).await;
     assert!(r.kept && failed.path.is_dir(), "{r:?}");
-    let always = worktree::create(&spec(&repo, KeepWorktree::Always), "j", "kept-run", &root)
-        .await
-        .unwrap();
+    let always = worktree::create(
+        &spec(&repo, KeepWorktree::Always),
+        "j",
+        "kept-run",
+        &root,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(worktree::finish(&always, true).await.kept);
-    let never = worktree::create(&spec(&repo, KeepWorktree::Never), "j", "never-run", &root)
-        .await
-        .unwrap();
+    let never = worktree::create(
+        &spec(&repo, KeepWorktree::Never),
+        "j",
+        "never-run",
+        &root,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(!worktree::finish(&never, false).await.kept && !never.path.exists());
     // A crash left one behind (no finish): pruned at start-up; those kept on purpose stay.
     let stale = worktree::create(
@@ -136,6 +151,7 @@ async fn keep_on_failure_keeps_a_failed_runs_worktree_and_prune_removes_stale_on
         "j",
         "crashed-run",
         &root,
+        None,
     )
     .await
     .unwrap();
@@ -154,7 +170,7 @@ async fn bad_repositories_and_bases_are_clear_errors() {
         repo: "/nonexistent/repo".into(),
         ..spec(&repo, KeepWorktree::Never)
     };
-    let e = worktree::create(&missing, "j", "r1", &root)
+    let e = worktree::create(&missing, "j", "r1", &root, None)
         .await
         .unwrap_err();
     assert!(e.contains("does not exist"), "{e}");
@@ -164,7 +180,7 @@ async fn bad_repositories_and_bases_are_clear_errors() {
         repo: plain.display().to_string(),
         ..spec(&repo, KeepWorktree::Never)
     };
-    let e = worktree::create(&not_git, "j", "r2", &root)
+    let e = worktree::create(&not_git, "j", "r2", &root, None)
         .await
         .unwrap_err();
     assert!(e.contains("not a git repository"), "{e}");
@@ -172,7 +188,7 @@ async fn bad_repositories_and_bases_are_clear_errors() {
         base: Some("no-such-branch".into()),
         ..spec(&repo, KeepWorktree::Never)
     };
-    let e = worktree::create(&bad_base, "j", "r3", &root)
+    let e = worktree::create(&bad_base, "j", "r3", &root, None)
         .await
         .unwrap_err();
     assert!(
@@ -181,7 +197,7 @@ async fn bad_repositories_and_bases_are_clear_errors() {
     );
     // Uncommitted changes in the checkout: a worktree from HEAD would leave them out.
     std::fs::write(repo.join("README.md"), "changed\n").unwrap();
-    let e = worktree::create(&spec(&repo, KeepWorktree::Never), "j", "r4", &root)
+    let e = worktree::create(&spec(&repo, KeepWorktree::Never), "j", "r4", &root, None)
         .await
         .unwrap_err();
     assert!(e.contains("uncommitted changes"), "{e}");
@@ -190,7 +206,9 @@ async fn bad_repositories_and_bases_are_clear_errors() {
         base: Some("main".into()),
         ..spec(&repo, KeepWorktree::Never)
     };
-    let w = worktree::create(&named, "j", "r5", &root).await.unwrap();
+    let w = worktree::create(&named, "j", "r5", &root, None)
+        .await
+        .unwrap();
     assert_eq!(
         std::fs::read_to_string(w.path.join("README.md")).unwrap(),
         "hello\n"
@@ -313,4 +331,43 @@ mod through_the_engine {
         assert!(w.kept, "keep: always");
         engine.shutdown(Duration::from_secs(1)).await;
     }
+}
+
+/// A job resuming its own session works at one fixed path: a kept worktree moves to its run's
+/// own folder (the path is free for the next run), a crash's leftover at the path is replaced,
+/// and new files count in the diff stat without touching the worktree's index.
+#[tokio::test]
+async fn a_fixed_path_is_freed_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let root = dir.path().join("worktrees");
+    let s = spec(&repo, KeepWorktree::OnFailure);
+    let first = worktree::create(&s, "j", "run-1", &root, Some("job-j"))
+        .await
+        .unwrap();
+    assert_eq!(first.path, root.join("job-j"));
+    std::fs::write(first.path.join("notes.md"), "new\n").unwrap();
+    let r = worktree::finish(&first, false).await;
+    assert!(r.kept, "{r:?}");
+    assert!(r.diff_stat.contains("notes.md"), "{}", r.diff_stat);
+    assert_eq!(r.path, root.join("run-1").display().to_string());
+    assert!(!root.join("job-j").exists(), "moved away");
+    let status = git(&root.join("run-1"), &["status", "--porcelain"]);
+    assert_eq!(
+        status.trim(),
+        "?? notes.md",
+        "the index is as the run left it"
+    );
+
+    let second = worktree::create(&s, "j", "run-2", &root, Some("job-j"))
+        .await
+        .unwrap();
+    assert_eq!(second.path, root.join("job-j"));
+    // A crash: no finish. The next run replaces the leftover.
+    let third = worktree::create(&s, "j", "run-3", &root, Some("job-j"))
+        .await
+        .unwrap();
+    assert_eq!(third.branch, "cnp/j/run-3");
+    let r = worktree::finish(&third, true).await;
+    assert!(!r.kept && !root.join("job-j").exists(), "{r:?}");
 }

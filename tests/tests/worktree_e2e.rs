@@ -122,3 +122,115 @@ fn each_run_works_in_its_own_worktree_removed_or_kept_by_outcome() {
         "{log:?}"
     );
 }
+
+/// `session: continue_job` with a worktree: the CLI finds a session only from the directory it
+/// was made in (the fake keeps sessions per working directory, like the real one), and a
+/// completed run's worktree is removed — so each run of the job works at the same path, and the
+/// second run resumes the first's session. A failed run's kept worktree moves to its own folder,
+/// leaving the path to the next run.
+#[test]
+fn a_job_continuing_its_session_resumes_it_in_a_fresh_worktree() {
+    let env = Env::new(ConfigOpts::default());
+    let repo = env.root().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    std::fs::write(repo.join("README.md"), "hello\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(
+        &repo,
+        &[
+            "-c",
+            "user.email=c@e",
+            "-c",
+            "user.name=c",
+            "commit",
+            "--quiet",
+            "-m",
+            "first",
+        ],
+    );
+    env.manifest(
+        "pair.yaml",
+        &format!(
+            "name: pair\nprompt: keep going\nexecution:\n  session: continue_job\n  \
+             worktree: {{ repo: {} }}\n",
+            repo.display()
+        ),
+    );
+    let sessions = env.root().join("sessions");
+    let mut cnp = env.start_with(&[("FAKE_CLAUDE_SESSIONS_DIR", sessions.to_str().unwrap())]);
+    cnp.wait_log("cnp is running");
+    let execute = || {
+        let out = env.run_cli(&["job", "execute", "pair", "--wait"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    execute();
+    execute();
+    let runs = env.executions("pair");
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.status == "completed"), "{runs:?}");
+    let first = runs[0].session_id.clone().expect("a session");
+    assert_eq!(
+        runs[1].session_id.as_deref(),
+        Some(first.as_str()),
+        "resumed"
+    );
+    let log: Vec<String> = env.logs(&runs[1].id).into_iter().map(|(_, l)| l).collect();
+    assert!(
+        log.iter().any(|l| l.contains("resuming session")),
+        "{log:?}"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("does not know session")),
+        "{log:?}"
+    );
+    let cwds: Vec<String> = env
+        .records()
+        .into_iter()
+        .filter(|r| !r.raw["scenario"].is_null())
+        .map(|r| r.raw["cwd"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(cwds.len(), 2);
+    assert_eq!(cwds[0], cwds[1], "one path for the job's runs");
+    assert!(cwds[0].contains("/worktrees/job-"), "{}", cwds[0]);
+    assert!(
+        !Path::new(&cwds[0]).exists(),
+        "removed after each completed run"
+    );
+
+    // A failed run's worktree is kept, at its own folder; the next run still resumes.
+    env.manifest(
+        "pair.yaml",
+        &format!(
+            "name: pair\nprompt: keep going\nexecution:\n  session: continue_job\n  \
+             environment: {{ FAKE_CLAUDE_SCENARIO: error }}\n  worktree: {{ repo: {} }}\n",
+            repo.display()
+        ),
+    );
+    cnp.wait_for("the manifest reloaded", || {
+        let out = env.run_cli(&["job", "show", "pair", "--format", "json"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("FAKE_CLAUDE_SCENARIO")
+            .then_some(())
+    });
+    execute();
+    let failed = env.executions("pair").pop().unwrap();
+    assert_eq!(failed.status, "failed");
+    let report: String = env
+        .db()
+        .query_row(
+            "SELECT worktree FROM executions WHERE id = ?1",
+            [&failed.id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["kept"], true, "{report}");
+    let kept = report["path"].as_str().unwrap();
+    assert!(kept.ends_with(&failed.id), "{kept}");
+    assert!(Path::new(kept).is_dir());
+    assert!(
+        !Path::new(&cwds[0]).exists(),
+        "the job's path is free again"
+    );
+}

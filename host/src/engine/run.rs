@@ -438,6 +438,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     options
         .environment
         .insert(JOB_ID_ENV.into(), run.job_id.clone());
+    let resumed_upstream = resume.is_some();
     if let Some(session) = resume {
         observer.note(format!(
             "continuing the upstream run's Claude session {session}"
@@ -462,8 +463,18 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     let worktree = match &job.execution_options.worktree {
         None => None,
         Some(spec) => {
-            match worktree::create(spec, &job.name, &run.execution_id, &s.settings.worktree_dir)
-                .await
+            // A job resuming its own session runs at one fixed path (the CLI finds a session
+            // by its directory); its runs never overlap.
+            let fixed = (job.execution_options.session == crate::model::SessionMode::ContinueJob)
+                .then(|| format!("job-{}", job.id));
+            match worktree::create(
+                spec,
+                &job.name,
+                &run.execution_id,
+                &s.settings.worktree_dir,
+                fixed.as_deref(),
+            )
+            .await
             {
                 Ok(w) => {
                     observer.note(format!(
@@ -494,8 +505,12 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         cancel: kill.clone(),
     };
     let mut report = run_cli(engine, request.clone(), &observer, &kill).await;
-    if resumed_own && session::unknown_session(&report.outcome) && !kill.is_cancelled() {
-        // The CLI no longer knows the session: a new one, once, in the same run.
+    if (resumed_own || resumed_upstream)
+        && session::unknown_session(&report.outcome)
+        && !kill.is_cancelled()
+    {
+        // The CLI no longer knows the session (expired, or made in another directory: the CLI
+        // finds sessions by directory): a new one, once, in the same run.
         observer.note(format!(
             "the CLI does not know session {} any more ({}): running again in a new session",
             request

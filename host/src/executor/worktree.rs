@@ -4,7 +4,11 @@
 //! stopped cnp left behind are pruned at the next start.
 //!
 //! Worktrees live in `<root>/<execution id>` (`root` is `worktrees/` beside the database), so
-//! the folder name says which run a worktree belongs to.
+//! the folder name says which run a worktree belongs to. A job that resumes its own Claude
+//! session (`session: continue_job`) runs in `<root>/job-<job id>` instead, every run at the
+//! same path: the CLI finds a session by the directory it was made in, and that worktree is gone
+//! once its run ended. Such runs never overlap (one at a time); a kept one is moved to
+//! `<root>/<execution id>` when its run ends, so the path is free for the next.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +30,8 @@ pub struct Worktree {
     pub branch: String,
     pub base_commit: String,
     pub keep: KeepWorktree,
+    /// Where it goes if it is kept, when that is not `path` (a job's fixed path).
+    pub kept_path: PathBuf,
 }
 
 /// Checks a branch template: `{{job}}` and `{{run}}` only, and a valid ref once filled in.
@@ -89,8 +95,16 @@ fn branch_safe(name: &str) -> String {
 }
 
 async fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    git_with(dir, args, None).await
+}
+
+/// [`git`] with another index file (`GIT_INDEX_FILE`).
+async fn git_with(dir: &Path, args: &[&str], index: Option<&Path>) -> Result<String, String> {
     let mut cmd = Command::new("git");
     cmd.arg("-C").arg(dir).args(args);
+    if let Some(i) = index {
+        cmd.env("GIT_INDEX_FILE", i);
+    }
     cmd.env("GIT_TERMINAL_PROMPT", "0").kill_on_drop(true);
     let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
         Err(_) => {
@@ -123,6 +137,7 @@ pub async fn create(
     job_name: &str,
     execution_id: &str,
     root: &Path,
+    fixed: Option<&str>,
 ) -> Result<Worktree, String> {
     let repo = PathBuf::from(spec.repo.trim());
     if !repo.is_dir() {
@@ -179,7 +194,26 @@ pub async fn create(
     check_ref(&branch).map_err(|e| format!("worktree: {e}"))?;
     std::fs::create_dir_all(root)
         .map_err(|e| format!("worktree: cannot create {}: {e}", root.display()))?;
-    let path = root.join(execution_id);
+    let kept_path = root.join(execution_id);
+    let path = match fixed {
+        Some(name) => {
+            let path = root.join(name);
+            if path.exists() {
+                // Left by a run a crash cut short (a kept one was moved away): replaced.
+                let p = path.to_string_lossy().into_owned();
+                if git(&repo, &["worktree", "remove", "--force", &p])
+                    .await
+                    .is_err()
+                {
+                    std::fs::remove_dir_all(&path)
+                        .map_err(|e| format!("worktree: cannot remove the leftover {p}: {e}"))?;
+                    let _ = git(&repo, &["worktree", "prune"]).await;
+                }
+            }
+            path
+        }
+        None => kept_path.clone(),
+    };
     let path_s = path.to_string_lossy().into_owned();
     git(
         &repo,
@@ -201,6 +235,7 @@ pub async fn create(
         branch,
         base_commit,
         keep: spec.keep,
+        kept_path,
     })
 }
 
@@ -214,9 +249,9 @@ pub async fn finish(w: &Worktree, completed: bool) -> WorktreeReport {
         base_commit: w.base_commit.clone(),
         ..Default::default()
     };
-    // Everything against the base: commits and what is left uncommitted (new files too).
-    let _ = git(&w.path, &["add", "--intent-to-add", "--all"]).await;
-    report.diff_stat = git(&w.path, &["diff", "--stat", &w.base_commit])
+    // Everything against the base: commits and what is left uncommitted (new files too, seen
+    // through a copy of the index, so the worktree's own index is left as the run left it).
+    report.diff_stat = diff_stat(w)
         .await
         .unwrap_or_else(|e| format!("(no diff stat: {e})"));
     report.commits = git(
@@ -247,6 +282,21 @@ pub async fn finish(w: &Worktree, completed: bool) -> WorktreeReport {
             KeepWorktree::Always => "kept (keep: always)".into(),
             _ => "kept: the run did not complete (keep: on_failure)".into(),
         });
+        if w.kept_path != w.path {
+            // The job's fixed path is for its next run: this one moves to its own.
+            let (from, to) = (
+                w.path.to_string_lossy().into_owned(),
+                w.kept_path.to_string_lossy().into_owned(),
+            );
+            match git(&w.repo, &["worktree", "move", &from, &to]).await {
+                Ok(_) => report.path = to,
+                Err(e) => {
+                    report.note = Some(format!(
+                        "kept at {from}, which the job's next run replaces: cannot move it ({e})"
+                    ))
+                }
+            }
+        }
         return report;
     }
     if let Err(e) = remove(w, report.commits.is_empty()).await {
@@ -254,6 +304,24 @@ pub async fn finish(w: &Worktree, completed: bool) -> WorktreeReport {
         report.note = Some(e);
     }
     report
+}
+
+/// `git diff --stat` of the worktree against its base, new files included: `git add
+/// --intent-to-add` into a copy of the worktree's index.
+async fn diff_stat(w: &Worktree) -> Result<String, String> {
+    let index = git(&w.path, &["rev-parse", "--git-path", "index"]).await?;
+    let index = w.path.join(index);
+    let tmp = std::env::temp_dir().join(format!("cnp-index-{}", uuid::Uuid::new_v4()));
+    if index.exists() {
+        std::fs::copy(&index, &tmp).map_err(|e| format!("a temporary index: {e}"))?;
+    }
+    let stat = async {
+        git_with(&w.path, &["add", "--intent-to-add", "--all"], Some(&tmp)).await?;
+        git_with(&w.path, &["diff", "--stat", &w.base_commit], Some(&tmp)).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&tmp);
+    stat
 }
 
 /// Removes a worktree and its branch whatever `keep` says (a run that will start over).

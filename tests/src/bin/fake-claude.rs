@@ -74,9 +74,11 @@
 //!   if missing), updated under an exclusive file lock, so concurrent invocations each get their
 //!   own entry. Invocations that stop at argument errors or `--version`/`--help` do not take an
 //!   entry. Takes precedence over `FAKE_CLAUDE_SCENARIO`.
-//! - `FAKE_CLAUDE_SESSIONS_DIR=<dir>`: keep sessions like the real CLI: a successful (`ok`)
-//!   run's session id becomes a file in `<dir>`; `--resume <id>` of an id with no file there
-//!   plays `no-conversation` (whatever the scenario). Without it, any id is resumed.
+//! - `FAKE_CLAUDE_SESSIONS_DIR=<dir>`: keep sessions like the real CLI, per working directory
+//!   (the real one keeps `~/.claude/projects/<cwd, every non-alphanumeric character a '-'>/<id>.jsonl`
+//!   and finds a session only from the directory it was made in): a successful (`ok`) run's
+//!   session id becomes a file in `<dir>/<cwd munged>/`; `--resume <id>` of an id with no file
+//!   there plays `no-conversation` (whatever the scenario). Without it, any id is resumed.
 //! - `FAKE_CLAUDE_SLEEP_MS`: sleep this long after the init event, before the rest (so streaming
 //!   is observable and timeouts can be tested).
 //! - `FAKE_CLAUDE_SLEEP_UNLESS=<path>`: no sleep when this path exists (checked when the sleep would begin):
@@ -526,6 +528,13 @@ fn run(started_unix_ns: u64) -> i32 {
     // Sessions, like the real CLI's: a conversation that ended well can be resumed; resuming
     // one that does not exist fails.
     if let Some(dir) = std::env::var_os("FAKE_CLAUDE_SESSIONS_DIR").map(PathBuf::from) {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let munged: String = cwd
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dir = dir.join(munged);
         let resumed = args.resume.as_deref().filter(|r| !r.is_empty());
         if resumed.is_some_and(|id| !dir.join(id).exists()) {
             scenario = "no-conversation".into();
