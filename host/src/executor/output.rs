@@ -244,7 +244,7 @@ impl StreamParser {
                 .get("total_cost_usd")
                 .or_else(|| ev.get("cost_usd"))
                 .and_then(Value::as_f64),
-            usage: ev.get("usage").filter(|u| !u.is_null()).cloned(),
+            usage: usage_of(ev),
             num_turns: ev
                 .get("num_turns")
                 .and_then(Value::as_u64)
@@ -407,6 +407,23 @@ fn signal_name(s: i32) -> Option<&'static str> {
         25 => "SIGXFSZ",
         _ => return None,
     })
+}
+
+/// The result's `usage`, with its `modelUsage` as `by_model`: the result's `usage` leaves out
+/// side requests the CLI makes (a new session's title), which `total_cost_usd` and `modelUsage`
+/// count, so the per-model figures are the ones that add up to the cost.
+fn usage_of(ev: &serde_json::Map<String, Value>) -> Option<Value> {
+    let mut usage = ev.get("usage").filter(|u| !u.is_null()).cloned();
+    if let Some(by_model) = ev
+        .get("modelUsage")
+        .filter(|m| m.as_object().is_some_and(|o| !o.is_empty()))
+    {
+        let u = usage.get_or_insert_with(|| Value::Object(Default::default()));
+        if let Some(o) = u.as_object_mut() {
+            o.insert("by_model".into(), by_model.clone());
+        }
+    }
+    usage
 }
 
 /// A usage-limit message recognised in text.
