@@ -9,6 +9,7 @@
 
 mod api;
 mod cooldown;
+mod costs;
 mod dashboard;
 mod executions;
 mod hooks;
@@ -29,6 +30,10 @@ use tokio::sync::oneshot;
 
 pub use api::DurationStats;
 pub use cooldown::CollapsedSlots;
+pub use costs::{
+    local_day_start, CostByDay, CostByJob, CostError, CostJobRef, CostQuery, CostReport,
+    CostWindow, JobCostCounter, DEFAULT_DAYS, MAX_DAYS,
+};
 pub use dashboard::{DashboardSession, DayStats, JobCost, RecentRun, RunChain};
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry, RunPlace};
 pub use jobs::{JobFilter, JobScheduling, JobSort};
