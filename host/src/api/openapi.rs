@@ -6,7 +6,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    cooldown, error, executions, jobs, notifications, prompts, system, templates, workflows, ws,
+    cooldown, costs, error, executions, jobs, notifications, prompts, system, templates, workflows,
+    ws,
 };
 
 #[derive(OpenApi)]
@@ -28,9 +29,14 @@ use super::{
         system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
         workflows::list, workflows::show, workflows::cancel,
+        costs::report,
         ws::upgrade, serve,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail,
+        crate::store::CostReport, crate::store::CostWindow, crate::store::CostJobRef,
+        crate::store::CostByJob, crate::store::CostByDay,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Job definitions, runs on demand, pause and resume"),
@@ -40,6 +46,7 @@ use super::{
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
         (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
         (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
+        (name = "costs", description = "What runs cost, as the Claude CLI reported it: totals, top spenders, per day"),
     )
 )]
 struct ApiDoc;
@@ -94,6 +101,7 @@ mod tests {
             "/api/executions/{id}/notifications",
             "/api/notifications",
             "/api/jobs/stats",
+            "/api/costs",
             "/api/jobs/health",
             "/api/jobs/metrics",
             "/metrics",

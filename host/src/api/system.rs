@@ -285,12 +285,15 @@ pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, A
     ))]
 pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let m = collect(&st).await?;
+    let mut text = prometheus_text(&m);
+    let costs = st.engine().store().cost_counters().await?;
+    super::costs::prometheus_cost_counters(&mut text, &costs);
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus_text(&m),
+        text,
     )
         .into_response())
 }

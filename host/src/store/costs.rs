@@ -108,7 +108,6 @@ impl CostQuery {
             since,
             until,
             time_zone: self.tz.name().to_owned(),
-            tz: self.tz,
         })
     }
 }
@@ -142,9 +141,6 @@ pub struct CostWindow {
     pub until: DateTime<Utc>,
     /// The zone of the `daily` buckets (IANA name).
     pub time_zone: String,
-    #[serde(skip)]
-    #[schema(ignore)]
-    tz: Tz,
 }
 
 /// The job a report is limited to.
@@ -251,17 +247,17 @@ pub fn local_day_start(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
 
 /// The window's calendar days in its zone, each with its part of the window `[start, end)` in
 /// unix ms.
-fn day_buckets(w: &CostWindow) -> Vec<(NaiveDate, i64, i64)> {
-    let first = w.since.with_timezone(&w.tz).date_naive();
+fn day_buckets(w: &CostWindow, tz: Tz) -> Vec<(NaiveDate, i64, i64)> {
+    let first = w.since.with_timezone(&tz).date_naive();
     let last = (w.until - Duration::milliseconds(1))
-        .with_timezone(&w.tz)
+        .with_timezone(&tz)
         .date_naive();
     let mut out = Vec::new();
     let mut day = first;
     while day <= last {
         let Some(next) = day.succ_opt() else { break };
-        let start = local_day_start(w.tz, day).max(w.since);
-        let end = local_day_start(w.tz, next).min(w.until);
+        let start = local_day_start(tz, day).max(w.since);
+        let end = local_day_start(tz, next).min(w.until);
         if start < end {
             out.push((day, to_ms(start), to_ms(end)));
         }
@@ -325,7 +321,7 @@ fn cost_report_conn(
         }
     }
 
-    let buckets = day_buckets(&window);
+    let buckets = day_buckets(&window, q.tz);
     let mut daily: Vec<CostByDay> = buckets
         .iter()
         .map(|(date, _, _)| CostByDay {
