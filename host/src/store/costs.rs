@@ -7,7 +7,7 @@
 //! `cancelled` or `interrupted`, with a `started_at`. Its cost accrues at its `completed_at`. A
 //! counted run without a cost is counted as $0 and flagged (`uncosted_runs`).
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OptionalExtension};
@@ -84,6 +84,8 @@ impl CostQuery {
             (None, Some(u), d) => (u - span(d.unwrap_or(DEFAULT_DAYS)), u),
             (None, None, d) => (self.now - span(d.unwrap_or(DEFAULT_DAYS)), self.now),
         };
+        // Stored times are whole milliseconds: so is the window.
+        let (since, until) = (since.trunc_subsecs(3), until.trunc_subsecs(3));
         if since >= until {
             return Err(CostError::invalid(
                 "since",
