@@ -308,6 +308,42 @@ async fn costs_by_api_cli_and_prometheus() {
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
     assert_eq!(v["error"]["code"], "not_found", "{v}");
 
+    // The route needs the token, and the OpenAPI document describes it.
+    let res = api
+        .http
+        .get(format!("{}/api/costs", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (s, doc) = api.get("/api/openapi.json").await;
+    assert_eq!(s, StatusCode::OK);
+    let op = &doc["paths"]["/api/costs"]["get"];
+    assert_eq!(op["tags"], json!(["costs"]), "{op}");
+    let params: Vec<&str> = op["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(params, ["days", "since", "until", "job", "tz", "limit"]);
+    for code in ["200", "400", "404"] {
+        assert!(op["responses"][code].is_object(), "{code}: {op}");
+    }
+    let report = &doc["components"]["schemas"]["CostReport"]["properties"];
+    for field in [
+        "window",
+        "job",
+        "cost_usd",
+        "runs",
+        "uncosted_runs",
+        "jobs",
+        "jobs_total",
+        "daily",
+    ] {
+        assert!(report[field].is_object(), "CostReport.{field}: {report}");
+    }
+
     // ---- cnp cost
     let out = env.run_cli(&["cost", "--json"]);
     assert!(out.status.success(), "{out:?}");
