@@ -371,7 +371,7 @@ async fn costs_by_api_cli_and_prometheus() {
         "spender",
         "… and 4 more jobs ($0.30 in all; --top to list more)",
         &format!("Per day ({ZONE}):"),
-        &day_of(ended).to_string(),
+        &busy.last().unwrap().0.to_string(),
     ] {
         assert!(text.contains(want), "`{want}` missing from:\n{text}");
     }
