@@ -11,6 +11,7 @@
 mod auth;
 mod budget;
 mod cooldown;
+mod costs;
 mod dashboard;
 mod error;
 mod executions;
@@ -204,6 +205,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/stats", get(system::stats))
         .route("/api/jobs/stats/daily", get(system::daily))
+        .route("/api/costs", get(costs::report))
         .route(HEALTH_PATH, get(system::health))
         .route("/api/jobs/metrics", get(system::metrics_json))
         .route(

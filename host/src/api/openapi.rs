@@ -6,7 +6,7 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    budget, cooldown, error, executions, jobs, notifications, prompts, system, templates,
+    budget, cooldown, costs, error, executions, jobs, notifications, prompts, system, templates,
     workflows, ws,
 };
 
@@ -30,9 +30,14 @@ use super::{
         system::plugins, system::status, cooldown::show, cooldown::clear,
         budget::show, budget::set, budget::reset,
         workflows::list, workflows::show, workflows::cancel,
+        costs::report,
         ws::upgrade, serve,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail)),
+    components(schemas(
+        error::ErrorBody, error::ErrorDetail,
+        crate::store::CostReport, crate::store::CostWindow, crate::store::CostJobRef,
+        crate::store::CostByJob, crate::store::CostByDay,
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Job definitions, runs on demand, pause and resume"),
@@ -42,7 +47,7 @@ use super::{
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
         (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
         (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
-        (name = "costs", description = "What runs cost, and the spending caps (budgets) that hold runs back"),
+        (name = "costs", description = "What runs cost, as the Claude CLI reported it (totals, top spenders, per day), and the spending caps (budgets) that hold runs back"),
     )
 )]
 struct ApiDoc;
@@ -97,6 +102,7 @@ mod tests {
             "/api/executions/{id}/notifications",
             "/api/notifications",
             "/api/jobs/stats",
+            "/api/costs",
             "/api/jobs/health",
             "/api/jobs/metrics",
             "/metrics",

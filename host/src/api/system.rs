@@ -286,6 +286,8 @@ pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, A
 pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, ApiError> {
     let m = collect(&st).await?;
     let mut text = prometheus_text(&m);
+    let costs = st.engine().store().cost_counters().await?;
+    super::costs::prometheus_cost_counters(&mut text, &costs);
     text.push_str(&budget_text(&st.engine().budget_status().await));
     Ok((
         [(

@@ -1,6 +1,6 @@
 //! The `cnp` command line: the service itself (`serve`, `check`, `plugin check`,
 //! `default-config`) and the client commands that drive a running service over its API
-//! (`job`, `prompt`, `template`, `status`, `plugin list`; see docs/cli.md).
+//! (`job`, `prompt`, `template`, `status`, `cost`, `plugin list`; see docs/cli.md).
 //!
 //! Exit codes: 0 success; 1 failure (an API error, a failed run with `--wait`); 2 usage or
 //! configuration error; 3 the service is not running; 4 the awaited run was skipped.
@@ -8,6 +8,7 @@
 mod batch;
 mod budget;
 mod client;
+mod costs;
 mod interactive;
 mod job;
 mod output;
@@ -104,6 +105,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// What runs cost (as the Claude CLI reported it): top spenders, each day, the totals.
+    Cost(costs::CostArgs),
     /// The Claude usage-limit cooldown: show it, or clear it by hand.
     Cooldown {
         #[command(subcommand)]
@@ -136,6 +139,7 @@ impl Command {
                 | Command::Workflow(_)
                 | Command::Template(_)
                 | Command::Status { .. }
+                | Command::Cost(_)
                 | Command::Cooldown { .. }
                 | Command::Budget { .. }
                 | Command::Plugin(PluginCommand::List { .. })
@@ -232,6 +236,7 @@ fn run_client(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Workflow(cmd) => workflow::run(&client, cmd).await,
             Command::Template(cmd) => template::run(&client, cmd).await,
             Command::Status { format } => status::status(&client, format).await,
+            Command::Cost(args) => costs::run(&client, args).await,
             Command::Cooldown { action, format } => {
                 status::cooldown(
                     &client,
@@ -267,6 +272,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Workflow(_)
         | Command::Template(_)
         | Command::Status { .. }
+        | Command::Cost(_)
         | Command::Cooldown { .. }
         | Command::Budget { .. }
         | Command::Plugin(PluginCommand::List { .. }) => unreachable!("client commands"),

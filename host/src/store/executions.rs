@@ -804,11 +804,22 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
         _ => (0, 0, 0),
     };
     if counted == 1 {
+        // The job's running cost totals (see store/costs.rs) take the runs that ran the CLI:
+        // those with a `started_at` (given now, or set when the run was claimed).
+        let ran = run.started_at.is_some()
+            || c.prepare_cached("SELECT started_at IS NOT NULL FROM executions WHERE id = ?1")?
+                .query_row([&run.id], |r| r.get::<_, bool>(0))?;
+        let (cost, uncosted) = match (ran, run.cost_usd) {
+            (false, _) => (0.0, 0),
+            (true, Some(cost)) => (cost, 0),
+            (true, None) => (0.0, 1),
+        };
         c.prepare_cached(
             "UPDATE jobs SET execution_count = execution_count + 1,
                 success_count = success_count + ?2, failure_count = failure_count + ?3,
                 total_time_ms = total_time_ms + ?4,
-                last_run_time = COALESCE(?5, last_run_time)
+                last_run_time = COALESCE(?5, last_run_time),
+                cost_usd_total = cost_usd_total + ?6, uncosted_runs = uncosted_runs + ?7
              WHERE id = (SELECT job_id FROM executions WHERE id = ?1)",
         )?
         .execute(params![
@@ -817,6 +828,8 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
             failure,
             elapsed.unwrap_or(0),
             run.started_at.map(to_ms),
+            cost,
+            uncosted,
         ])?;
     }
     Ok(true)

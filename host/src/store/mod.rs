@@ -8,8 +8,8 @@
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod api;
-mod budget;
 mod cooldown;
+mod costs;
 mod dashboard;
 mod executions;
 mod hooks;
@@ -29,8 +29,11 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
-pub use budget::CostEntry;
 pub use cooldown::CollapsedSlots;
+pub use costs::{
+    local_day_start, CostByDay, CostByJob, CostEntry, CostError, CostJobRef, CostQuery, CostReport,
+    CostWindow, JobCostCounter, DEFAULT_DAYS, MAX_DAYS,
+};
 pub use dashboard::{DashboardSession, DayStats, JobCost, RecentRun, RunChain};
 pub use executions::{Claim, ExecutionFilter, FinishedRun, NewExecution, NewRetry, RunPlace};
 pub use jobs::{JobFilter, JobScheduling, JobSort};

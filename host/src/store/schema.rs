@@ -177,11 +177,25 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE executions ADD COLUMN worktree TEXT;
     "#,
-    // v8: a job's spending caps (`budget:`, JSON); runs' ends by time, for the costs of the
-    // budget windows and the cost report.
+    // v8: costs. A job's spending caps (`budget:`, JSON). `executions_completed`: the cost
+    // report's and the budget windows' ranges of `completed_at`. Each job's running cost
+    // totals, kept by the end of every run (`finish_conn`) like its other statistics, so the
+    // Prometheus counters never drop when retention prunes runs; started from the runs kept so
+    // far. Counted: runs that ended after running the CLI (these statuses, with a
+    // `started_at`); `uncosted_runs`: those that reported no cost.
     r#"
     ALTER TABLE jobs ADD COLUMN budget TEXT;
-    CREATE INDEX executions_completed ON executions(completed_at) WHERE completed_at IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS executions_completed ON executions(completed_at)
+        WHERE completed_at IS NOT NULL;
+    ALTER TABLE jobs ADD COLUMN cost_usd_total REAL NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN uncosted_runs INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET
+        cost_usd_total = (SELECT TOTAL(e.cost_usd) FROM executions e
+            WHERE e.job_id = jobs.id AND e.started_at IS NOT NULL
+              AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'interrupted')),
+        uncosted_runs = (SELECT COUNT(*) FROM executions e
+            WHERE e.job_id = jobs.id AND e.started_at IS NOT NULL AND e.cost_usd IS NULL
+              AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'interrupted'));
     "#,
 ];
 
