@@ -477,6 +477,7 @@ mod tests {
             resource_limits: None,
             tags: vec![],
             depends_on: Default::default(),
+            budget: None,
             source: None,
             template: None,
             execution_count: 0,
@@ -1065,6 +1066,7 @@ mod tests {
             let c = Connection::open(&path).unwrap();
             c.execute_batch(
                 "DROP INDEX executions_completed;
+                 ALTER TABLE jobs DROP COLUMN budget;
                  ALTER TABLE jobs DROP COLUMN cost_usd_total;
                  ALTER TABLE jobs DROP COLUMN uncosted_runs;",
             )
