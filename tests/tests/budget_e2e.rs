@@ -192,5 +192,12 @@ fn the_global_cap_is_set_and_reset_from_the_cli_and_bad_caps_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("budget.daily_usd"), "{text}");
+    // Two files defining one name: named by `cnp check`, as the service would refuse it.
+    env.manifest("bad.yaml", "name: twice\nprompt: x\n");
+    env.manifest("again.yaml", "name: twice\nprompt: y\n");
+    let out = env.run_cli(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("job `twice` is already defined in"), "{err}");
     cnp.assert_running();
 }

@@ -346,6 +346,7 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
     use crate::manifest::ManifestEntry;
     let mut failed = false;
     let mut all = Vec::new();
+    let mut defined: std::collections::HashMap<String, String> = Default::default();
     for target in targets {
         // A folder's `templates/` first: its jobs are rendered with them.
         let mut templates = std::collections::HashMap::new();
@@ -403,6 +404,20 @@ fn check_manifests(targets: &[PathBuf], tz: chrono_tz::Tz) -> ExitCode {
                 });
             match rendered {
                 Ok((jobs, unchecked)) => {
+                    // One name, one job: the service refuses a second file defining a name.
+                    for (spec, _, _) in &jobs {
+                        let name = spec.name.trim().to_owned();
+                        if let Some(first) = defined.get(&name) {
+                            eprintln!(
+                                "error: {}: job `{name}` is already defined in {}",
+                                f.display(),
+                                first
+                            );
+                            failed = true;
+                        } else {
+                            defined.insert(name, f.display().to_string());
+                        }
+                    }
                     all.extend(jobs.iter().map(|(s, _, _)| s.clone()));
                     println!(
                         "{}: ok ({} job(s))",
