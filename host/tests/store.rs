@@ -31,6 +31,7 @@ fn job(name: &str) -> Job {
         resource_limits: None,
         tags: vec!["nightly".into()],
         depends_on: Default::default(),
+        budget: None,
         source: None,
         template: None,
         execution_count: 0,

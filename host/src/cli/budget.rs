@@ -61,9 +61,11 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Dollars and cents, or four decimals when cents would hide the amount.
 fn usd(v: Option<&Value>) -> String {
     match v.and_then(Value::as_f64) {
-        Some(x) => format!("${x:.2}"),
+        Some(x) if (x * 100.0 - (x * 100.0).round()).abs() < 1e-9 => format!("${x:.2}"),
+        Some(x) => format!("${x:.4}"),
         None => "-".into(),
     }
 }
@@ -87,6 +89,7 @@ fn render(v: &Value) -> String {
             "ok"
         };
         for w in sc["windows"].as_array().into_iter().flatten() {
+            let capped = w.get("cap_usd").is_some_and(|c| !c.is_null());
             t.add_row(vec![
                 name.clone(),
                 w["window"].as_str().unwrap_or("").to_owned(),
@@ -94,7 +97,7 @@ fn render(v: &Value) -> String {
                 usd(w.get("spent_usd")),
                 usd(w.get("going_usd")),
                 w["uncosted_runs"].as_u64().unwrap_or(0).to_string(),
-                state.to_owned(),
+                if capped { state } else { "" }.to_owned(),
             ]);
         }
         if let Some(r) = sc["reason"].as_str() {
