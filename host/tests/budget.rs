@@ -250,7 +250,8 @@ async fn raising_a_cap_releases_held_runs_and_no_cost_counts_as_zero() {
         .await;
     assert_eq!(e.status, ExecutionStatus::Completed);
 
-    // A job whose CLI reports no cost: counted as $0 and flagged.
+    // A job whose runs report no usable cost (here not a number): counted as $0 and flagged,
+    // and the run is recorded like any other.
     let free = h.job("free", f64::NAN, json!({"daily_usd": 0.5})).await;
     for _ in 0..3 {
         assert_eq!(h.run(&free).await.status, ExecutionStatus::Completed);

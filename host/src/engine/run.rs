@@ -901,7 +901,8 @@ async fn finish(
 ) -> (bool, Vec<Settled>) {
     let s = &engine.shared;
     let error = report.outcome.error_message();
-    let cost = report.cost_usd;
+    // A cost that is not a number ≥ 0 is no cost (counted as $0 and flagged, not stored).
+    let cost = report.cost_usd.filter(|c| c.is_finite() && *c >= 0.0);
     let ran = report.started_at.is_some();
     let finished = FinishedRun {
         id: run.execution_id.clone(),
@@ -914,7 +915,7 @@ async fn finish(
         outcome: Some(report.outcome),
         exit_code: report.exit_code,
         session_id: report.session_id,
-        cost_usd: report.cost_usd,
+        cost_usd: cost,
         usage: report.usage,
         resource_usage: report.resource_usage,
         pid: report.pid,
