@@ -393,3 +393,68 @@ async fn a_hold_survives_a_restart_without_a_second_notification() {
     assert_eq!(status.jobs[0].windows[0].spent_usd, 1.0);
     assert_eq!(h.budget_deliveries().await, 1, "not notified again");
 }
+
+/// An interval job held for a day: its slots pile up as held runs, and when the hold lifts they
+/// follow the misfire policy (the default runs up to 3 of them) — the rest are one `skipped`
+/// execution that says a spending cap held them back.
+#[tokio::test(start_paused = true)]
+async fn slots_that_piled_up_while_held_follow_the_misfire_policy() {
+    let h = start(Budget::default()).await;
+    let job = h
+        .engine
+        .create_job(
+            serde_json::from_value(json!({
+                "name": "ticker", "prompt": "tick cost=0.6",
+                "schedule": {"type": "interval", "every_seconds": 600},
+                "budget": {"daily_usd": 1.0}
+            }))
+            .unwrap(),
+            None,
+        )
+        .await
+        .unwrap()
+        .id;
+    let count = |status: ExecutionStatus| {
+        let store = h.store.clone();
+        let job = job.clone();
+        async move {
+            store
+                .list_executions(cnp::store::ExecutionFilter {
+                    job_id: Some(job),
+                    limit: Some(10_000),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.status == status)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Ten-minute steps through a day: the first slot runs ($0.60), the next ones are held.
+    for _ in 0..140 {
+        tokio::time::advance(Duration::from_secs(600)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let held_runs = count(ExecutionStatus::Deferred).await;
+    assert!(held_runs.len() > 100, "{} held", held_runs.len());
+    assert!(held_runs.iter().all(held));
+    assert_eq!(count(ExecutionStatus::Completed).await.len(), 1);
+    // Past the roll: the first run's cost has left the window.
+    for _ in 0..6 {
+        tokio::time::advance(Duration::from_secs(600)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let skipped = count(ExecutionStatus::Skipped).await;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    let reason = skipped[0].error.clone().unwrap();
+    assert!(reason.contains("missed slot(s)"), "{reason}");
+    assert!(reason.contains("a spending cap (budget) held them back"), "{reason}");
+    assert_eq!(count(ExecutionStatus::Completed).await.len(), 2, "one more ran");
+    let waiting = count(ExecutionStatus::Deferred).await.len() + count(ExecutionStatus::Queued).await.len();
+    assert!(waiting <= 3 + 6, "{waiting} left waiting: the misfire policy kept at most 3");
+}

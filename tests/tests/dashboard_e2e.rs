@@ -551,6 +551,62 @@ async fn a_usage_limit_shows_the_banner_with_countdown_and_deferred_runs() {
         .await;
 }
 
+/// A job over its budget: the stats page's Budgets table shows it held with what it spent, and
+/// the job's page says why its runs are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_over_its_budget_is_shown_held_with_the_reason() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let job = api(
+        &base,
+        &token,
+        reqwest::Method::POST,
+        "/api/jobs",
+        Some(json!({
+            "name": "spender", "prompt": "spend",
+            "execution": { "environment": { "FAKE_CLAUDE_COST_USD": "0.6" } },
+            "budget": { "daily_usd": 1.0 }
+        })),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // $0.60 spent, then a run expected to cost ~$0.60 more is held by the $1.00 cap.
+    for wanted in ["spent", "held"] {
+        api(&base, &token, reqwest::Method::POST, "/api/jobs/spender/execute", None).await;
+        support::wait_until(wanted, || {
+            let rt = tokio::runtime::Handle::current();
+            let v = tokio::task::block_in_place(|| {
+                rt.block_on(api(&base, &token, reqwest::Method::GET, "/api/budget", None))
+            });
+            let s = &v["jobs"][0];
+            let done = match wanted {
+                "spent" => s["windows"][0]["spent_usd"].as_f64() == Some(0.6),
+                _ => s["held_runs"] == json!(1),
+            };
+            done.then_some(())
+        });
+    }
+    browser
+        .run("budget", |c| async move {
+            login(&c, &base, &token).await;
+            c.goto(&format!("{base}/ui/stats")).await.unwrap();
+            let table = eventually("the budgets table", || async {
+                text_of(&c, "#budgets table").await
+            })
+            .await;
+            assert!(table.contains("spender"), "{table}");
+            assert!(table.contains("last 24 h"), "{table}");
+            assert!(table.contains("$0.60") && table.contains("$1.00"), "{table}");
+            assert!(table.contains("held") && table.contains("1 run(s)"), "{table}");
+            assert!(table.contains("daily budget of $1.00"), "{table}");
+            c.goto(&format!("{base}/ui/jobs/{id}")).await.unwrap();
+            let banner = text_of(&c, "#budget-held").await.expect("the held banner");
+            assert!(banner.contains("1 run(s) held"), "{banner}");
+            assert!(banner.contains("$0.60 spent in the last 24 h"), "{banner}");
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_names_and_output_render_as_text() {
     let env = Env::new(ConfigOpts::default());

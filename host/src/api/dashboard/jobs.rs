@@ -327,6 +327,13 @@ pub async fn detail(
         .and_then(|v| serde_yaml_ng::to_string(&v).ok())
         .unwrap_or_default();
     let cooldown = engine.cooldown().is_some();
+    let budget = engine
+        .budget_status()
+        .await
+        .jobs
+        .iter()
+        .find(|b| b.job_id.as_deref() == Some(job.id.as_str()))
+        .map(view::budget_scope);
     // Its place in workflows: the jobs it depends on, the jobs that depend on it, its passes.
     let store = engine.store();
     let mut upstreams = Vec::with_capacity(job.depends_on.edges.len());
@@ -396,7 +403,7 @@ pub async fn detail(
                 created => view::time(job.created_at, tz),
                 updated => view::time(job.updated_at, tz),
             },
-            yaml,
+            yaml, budget,
             upstreams, any_of => job.depends_on.any, downstream, passes, pass_total,
             fires => fires.as_ref().map(|v| v.iter().map(|t| view::time(*t, tz)).collect::<Vec<_>>()).unwrap_or_default(),
             fires_error => fires.err(),

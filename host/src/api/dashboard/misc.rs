@@ -115,11 +115,18 @@ pub async fn stats(
         .sum();
     let ok: u64 = daily.iter().map(|d| d.completed).sum();
     let cost: f64 = daily.iter().map(|d| d.cost_usd).sum();
+    let budgets = st.engine().budget_status().await;
+    let scopes: Vec<_> = std::iter::once(&budgets.global)
+        .chain(&budgets.jobs)
+        .filter(|sc| sc.budget.is_capped())
+        .map(view::budget_scope)
+        .collect();
     render(
         "stats.html",
         frame(&st, &s, "stats"),
         context! {
             days, runs, ok,
+            budgets => scopes, held_runs => budgets.held_runs,
             success => (runs > 0).then(|| format!("{:.1}%", ok as f64 * 100.0 / runs as f64)),
             cost => view::usd(cost),
             daily => daily.iter().map(|d| context! {

@@ -36,6 +36,29 @@ pub fn duration_ms(ms: u64) -> String {
     crate::text::duration_ms(ms)
 }
 
+/// A budget scope for the pages: its windows (cap, spent), whether it holds runs, and why.
+pub fn budget_scope(sc: &crate::engine::ScopeStatus) -> minijinja::Value {
+    minijinja::context! {
+        name => match &sc.job_name {
+            Some(n) => n.clone(),
+            None => format!("All runs ({})", if sc.source == "override" { "set at run time" } else { "[budget]" }),
+        },
+        job_id => sc.job_id,
+        held => sc.exceeded,
+        held_runs => sc.held_runs,
+        until => sc.held_until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        reason => sc.reason.as_deref().map(|r| r.trim_start_matches("budget_held: ").to_owned()),
+        hard_stop => sc.budget.hard_stop,
+        windows => sc.windows.iter().filter(|w| w.cap_usd.is_some()).map(|w| minijinja::context! {
+            window => if w.window == "daily" { "last 24 h" } else { "last 30 days" },
+            cap => w.cap_usd.map(usd),
+            spent => usd(w.spent_usd),
+            percent => w.cap_usd.filter(|c| *c > 0.0).map(|c| ((w.spent_usd / c) * 100.0).min(100.0).round() as u32).unwrap_or(100),
+            uncosted => w.uncosted_runs,
+        }).collect::<Vec<_>>(),
+    }
+}
+
 pub fn usd(x: f64) -> String {
     if x == 0.0 {
         "$0".into()
