@@ -572,11 +572,24 @@ async fn a_job_over_its_budget_is_shown_held_with_the_reason() {
     let id = job["id"].as_str().unwrap().to_owned();
     // $0.60 spent, then a run expected to cost ~$0.60 more is held by the $1.00 cap.
     for wanted in ["spent", "held"] {
-        api(&base, &token, reqwest::Method::POST, "/api/jobs/spender/execute", None).await;
+        api(
+            &base,
+            &token,
+            reqwest::Method::POST,
+            "/api/jobs/spender/execute",
+            None,
+        )
+        .await;
         support::wait_until(wanted, || {
             let rt = tokio::runtime::Handle::current();
             let v = tokio::task::block_in_place(|| {
-                rt.block_on(api(&base, &token, reqwest::Method::GET, "/api/budget", None))
+                rt.block_on(api(
+                    &base,
+                    &token,
+                    reqwest::Method::GET,
+                    "/api/budget",
+                    None,
+                ))
             });
             let s = &v["jobs"][0];
             let done = match wanted {
@@ -596,8 +609,14 @@ async fn a_job_over_its_budget_is_shown_held_with_the_reason() {
             .await;
             assert!(table.contains("spender"), "{table}");
             assert!(table.contains("last 24 h"), "{table}");
-            assert!(table.contains("$0.60") && table.contains("$1.00"), "{table}");
-            assert!(table.contains("held") && table.contains("1 run(s)"), "{table}");
+            assert!(
+                table.contains("$0.60") && table.contains("$1.00"),
+                "{table}"
+            );
+            assert!(
+                table.contains("held") && table.contains("1 run(s)"),
+                "{table}"
+            );
             assert!(table.contains("daily budget of $1.00"), "{table}");
             c.goto(&format!("{base}/ui/jobs/{id}")).await.unwrap();
             let banner = text_of(&c, "#budget-held").await.expect("the held banner");
