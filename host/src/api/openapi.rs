@@ -84,6 +84,67 @@ pub async fn serve() -> Json<Document> {
 
 #[cfg(test)]
 mod tests {
+
+    /// The routes `router()` registers (read from its source: every `.route(path, methods)`),
+    /// as (path, method) pairs.
+    fn router_routes() -> std::collections::BTreeSet<(String, String)> {
+        let src = include_str!("mod.rs");
+        let body = &src[src.find("pub fn router(").expect("router()")..];
+        let body = &body[..body.find(".fallback(").expect("the router's fallback")];
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in body.split(".route(").skip(1) {
+            let chunk = chunk.split(".merge(").next().unwrap_or(chunk);
+            let first = chunk.trim_start();
+            let path = if let Some(rest) = first.strip_prefix('"') {
+                rest[..rest.find('"').unwrap()].to_owned()
+            } else if first.starts_with("HEALTH_PATH") {
+                super::super::HEALTH_PATH.to_owned()
+            } else if first.starts_with("WS_PATH") {
+                super::super::WS_PATH.to_owned()
+            } else {
+                panic!("a route whose path this test cannot read: {first:.60}");
+            };
+            for m in ["get", "post", "put", "delete", "patch"] {
+                let called = chunk.match_indices(&format!("{m}(")).any(|(i, _)| {
+                    i == 0
+                        || !chunk.as_bytes()[i - 1].is_ascii_alphanumeric()
+                            && chunk.as_bytes()[i - 1] != b'_'
+                });
+                if called {
+                    out.insert((path.clone(), m.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every route of the router is in the document with its methods, and the document has no
+    /// route the router lacks: the auth test that walks the document covers the whole router.
+    #[test]
+    fn document_and_router_agree() {
+        let router = router_routes();
+        assert!(router.len() > 30, "{router:?}");
+        let doc = super::openapi();
+        let mut documented = std::collections::BTreeSet::new();
+        for (path, item) in &doc.paths.paths {
+            let v = serde_json::to_value(item).unwrap();
+            for m in ["get", "post", "put", "delete", "patch"] {
+                if v.get(m).is_some() {
+                    documented.insert((path.clone(), m.to_owned()));
+                }
+            }
+        }
+        let undocumented: Vec<_> = router.difference(&documented).collect();
+        let phantom: Vec<_> = documented.difference(&router).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the OpenAPI document: {undocumented:?}"
+        );
+        assert!(
+            phantom.is_empty(),
+            "documented routes the router lacks: {phantom:?}"
+        );
+    }
     #[test]
     fn document_lists_every_route() {
         let doc = super::openapi();
