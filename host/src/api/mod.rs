@@ -262,6 +262,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(system::metrics_prometheus))
         .merge(dashboard::routes(&state))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(error::json_rejections))
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
