@@ -280,7 +280,10 @@ fn random_bodies_and_queries_never_break_the_api() {
         assert!(res.status().is_client_error(), "{}", res.status());
         let v: Value = res.json().await.unwrap();
         assert!(
-            v["error"]["message"].as_str().unwrap().contains("recursion limit"),
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("recursion limit"),
             "{v}"
         );
         let res = http
