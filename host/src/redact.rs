@@ -30,6 +30,46 @@ pub fn is_secret_key(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
+/// Secret values to keep out of what a run leaves behind (its log lines, output, error and the
+/// notifications about it): the values of a job's environment variables whose names say they
+/// are secrets (`API_TOKEN`, `DB_PASSWORD`, …; see [`is_secret_key`]).
+#[derive(Debug, Clone, Default)]
+pub struct Scrub {
+    secrets: Vec<String>,
+}
+
+impl Scrub {
+    /// The secrets among an environment's values (values shorter than 4 characters are not
+    /// treated as secrets: replacing them would mangle ordinary text).
+    pub fn of_environment<'a>(env: impl IntoIterator<Item = (&'a String, &'a String)>) -> Scrub {
+        let mut secrets: Vec<String> = env
+            .into_iter()
+            .filter(|(k, v)| is_secret_key(k) && v.chars().count() >= 4)
+            .map(|(_, v)| v.clone())
+            .collect();
+        // Longest first: a secret that contains another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Scrub { secrets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// `text` with every secret replaced by [`MARK`].
+    pub fn text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.secrets.iter().any(|s| text.contains(s.as_str())) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            out = out.replace(s.as_str(), MARK);
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}
+
 /// Whether a key holds a URL (`url`, `webhook_url`, `endpoint`).
 fn is_url_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();

@@ -350,6 +350,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         execution_id: run.execution_id.clone(),
         seq: AtomicU64::new(log_seq),
         buffer: Mutex::new(Vec::new()),
+        scrub: crate::redact::Scrub::of_environment(&job.execution_options.environment),
     });
     let note = |m: String| observer.note(m);
     // A run its upstreams started (or a retry of one): the pass's ended runs, read once, for
@@ -524,6 +525,10 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         fresh.options.resume_session = None;
         report = run_cli(engine, fresh, &observer, &kill).await;
     }
+    if !observer.scrub.is_empty() {
+        // The job's secrets stay out of what is stored and notified.
+        scrub_report(&mut report, &observer.scrub);
+    }
     let mut status = report.outcome.status();
     // The worktree: what the run changed and committed; removed or kept.
     let limited = matches!(report.outcome, Outcome::UsageLimit { .. }) && !cancel.is_cancelled();
@@ -595,7 +600,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     let (recorded, settled) = finish(
         engine,
         &run,
-        Some(prompt),
+        Some(observer.scrub.text(&prompt).into_owned()),
         (report, worktree_report),
         status,
         planned.as_ref().map(|(id, at, _)| NewRetry {
@@ -611,6 +616,22 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
     workflow::start(engine, settled).await;
     observer.flush();
     None
+}
+
+/// Replaces the job's secret values in what the CLI reported (result, error messages).
+fn scrub_report(report: &mut RunReport, scrub: &crate::redact::Scrub) {
+    if let Some(t) = &mut report.result_text {
+        *t = scrub.text(t).into_owned();
+    }
+    match &mut report.outcome {
+        Outcome::Error { message, .. }
+        | Outcome::SpawnFailed { message }
+        | Outcome::AuthError { message }
+        | Outcome::InvalidArguments { message }
+        | Outcome::UsageLimit { message, .. }
+        | Outcome::ResourceLimit { message } => *message = scrub.text(message).into_owned(),
+        Outcome::Success | Outcome::Timeout | Outcome::Cancelled => {}
+    }
 }
 
 /// Runs the CLI for a request, flushing the run's log as it goes; stops it when cnp's shutdown
@@ -957,6 +978,8 @@ struct Observer {
     execution_id: String,
     seq: AtomicU64,
     buffer: Mutex<Vec<LogLine>>,
+    /// The job's secret environment values, kept out of the log.
+    scrub: crate::redact::Scrub,
 }
 
 const LOG_BATCH: usize = 256;
@@ -999,7 +1022,7 @@ impl RunObserver for Observer {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
             stream,
             timestamp: self.engine.shared.clock.now(),
-            line: line.to_owned(),
+            line: self.scrub.text(line).into_owned(),
         };
         self.engine.shared.events.publish(Event::Log(l.clone()));
         let full = {

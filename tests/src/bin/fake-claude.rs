@@ -87,6 +87,8 @@
 //!   (stream-json: `assistant` events of at most 8 KiB of text each; text/json: plain lines of
 //!   8 KiB). Streamed, never held in memory: 100 MB is fine.
 //! - `FAKE_CLAUDE_STDERR`: written to stderr (after the init event).
+//! - `FAKE_CLAUDE_RESULT_ENV=<NAME>`: the `ok` result text is the value of the environment
+//!   variable `NAME` (a CLI that prints a secret it was given; wins over `FAKE_CLAUDE_RESULT`).
 //! - `FAKE_CLAUDE_RESULT`: the `ok` result text (default `Hello from fake claude: <the first 50
 //!   characters of the prompt>`).
 //! - `FAKE_CLAUDE_COST_USD`: the `ok` result's `total_cost_usd` (and the model's `costUSD`),
@@ -750,10 +752,15 @@ impl Fake {
 
         match scenario {
             "ok" => {
-                let text = std::env::var("FAKE_CLAUDE_RESULT").unwrap_or_else(|_| {
-                    let head: String = self.prompt.trim().chars().take(50).collect();
-                    format!("Hello from fake claude: {head}")
-                });
+                let echoed = std::env::var("FAKE_CLAUDE_RESULT_ENV")
+                    .ok()
+                    .map(|name| std::env::var(name).unwrap_or_default());
+                let text = echoed
+                    .or_else(|| std::env::var("FAKE_CLAUDE_RESULT").ok())
+                    .unwrap_or_else(|| {
+                        let head: String = self.prompt.trim().chars().take(50).collect();
+                        format!("Hello from fake claude: {head}")
+                    });
                 self.event(self.assistant_event(json!([{"type": "text", "text": text}])))?;
                 let cost = match std::env::var("FAKE_CLAUDE_COST_USD").as_deref() {
                     Ok("none") => None,
