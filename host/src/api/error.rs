@@ -157,6 +157,11 @@ impl From<EngineError> for ApiError {
                 "shutting_down",
                 "the service is shutting down",
             ),
+            EngineError::Store(e) if e.is_storage_failure() => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                format!("the database cannot be written now ({e}); nothing was changed — try again when space returns"),
+            ),
             EngineError::Store(e) => ApiError::internal("database access", &e),
         }
     }

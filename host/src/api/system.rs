@@ -117,18 +117,32 @@ pub struct Health {
     pub status: &'static str,
     pub version: &'static str,
     pub uptime_seconds: u64,
-    /// `ok` or `error: …`.
+    /// `ok`, `degraded: writes fail since …: …` (a full or failing disk: runs wait until writes
+    /// succeed again) or `error: …`.
     pub database: String,
 }
 
 #[utoipa::path(get, path = "/api/jobs/health", tag = "monitoring", security(()),
     responses(
         (status = 200, description = "Alive, database answering (no token needed)", body = Health),
-        (status = 503, description = "The database does not answer", body = Health),
+        (status = 503, description = "The database does not answer, or cannot be written (`status: degraded`)", body = Health),
     ))]
 pub async fn health(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
     let db = st.engine().store().ping().await;
+    let writes = st.engine().store().write_status();
     let (code, status, database) = match db {
+        Ok(()) if writes.failing => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "degraded",
+            format!(
+                "degraded: writes fail since {}: {}",
+                writes
+                    .since
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                writes.last_error.unwrap_or_default()
+            ),
+        ),
         Ok(()) => (StatusCode::OK, "ok", "ok".to_owned()),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -289,6 +303,13 @@ pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, 
     let costs = st.engine().store().cost_counters().await?;
     super::costs::prometheus_cost_counters(&mut text, &costs);
     text.push_str(&budget_text(&st.engine().budget_status().await));
+    let w = st.engine().store().write_status();
+    let _ = writeln!(
+        text,
+        "# HELP cnp_database_write_failures_total Database writes that failed for want of storage (full disk, I/O error, read-only).\n# TYPE cnp_database_write_failures_total counter\ncnp_database_write_failures_total {}\n# HELP cnp_database_writes_failing 1 while the latest database write failed for want of storage.\n# TYPE cnp_database_writes_failing gauge\ncnp_database_writes_failing {}",
+        w.failures,
+        u8::from(w.failing)
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

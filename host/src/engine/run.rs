@@ -340,6 +340,16 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             fail_unstarted(engine, &run, message).await;
             return None;
         }
+        Err(e) if e.is_storage_failure() => {
+            // Not started (nothing a crash could lose): it goes back to the queue and is tried
+            // again once writes succeed.
+            tracing::warn!(execution = %run.execution_id, error = %e, "cannot mark the run started (the database cannot be written): tried again in {}s", STORAGE_RETRY.as_secs());
+            tokio::select! {
+                _ = tokio::time::sleep(STORAGE_RETRY) => {}
+                _ = s.stop.cancelled() => return None,
+            }
+            return Some(QueuedRun { epoch: None, ..run });
+        }
         Err(e) => {
             tracing::error!(execution = %run.execution_id, error = %e, "cannot mark run started: not run");
             return None;
@@ -948,7 +958,24 @@ async fn finish(
         status: ExecutionStatus::Queued,
         scheduled_for: Some(r.at),
     });
-    match s.store.finish_with_retry(finished, retry, downstream).await {
+    // A full or failing disk: the end is written again, every few seconds, until it lands (a
+    // restart while it waits records the run interrupted instead).
+    let mut wait = STORAGE_RETRY;
+    let result = loop {
+        match s
+            .store
+            .finish_with_retry(finished.clone(), retry.clone(), downstream.clone())
+            .await
+        {
+            Err(e) if e.is_storage_failure() && !s.kill.is_cancelled() => {
+                tracing::warn!(execution = %run.execution_id, error = %e, "cannot record the end of the run (the database cannot be written): trying again in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            r => break r,
+        }
+    };
+    match result {
         Ok((_, retried, settled)) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, status = status.as_str(), error = error.as_deref().unwrap_or(""), "run finished");
             if ran {
@@ -971,6 +998,10 @@ async fn finish(
         }
     }
 }
+
+/// How long a run waits before its start or end is written again when the database cannot be
+/// written (a full disk).
+const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
 /// Receives a run's output: numbers the lines, publishes them live and stores them in batches.
 struct Observer {

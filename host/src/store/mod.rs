@@ -81,7 +81,79 @@ struct Inner {
     /// Bounds concurrent async reads to the pool's size, so a burst of reads queues here instead
     /// of growing tokio's blocking pool and opening a connection per read.
     read_slots: tokio::sync::Semaphore,
+    /// How writes have gone (a full or failing disk shows here).
+    health: Arc<WriteHealth>,
 }
+
+/// How the database's writes have gone: storage failures (a full disk, an I/O error, a file
+/// made read-only) counted, and whether the latest write failed.
+#[derive(Debug, Default)]
+struct WriteHealth {
+    failures: std::sync::atomic::AtomicU64,
+    /// Since when writes fail, and the latest error (`None`: the latest write succeeded).
+    failing: Mutex<Option<(DateTime<Utc>, String)>>,
+}
+
+/// [`Store::write_status`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct WriteStatus {
+    /// The latest write failed for want of storage (and none succeeded since).
+    pub failing: bool,
+    pub since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Writes that failed for want of storage since cnp started.
+    pub failures: u64,
+}
+
+impl WriteHealth {
+    fn note<T>(&self, r: &Result<T, StoreError>) {
+        match r {
+            Err(e) if e.is_storage_failure() => {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut f = self.failing.lock().expect("write health");
+                if f.is_none() {
+                    tracing::error!(error = %e, "database writes are failing (disk full or failing?): runs are not started until they succeed again");
+                }
+                let since = f.as_ref().map_or_else(Utc::now, |(s, _)| *s);
+                *f = Some((since, e.to_string()));
+            }
+            Ok(_) => {
+                let mut f = self.failing.lock().expect("write health");
+                if let Some((since, _)) = f.take() {
+                    tracing::warn!(%since, "database writes succeed again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the error is the storage's (full, I/O, read-only, gone), not the request's.
+    pub fn is_storage_failure(&self) -> bool {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                C::DiskFull
+                    | C::SystemIoFailure
+                    | C::ReadOnly
+                    | C::CannotOpen
+                    | C::DatabaseCorrupt
+                    | C::NotADatabase
+                    | C::DatabaseBusy
+                    | C::DatabaseLocked
+            ),
+            StoreError::Schema(m) => m == COMMIT_FAILED,
+            StoreError::WriterGone => true,
+            _ => false,
+        }
+    }
+}
+
+/// The error of a transaction whose commit failed.
+const COMMIT_FAILED: &str = "transaction failed to commit";
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 20_000;
@@ -125,6 +197,7 @@ impl Store {
                     writer_thread: Mutex::new(None),
                     readers: Mutex::new(Vec::new()),
                     read_slots: tokio::sync::Semaphore::new(READ_POOL),
+                    health: Default::default(),
                 }),
             });
         }
@@ -145,6 +218,7 @@ impl Store {
                 writer_thread: Mutex::new(Some(thread)),
                 readers: Mutex::new(Vec::new()),
                 read_slots: tokio::sync::Semaphore::new(READ_POOL),
+                health: Default::default(),
             }),
         })
     }
@@ -187,12 +261,29 @@ impl Store {
         }
     }
 
+    /// How writes have gone: whether they fail for want of storage right now.
+    pub fn write_status(&self) -> WriteStatus {
+        let h = &self.inner.health;
+        let f = h.failing.lock().expect("write health").clone();
+        WriteStatus {
+            failing: f.is_some(),
+            since: f.as_ref().map(|(s, _)| *s),
+            last_error: f.map(|(_, e)| e),
+            failures: h.failures.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     fn submit<T, F, D>(&self, f: F, done: D) -> Result<(), StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
         D: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
+        let health = self.inner.health.clone();
+        let done = move |r: Result<T, StoreError>| {
+            health.note(&r);
+            done(r)
+        };
         if let Some(conn) = &self.inner.inline {
             let conn = conn.lock().expect("inline connection");
             let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
@@ -205,9 +296,7 @@ impl Store {
             };
             drop(conn);
             done(match result {
-                Ok(_) if !committed => {
-                    Err(StoreError::Schema("transaction failed to commit".into()))
-                }
+                Ok(_) if !committed => Err(StoreError::Schema(COMMIT_FAILED.into())),
                 r => r,
             });
             return Ok(());
@@ -217,9 +306,7 @@ impl Store {
             let ok = result.is_ok();
             let reply: Box<dyn FnOnce(bool) + Send> = Box::new(move |committed| {
                 let result = match result {
-                    Ok(_) if !committed => {
-                        Err(StoreError::Schema("transaction failed to commit".into()))
-                    }
+                    Ok(_) if !committed => Err(StoreError::Schema(COMMIT_FAILED.into())),
                     r => r,
                 };
                 done(result)
