@@ -904,6 +904,13 @@ max_execution_history = 1000
             .unwrap_err()
             .to_string();
         assert!(err.contains("every") && err.contains("line 2"), "{err}");
+        // The commented example in the embedded defaults is valid as written.
+        let example = DEFAULT_CONFIG_TOML
+            .lines()
+            .find_map(|l| l.strip_prefix("# backup = "))
+            .expect("documented in the default config");
+        let c = parse(&format!("[database]\nbackup = {example}\n")).unwrap();
+        assert_eq!(c.database.backup.unwrap().keep, 7);
         let err = parse("[database]\nbackup = { evry = \"1h\" }\n")
             .unwrap_err()
             .to_string();

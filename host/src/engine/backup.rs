@@ -215,9 +215,7 @@ pub(super) async fn run_backups(engine: Engine) {
     let db = s.store.path().to_owned();
     let every = chrono::Duration::from_std(cfg.every).unwrap_or(chrono::Duration::days(1));
     let retry = chrono::Duration::from_std(cfg.every.min(BACKUP_RETRY)).unwrap_or(every);
-    if let Err(e) = std::fs::create_dir_all(&cfg.directory) {
-        tracing::warn!(folder = %cfg.directory.display(), error = %e, "cannot create the backup folder");
-    }
+    let _ = std::fs::create_dir_all(&cfg.directory);
     remove_partials(&cfg.directory, &db);
     let now = s.clock.now();
     let mut next = now;
@@ -256,10 +254,16 @@ pub(super) async fn run_backups(engine: Engine) {
         }
         let at = s.clock.now();
         let target = cfg.directory.join(periodic_name(&db, at));
-        let result = tokio::select! {
-            biased;
-            _ = s.stop.cancelled() => return,
-            r = s.store.backup(target.clone(), false) => r,
+        let result = match std::fs::create_dir_all(&cfg.directory) {
+            Err(e) => Err(StoreError::File {
+                path: cfg.directory.clone(),
+                message: format!("cannot create the backup folder: {e}"),
+            }),
+            Ok(()) => tokio::select! {
+                biased;
+                _ = s.stop.cancelled() => return,
+                r = s.store.backup(target.clone(), false) => r,
+            },
         };
         match result {
             Ok(report) => {
