@@ -279,7 +279,9 @@ async fn opening_a_damaged_file_is_refused_and_leaves_it_untouched() {
         let case = tempfile::tempdir().unwrap();
         let db = case.path().join("cnp.db");
         std::fs::write(&db, &bytes).unwrap();
-        let err = Store::open(&db).err().unwrap_or_else(|| panic!("{what}: opened"));
+        let err = Store::open(&db)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
         assert!(err.is_damage(), "{what}: {err}");
         let msg = err.to_string();
         assert!(msg.contains(&*db.to_string_lossy()), "{what}: {msg}");
@@ -296,7 +298,10 @@ async fn opening_a_damaged_file_is_refused_and_leaves_it_untouched() {
     let wal = case.path().join("cnp.db-wal");
     std::fs::write(&wal, b"frames of a database that is not there").unwrap();
     let err = Store::open(&db).err().expect("opened");
-    assert!(err.is_damage() && err.to_string().contains("write-ahead log"), "{err}");
+    assert!(
+        err.is_damage() && err.to_string().contains("write-ahead log"),
+        "{err}"
+    );
     assert_eq!(listing(case.path()), ["cnp.db-wal"]);
     assert_eq!(
         std::fs::read(&wal).unwrap(),
@@ -316,12 +321,19 @@ async fn check_finds_a_damaged_page_and_a_broken_reference() {
     assert_eq!(r.schema_version, SCHEMA_VERSION);
     assert_eq!(r.bytes, r.pages * r.page_size);
 
-    // A page in the middle overwritten: the header is fine, integrity_check is not.
+    // The executions table's root page overwritten: the header is fine, integrity_check is not.
+    let root: usize = rusqlite::Connection::open(&good)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'executions'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as usize;
     let bad = dir.path().join("bad.db");
     let mut bytes = std::fs::read(&good).unwrap();
     let page = r.page_size as usize;
-    let at = page * (r.pages as usize / 2) + 8;
-    bytes[at..at + 600].fill(0xA5);
+    bytes[page * (root - 1)..page * (root - 1) + 600].fill(0xA5);
     std::fs::write(&bad, &bytes).unwrap();
     match check_database(&bad) {
         Ok(r) => assert!(!r.ok() && !r.integrity.is_empty(), "{r:?}"),
@@ -598,7 +610,10 @@ async fn periodic_backups_follow_the_newest_one_found_and_survive_failures() {
     assert!(err.message.contains("backups"), "{}", err.message);
     assert_eq!(st.next_at, Some(hour(1, 5)));
     assert_eq!(st.last.as_ref().unwrap().trigger, "found");
-    engine.create_job(spec("still working"), None).await.unwrap();
+    engine
+        .create_job(spec("still working"), None)
+        .await
+        .unwrap();
 
     // Fixed (the folder is made again at the next attempt): the retry succeeds, the failure is
     // cleared, the hourly rhythm resumes from it.
