@@ -48,6 +48,8 @@ pub struct BackupReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub path: PathBuf,
+    /// The database's size (pages × page size; the file itself may be smaller while its `-wal`
+    /// holds pages not yet written back).
     pub bytes: u64,
     pub page_size: u64,
     pub pages: u64,
@@ -309,7 +311,7 @@ pub fn check_database(path: &Path) -> Result<CheckReport, StoreError> {
         c.execute_batch("COMMIT")?;
         Ok(CheckReport {
             path: path.to_owned(),
-            bytes: file_len(path),
+            bytes: (pages * page_size) as u64,
             page_size: page_size as u64,
             pages: pages as u64,
             schema_version,
