@@ -541,10 +541,10 @@ impl Config {
             ));
         }
         if let Some(b) = &self.database.backup {
-            if b.every < Duration::from_secs(60) {
+            if b.every < Duration::from_secs(60) || b.every > Duration::from_secs(366 * 86_400) {
                 return Err(invalid(
                     "database.backup.every",
-                    "must be at least 1 minute".into(),
+                    "must be from 1 minute to 366 days".into(),
                 ));
             }
             if b.keep == 0 {
@@ -892,6 +892,7 @@ max_execution_history = 1000
 
         for (text, field) in [
             ("backup = { every = \"30s\" }", "database.backup.every"),
+            ("backup = { every = \"400days\" }", "database.backup.every"),
             ("backup = { keep = 0 }", "database.backup.keep"),
             ("backup = { directory = \"\" }", "database.backup.directory"),
         ] {

@@ -162,6 +162,17 @@ fn a_backup_taken_under_load_restores_every_execution_committed_before_it() {
     );
     assert_eq!(ids(&backup), in_backup);
     rt.block_on(async {
+        // Only with the token.
+        let sneaky = env.root().join("sneaky.db");
+        let res = api
+            .http
+            .post(format!("{}/api/backup", api.base))
+            .json(&serde_json::json!({"path": sneaky}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 401);
+        assert!(!sneaky.exists());
         let (s, v) = api
             .post("/api/backup", serde_json::json!({"path": "relative.db"}))
             .await;

@@ -130,10 +130,14 @@ pub fn backup(
         }
     }
     let db = database(config, args.db)?;
-    let target = crate::engine::backup_target(&path, &db, chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let target = crate::engine::backup_target(&path, &db, now);
     match store::backup_database(&db, &target, args.replace) {
         Ok(r) => {
-            if !output::print_structured(args.format, &serde_json::to_value(&r)?)? {
+            // The same document as the API's.
+            let mut doc = serde_json::to_value(&r)?;
+            doc["created_at"] = serde_json::to_value(now)?;
+            if !output::print_structured(args.format, &doc)? {
                 print_local(&r, &db);
             }
             Ok(ExitCode::SUCCESS)

@@ -341,6 +341,12 @@ fn backup_into(src: &Connection, target: &Path, replace: bool) -> Result<BackupR
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    if !dir.is_dir() {
+        return Err(StoreError::File {
+            path: dir,
+            message: "no such folder".into(),
+        });
+    }
     if !replace && target.exists() {
         return Err(StoreError::Conflict(format!(
             "{} already exists",
