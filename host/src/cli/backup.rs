@@ -89,7 +89,8 @@ pub fn backup(
     let path = absolute(&args.path);
     if !args.local && args.db.is_none() {
         let endpoint = client::discover(config, &overrides)?;
-        let client = Client::new(endpoint)?;
+        // A large database takes a while (about 3 s per GB here, more on slow disks).
+        let client = Client::with_timeout(endpoint, std::time::Duration::from_secs(3600))?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
