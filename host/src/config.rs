@@ -197,6 +197,31 @@ pub struct DatabaseConfig {
     pub cleanup_old_executions: bool,
     /// Keep at most this many finished executions per job (0 = no limit).
     pub max_execution_history: u32,
+    /// Periodic online backups (`backup = { every = "24h", keep = 7, directory = "…" }`); off
+    /// when unset.
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[database] backup`: the service copies the live database (SQLite's online backup, verified)
+/// into `directory` every `every`, as `<db stem>-<UTC time>.db`, keeping the newest `keep`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    pub keep: u32,
+    /// Default: `backups/` beside the database.
+    pub directory: Option<PathBuf>,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            every: Duration::from_secs(24 * 3600),
+            keep: 7,
+            directory: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -408,6 +433,7 @@ impl Default for DatabaseConfig {
             path: None,
             cleanup_old_executions: true,
             max_execution_history: 1000,
+            backup: None,
         }
     }
 }
@@ -513,6 +539,26 @@ impl Config {
                 "job_engine.cleanup_retention_days",
                 "must be at least 1 (or set database.cleanup_old_executions = false)".into(),
             ));
+        }
+        if let Some(b) = &self.database.backup {
+            if b.every < Duration::from_secs(60) || b.every > Duration::from_secs(366 * 86_400) {
+                return Err(invalid(
+                    "database.backup.every",
+                    "must be from 1 minute to 366 days".into(),
+                ));
+            }
+            if b.keep == 0 {
+                return Err(invalid("database.backup.keep", "must be at least 1".into()));
+            }
+            if b.directory
+                .as_ref()
+                .is_some_and(|d| d.as_os_str().is_empty())
+            {
+                return Err(invalid(
+                    "database.backup.directory",
+                    "is empty (leave it out for backups/ beside the database)".into(),
+                ));
+            }
         }
         if self.scheduler.tick_interval.is_zero() {
             return Err(invalid(
@@ -646,6 +692,18 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(default_data_dir_file)
+    }
+
+    /// Where periodic backups go: `[database] backup.directory`, else `backups/` beside the
+    /// database. `None` when periodic backups are off.
+    pub fn backup_dir(&self) -> Option<PathBuf> {
+        let b = self.database.backup.as_ref()?;
+        Some(b.directory.clone().unwrap_or_else(|| {
+            self.database_path()
+                .parent()
+                .map(|d| d.join("backups"))
+                .unwrap_or_else(|| PathBuf::from("backups"))
+        }))
     }
 
     /// Where runs' git worktrees are made (`execution.worktree`): `worktrees/` beside the
@@ -813,6 +871,51 @@ max_execution_history = 1000
             .unwrap_err()
             .to_string();
         assert!(err.contains("executor.claude_cli_path"), "{err}");
+    }
+
+    #[test]
+    fn database_backup_parses_and_bad_values_name_their_field() {
+        let c = parse(
+            "[database]\npath = \"/srv/cnp/cnp.db\"\nbackup = { every = \"6h\", keep = 3, directory = \"/backups\" }\n",
+        )
+        .unwrap();
+        let b = c.database.backup.as_ref().unwrap();
+        assert_eq!(b.every, Duration::from_secs(6 * 3600));
+        assert_eq!(b.keep, 3);
+        assert_eq!(c.backup_dir(), Some(PathBuf::from("/backups")));
+
+        // Defaults: every day, seven kept, backups/ beside the database.
+        let c = parse("[database]\npath = \"/srv/cnp/cnp.db\"\n[database.backup]\n").unwrap();
+        assert_eq!(c.database.backup, Some(BackupConfig::default()));
+        assert_eq!(c.backup_dir(), Some(PathBuf::from("/srv/cnp/backups")));
+        assert_eq!(Config::default().backup_dir(), None, "off unless set");
+
+        for (text, field) in [
+            ("backup = { every = \"30s\" }", "database.backup.every"),
+            ("backup = { every = \"400days\" }", "database.backup.every"),
+            ("backup = { keep = 0 }", "database.backup.keep"),
+            ("backup = { directory = \"\" }", "database.backup.directory"),
+        ] {
+            let err = parse(&format!("[database]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let err = parse("[database]\nbackup = { every = 3600 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("every") && err.contains("line 2"), "{err}");
+        // The commented example in the embedded defaults is valid as written.
+        let example = DEFAULT_CONFIG_TOML
+            .lines()
+            .find_map(|l| l.strip_prefix("# backup = "))
+            .expect("documented in the default config");
+        let c = parse(&format!("[database]\nbackup = {example}\n")).unwrap();
+        assert_eq!(c.database.backup.unwrap().keep, 7);
+        let err = parse("[database]\nbackup = { evry = \"1h\" }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("evry"), "{err}");
     }
 
     #[test]

@@ -6,8 +6,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, EngineSettings};
@@ -61,7 +59,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
     }
     let db_path = config.database_path();
-    let store = Store::open(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let store = match Store::open(&db_path) {
+        Ok(s) => s,
+        Err(e) if e.is_damage() => anyhow::bail!(damaged_database(&db_path, &e, true)),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("opening {}", db_path.display())))
+        }
+    };
     tracing::info!(database = %db_path.display(), "database open");
 
     let settings = executor_settings(&config);
@@ -82,7 +86,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(notifications.clone()),
     )
     .await
-    .context("starting the engine")?;
+    .map_err(|e| match e {
+        EngineError::Store(e) if e.is_damage() => {
+            anyhow::anyhow!(damaged_database(&db_path, &e, false))
+        }
+        e => anyhow::Error::new(e).context("starting the engine"),
+    })?;
     let stop_watching = tokio_util::sync::CancellationToken::new();
     if let Some(p) = &plugins {
         if let Err(e) = p.watch(stop_watching.clone()) {
@@ -136,6 +145,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `cnp serve` says when the database is damaged: what is wrong, what cnp did not do, and
+/// what to do. `at_open`: found by the checks before anything is written (else by the engine's
+/// first reads, after the store opened it).
+fn damaged_database(path: &Path, e: &crate::store::StoreError, at_open: bool) -> String {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let what = match e {
+        crate::store::StoreError::Damaged { reason, .. } => {
+            format!("the database {} is damaged: {reason}", path.display())
+        }
+        e => format!("the database {} is damaged: {e}", path.display()),
+    };
+    let untouched = if at_open {
+        "cnp did not start, and it has not changed, replaced or moved the file."
+    } else {
+        "cnp did not start, and it has not replaced or moved the file."
+    };
+    format!(
+        "{what}\n{untouched} To go on:\n  \
+         - see what is wrong:  cnp db check --db {db}\n  \
+         - restore a backup:   cnp restore <backup file> --db {db}\n    \
+         (the damaged file is kept beside it as {name}.before-restore-<time>)\n  \
+         Backups: `cnp backup <file>`, or [database] backup in the config; see docs/reliability.md",
+        db = path.display(),
+        name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
 }
 
 /// Descriptors one running CLI holds in cnp (three pipes, its pidfd) — rounded up.

@@ -9,6 +9,7 @@
 //! ```
 
 mod auth;
+mod backup;
 mod budget;
 mod cooldown;
 mod costs;
@@ -255,6 +256,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/budget",
             get(budget::show).put(budget::set).delete(budget::reset),
         )
+        .route("/api/backup", post(backup::create))
         .route("/api/cooldown", get(cooldown::show))
         .route("/api/cooldown/clear", post(cooldown::clear))
         .route("/api/openapi.json", get(openapi::serve))

@@ -6,8 +6,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    budget, cooldown, costs, error, executions, jobs, notifications, prompts, system, templates,
-    workflows, ws,
+    backup, budget, cooldown, costs, error, executions, jobs, notifications, prompts, system,
+    templates, workflows, ws,
 };
 
 #[derive(OpenApi)]
@@ -29,6 +29,7 @@ use super::{
         system::stats, system::daily, system::health, system::metrics_json, system::metrics_prometheus,
         system::plugins, system::status, cooldown::show, cooldown::clear,
         budget::show, budget::set, budget::reset,
+        backup::create,
         workflows::list, workflows::show, workflows::cancel,
         costs::report,
         ws::upgrade, serve,
@@ -45,7 +46,7 @@ use super::{
         (name = "prompts", description = "Stored prompts that jobs refer to"),
         (name = "templates", description = "Job templates and the jobs made from them"),
         (name = "plugins", description = "Loaded WebAssembly plugins (read-only)"),
-        (name = "monitoring", description = "Statistics, health, metrics, status, live updates"),
+        (name = "monitoring", description = "Statistics, health, metrics, status, live updates, backups"),
         (name = "workflows", description = "Passes of jobs started by their upstreams (depends_on)"),
         (name = "costs", description = "What runs cost, as the Claude CLI reported it (totals, top spenders, per day), and the spending caps (budgets) that hold runs back"),
     )
@@ -176,6 +177,7 @@ mod tests {
             "/api/status",
             "/api/cooldown",
             "/api/cooldown/clear",
+            "/api/backup",
             "/api/openapi.json",
             "/api/ws",
         ] {

@@ -310,6 +310,7 @@ pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, 
         w.failures,
         u8::from(w.failing)
     );
+    text.push_str(&backup_text(&st.engine().backup_status()));
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -381,6 +382,33 @@ fn budget_text(b: &crate::engine::BudgetStatus) -> String {
         out,
         "# HELP cnp_budget_held_runs Runs held (deferred) by a spending cap.\n# TYPE cnp_budget_held_runs gauge\ncnp_budget_held_runs {}",
         b.held_runs
+    );
+    out
+}
+
+/// Backups as Prometheus gauges: when the last successful one was taken (0: none known), its
+/// size, whether the latest periodic attempt failed, and the failed attempts since the start.
+fn backup_text(b: &crate::engine::BackupStatus) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP cnp_last_backup_timestamp_seconds When the last successful database backup was taken (unix time; periodic, on demand, or the newest periodic one found at start); 0 when none.\n# TYPE cnp_last_backup_timestamp_seconds gauge\ncnp_last_backup_timestamp_seconds {}",
+        b.last.as_ref().map_or(0, |l| l.at.timestamp())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_last_backup_size_bytes The size of that backup.\n# TYPE cnp_last_backup_size_bytes gauge\ncnp_last_backup_size_bytes {}",
+        b.last.as_ref().map_or(0, |l| l.bytes)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_backup_failing 1 while the latest periodic backup attempt failed.\n# TYPE cnp_backup_failing gauge\ncnp_backup_failing {}",
+        u8::from(b.last_error.is_some())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cnp_backup_failures_total Periodic backup attempts that failed since the service started.\n# TYPE cnp_backup_failures_total counter\ncnp_backup_failures_total {}",
+        b.failures
     );
     out
 }
@@ -492,6 +520,10 @@ pub struct ServiceStatus {
     /// The Claude usage-limit cooldown in force (`null` when none); see `GET /api/cooldown`.
     #[schema(value_type = Option<Object>)]
     pub cooldown: Option<crate::engine::Cooldown>,
+    /// Database backups: `periodic` (`[database] backup`, `null` when off), `last`, `next_at`,
+    /// `last_error` (the latest periodic attempt, when it failed), `failures`.
+    #[schema(value_type = Object)]
+    pub backup: crate::engine::BackupStatus,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -518,6 +550,7 @@ pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
         manifests: st.inner.manifests.get(),
         plugins,
         cooldown: st.engine().cooldown(),
+        backup: st.engine().backup_status(),
     })
 }
 

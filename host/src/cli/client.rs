@@ -210,9 +210,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(endpoint: Endpoint) -> anyhow::Result<Client> {
+        Client::with_timeout(endpoint, Duration::from_secs(60))
+    }
+
+    /// A client whose requests may take up to `timeout` (a backup of a large database).
+    pub fn with_timeout(endpoint: Endpoint, timeout: Duration) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .timeout(timeout)
             .user_agent(concat!("cnp-cli/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Client { http, endpoint })

@@ -1,10 +1,11 @@
 //! The `cnp` command line: the service itself (`serve`, `check`, `plugin check`,
-//! `default-config`) and the client commands that drive a running service over its API
+//! `default-config`), the database file (`backup`, `restore`, `db check`) and the client commands that drive a running service over its API
 //! (`job`, `prompt`, `template`, `status`, `cost`, `plugin list`; see docs/cli.md).
 //!
 //! Exit codes: 0 success; 1 failure (an API error, a failed run with `--wait`); 2 usage or
 //! configuration error; 3 the service is not running; 4 the awaited run was skipped.
 
+mod backup;
 mod batch;
 mod budget;
 mod client;
@@ -122,6 +123,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t, global = true)]
         format: Format,
     },
+    /// Back the database up: a consistent copy taken while the service runs and writes
+    /// (SQLite's online backup, by the service), synced to disk and verified before it counts.
+    Backup(backup::BackupArgs),
+    /// Put a backup in place of the database (the service must be stopped). The backup is
+    /// checked first; the database it replaces is kept as `<db>.before-restore-<UTC time>`.
+    Restore(backup::RestoreArgs),
+    /// The database file: `cnp db check`.
+    #[command(subcommand)]
+    Db(backup::DbCommand),
     /// Print a shell completion script (`cnp completions bash > /etc/bash_completion.d/cnp`).
     Completions {
         #[arg(value_enum)]
@@ -284,6 +294,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Backup(args) => backup::backup(
+            cli.config.as_deref(),
+            client::Overrides {
+                api_url: cli.api_url,
+                token: cli.token,
+            },
+            args,
+        ),
+        Command::Restore(args) => backup::restore(cli.config.as_deref(), args),
+        Command::Db(cmd) => backup::db(cli.config.as_deref(), cmd),
         Command::Plugin(PluginCommand::Check { paths }) => {
             let (config, _) = load_config(cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -112,6 +112,57 @@ fn cooldown_text(v: Option<&Value>) -> String {
     }
 }
 
+/// Backups in words: the periodic schedule, the last one, the next one.
+fn backup_text(v: Option<&Value>) -> String {
+    let Some(b) = v.filter(|b| b.is_object()) else {
+        return "-".into();
+    };
+    let mut parts = Vec::new();
+    match b.get("periodic").filter(|p| !p.is_null()) {
+        Some(p) => parts.push(format!(
+            "every {}, {} kept, in {}",
+            humantime::format_duration(std::time::Duration::from_secs(
+                p["every_seconds"].as_u64().unwrap_or(0)
+            )),
+            s(p, "/keep"),
+            s(p, "/directory")
+        )),
+        None => parts.push("periodic off".into()),
+    }
+    match b.get("last").filter(|l| !l.is_null()) {
+        Some(l) => {
+            let at = l
+                .get("at")
+                .and_then(|t| t.as_str())
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            parts.push(format!(
+                "last {} ({}, {})",
+                output::local_time(at),
+                at.map(output::relative).unwrap_or_default(),
+                s(l, "/path")
+            ))
+        }
+        None => parts.push("none taken yet".into()),
+    }
+    if let Some(next) = b
+        .get("next_at")
+        .and_then(|t| t.as_str())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        let next = next.with_timezone(&chrono::Utc);
+        parts.push(format!(
+            "next {} ({})",
+            output::local_time(Some(next)),
+            output::relative(next)
+        ));
+    }
+    if b.get("last_error").is_some_and(|e| !e.is_null()) {
+        parts.push("LAST ATTEMPT FAILED".into());
+    }
+    parts.join(" — ")
+}
+
 pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode> {
     let v: Value = client.get("/api/status", &[]).await?;
     if output::print_structured(format, &v)? {
@@ -163,7 +214,16 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
         _ => "-".into(),
     };
     rows.push(("Plugins", plugins));
+    rows.push(("Backups", backup_text(v.get("backup"))));
     output::print_table(&output::detail_table(rows));
+    if let Some(e) = v.pointer("/backup/last_error").filter(|e| !e.is_null()) {
+        println!();
+        println!(
+            "the latest periodic backup failed at {}: {}",
+            time(e, "/at"),
+            s(e, "/message")
+        );
+    }
     for (what, errs) in [("manifest", &manifest_errors), ("plugin", &plugin_errors)] {
         if !errs.is_empty() {
             println!();

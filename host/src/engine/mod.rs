@@ -17,6 +17,7 @@
 //! leaves `running` become `interrupted` on the next start. See `timer.rs` for how runs recorded
 //! ahead are withdrawn when their job is paused, changed or deleted, or cnp stops first.
 
+mod backup;
 mod budget;
 mod cooldown;
 mod hooks;
@@ -38,6 +39,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 
+pub use backup::{
+    backup_target, file_stamp, periodic_backups, periodic_name, BackupFailure, BackupSettings,
+    BackupStatus, LastBackup, PeriodicBackups, BACKUP_RETRY,
+};
 pub use budget::{BudgetStatus, Exceeded, Scope, ScopeStatus, WindowStatus};
 pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
@@ -77,6 +82,8 @@ pub struct EngineSettings {
     pub worktree_dir: std::path::PathBuf,
     /// `[budget]`: the global spending caps (an operator may override them at run time).
     pub budget: crate::model::Budget,
+    /// `[database] backup`: periodic backups (`None`: off).
+    pub backup: Option<BackupSettings>,
 }
 
 impl EngineSettings {
@@ -99,6 +106,11 @@ impl EngineSettings {
             session_timeout: c.executor.session_timeout,
             worktree_dir: c.worktree_dir(),
             budget: c.budget.clone(),
+            backup: c.database.backup.as_ref().map(|b| BackupSettings {
+                every: b.every,
+                keep: b.keep,
+                directory: c.backup_dir().unwrap_or_else(|| "backups".into()),
+            }),
         }
     }
 }
@@ -204,6 +216,8 @@ struct Shared {
     budget_changed: Notify,
     /// The jobs with a `depends_on`, and who is downstream of whom.
     graph: Mutex<crate::workflow::Graph>,
+    /// The last backup, the next periodic one, the last failure.
+    backup: Mutex<BackupStatus>,
 }
 
 /// The engine; cheap to clone.
@@ -263,6 +277,7 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (fires_tx, fires_rx) = mpsc::unbounded_channel();
+        let initial_backup = backup::initial_status(settings.backup.as_ref());
         let shared = Arc::new(Shared {
             semaphore: Arc::new(Semaphore::new(settings.max_concurrent_jobs)),
             store,
@@ -285,6 +300,7 @@ impl Engine {
             cooldown_changed: Notify::new(),
             budget_changed: Notify::new(),
             graph: Mutex::new(Default::default()),
+            backup: Mutex::new(initial_backup),
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -295,6 +311,7 @@ impl Engine {
         s.tasks.spawn(run::run_housekeeping(engine.clone()));
         s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
         s.tasks.spawn(budget::run_budget(engine.clone()));
+        s.tasks.spawn(backup::run_backups(engine.clone()));
         Ok(engine)
     }
 

@@ -8,6 +8,7 @@
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod api;
+mod backup;
 mod cooldown;
 mod costs;
 mod dashboard;
@@ -29,6 +30,10 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
+pub use backup::{
+    backup_database, check_database, database_in_use, restore_database, BackupReport, CheckReport,
+    RestoreReport,
+};
 pub use cooldown::CollapsedSlots;
 pub use costs::{
     local_day_start, CostByDay, CostByJob, CostEntry, CostError, CostJobRef, CostQuery, CostReport,
@@ -49,6 +54,15 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot open database {path}: {message}")]
     Open { path: PathBuf, message: String },
+    /// The file is not a whole SQLite database: garbage, truncated, or failing SQLite's checks.
+    #[error("the database {path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    /// Another process has the database open (a restore needs it stopped).
+    #[error("the database {path} is in use by {} (is `cnp serve` running?)", if *pid == 0 { "another process".to_owned() } else { format!("process {pid}") })]
+    InUse { path: PathBuf, pid: u32 },
+    /// A file operation of a backup or restore failed.
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
     #[error("database schema: {0}")]
     Schema(String),
     #[error("{0}")]
@@ -59,6 +73,17 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the database writer has stopped")]
     WriterGone,
+}
+
+impl StoreError {
+    /// Whether the error says the database file is damaged (at open, or an SQLite error later).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Damaged { .. } => true,
+            StoreError::Sqlite(e) => backup::is_damage(e),
+            _ => false,
+        }
+    }
 }
 
 /// A queued write: runs in the writer's transaction, says whether it succeeded (so a failure can
@@ -83,6 +108,8 @@ struct Inner {
     read_slots: tokio::sync::Semaphore,
     /// How writes have gone (a full or failing disk shows here).
     health: Arc<WriteHealth>,
+    /// One backup at a time ([`Store::backup`]).
+    backup_lock: tokio::sync::Mutex<()>,
 }
 
 /// How the database's writes have gone: storage failures (a full disk, an I/O error, a file
@@ -179,15 +206,24 @@ impl Store {
                 message: format!("cannot create {}: {e}", parent.display()),
             })?;
         }
-        let open_err = |e: rusqlite::Error| StoreError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        };
-        let mut conn = Connection::open(path).map_err(open_err)?;
+        // A damaged file is refused before SQLite writes anything to it, and a file that is
+        // there is never replaced by a new one (no SQLITE_OPEN_CREATE then).
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if backup::preflight(path)? == backup::Found::Missing {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let open_err = |e: rusqlite::Error| backup::classify(path, e);
+        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
+        backup::probe(&conn).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn).map_err(|e| match e {
+            StoreError::Sqlite(e) if backup::is_damage(&e) => backup::classify(path, e),
+            e => e,
+        })?;
         if inline {
             return Ok(Store {
                 inner: Arc::new(Inner {
@@ -198,6 +234,7 @@ impl Store {
                     readers: Mutex::new(Vec::new()),
                     read_slots: tokio::sync::Semaphore::new(READ_POOL),
                     health: Default::default(),
+                    backup_lock: tokio::sync::Mutex::new(()),
                 }),
             });
         }
@@ -219,6 +256,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 read_slots: tokio::sync::Semaphore::new(READ_POOL),
                 health: Default::default(),
+                backup_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
