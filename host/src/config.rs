@@ -179,6 +179,8 @@ pub struct NotificationsConfig {
     /// A spending cap was reached (`budget_exceeded`): to the job's channels for a job's
     /// budget, to the default channels for `[budget]`.
     pub on_budget: bool,
+    /// Database writes fail for want of storage (`storage_failing`), to the default channels.
+    pub on_storage_failure: bool,
     /// Base URL of API links in messages; default `http://<api.bind>`.
     pub api_url: Option<String>,
     /// Deliveries waiting at once; beyond it new ones are dropped (and recorded so).
@@ -420,6 +422,7 @@ impl Default for NotificationsConfig {
             on_cooldown: true,
             on_plugin_failure: true,
             on_budget: true,
+            on_storage_failure: true,
             api_url: None,
             queue_capacity: 1024,
             channels: Default::default(),

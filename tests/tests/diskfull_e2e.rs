@@ -1,7 +1,8 @@
 //! A full disk under the database: the real `cnp serve` with its database on a small tmpfs that
 //! is then filled up. Writes fail: the health endpoint says `degraded` (503) and why, the metric
 //! `cnp_database_writes_failing` is 1, an API write answers 503 `storage_unavailable` having
-//! changed nothing, no run is recorded started that was not, and no run is left `running`.
+//! changed nothing, a `storage_failing` notification reaches a webhook once, no run is recorded
+//! started that was not, and no run is left `running`.
 //! When space returns, cnp recovers by itself: health is `ok` again, the runs that waited start
 //! and end, and new runs work. (Needs root for `mount -t tmpfs`, as the suite runs in CI.)
 
@@ -71,6 +72,7 @@ fn get(base: &str, token: &str, path: &str) -> (u16, String) {
 #[test]
 fn a_full_disk_degrades_health_loses_nothing_and_recovers_by_itself() {
     let env = Env::new(ConfigOpts::default());
+    let hook = HttpReceiver::start(200);
     let fs = Tmpfs::mount(&env.root().join("dbfs"), "6m");
     let db = fs.0.join("cnp.db");
     let config = std::fs::read_to_string(&env.config).unwrap().replace(
@@ -78,6 +80,11 @@ fn a_full_disk_degrades_health_loses_nothing_and_recovers_by_itself() {
         &format!("path = \"{}\"", db.display()),
     );
     assert!(config.contains(&db.display().to_string()));
+    let config = format!(
+        "{config}\n[notifications]\ndefault_channels = [\"hook\"]\non_failure = false\n\n\
+         [notifications.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/hook")
+    );
     std::fs::write(&env.config, config).unwrap();
     env.manifest(
         "chatty.yaml",
@@ -123,6 +130,13 @@ fn a_full_disk_degrades_health_loses_nothing_and_recovers_by_itself() {
         "{}",
         cnp.log()
     );
+    // And the people who run it are told, once (the delivery itself cannot be recorded).
+    cnp.wait_for("storage_failing at the webhook", || {
+        hook.requests()
+            .iter()
+            .any(|r| r.body_text().contains("storage_failing"))
+            .then_some(())
+    });
     cnp.assert_running();
 
     // Space returns: cnp recovers by itself.
@@ -154,6 +168,12 @@ fn a_full_disk_degrades_health_loses_nothing_and_recovers_by_itself() {
     for e in &runs {
         assert_eq!(e["status"], "completed", "{e}");
     }
+    let told = hook
+        .requests()
+        .iter()
+        .filter(|r| r.body_text().contains("storage_failing"))
+        .count();
+    assert_eq!(told, 1, "told once per episode");
     eprintln!(
         "disk full: {} API writes refused with 503, {} runs recorded, all completed after space returned",
         refused,

@@ -1072,12 +1072,23 @@ pub(super) async fn run_housekeeping(engine: Engine) {
     let s = &engine.shared;
     let mut heartbeat = tokio::time::interval(s.settings.health_check_interval);
     let mut cleanup = tokio::time::interval(Duration::from_secs(3600));
+    let mut storage_told: Option<DateTime<Utc>> = None;
     loop {
         tokio::select! {
             biased;
             _ = s.stop.cancelled() => break,
             _ = heartbeat.tick() => {
                 s.store.set_state_detached("heartbeat", s.clock.now().to_rfc3339());
+                // Writes failing for want of storage: told once per episode.
+                let w = s.store.write_status();
+                match (w.failing, w.since) {
+                    (true, Some(since)) if storage_told != Some(since) => {
+                        storage_told = Some(since);
+                        engine.notifications().storage_failing(since, w.last_error.as_deref().unwrap_or_default());
+                    }
+                    (false, _) => storage_told = None,
+                    _ => {}
+                }
             }
             _ = cleanup.tick() => {
                 let cutoff = s.settings.retention_days.map(|d| s.clock.now() - chrono::Duration::days(d.into()));

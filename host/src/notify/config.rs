@@ -179,6 +179,7 @@ pub struct NotifySettings {
     pub on_cooldown: bool,
     pub on_plugin_failure: bool,
     pub on_budget: bool,
+    pub on_storage_failure: bool,
     /// Base of API links in messages (`http://127.0.0.1:8377`), if any.
     pub api_url: Option<String>,
     pub queue_capacity: usize,
@@ -255,6 +256,7 @@ impl NotifySettings {
             on_cooldown: c.on_cooldown,
             on_plugin_failure: c.on_plugin_failure,
             on_budget: c.on_budget,
+            on_storage_failure: c.on_storage_failure,
             api_url: c
                 .api_url
                 .clone()

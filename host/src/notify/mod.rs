@@ -67,6 +67,8 @@ pub enum EventKind {
     /// A job's or the global spending cap was reached: runs are held until the window rolls
     /// or the cap is raised.
     BudgetExceeded,
+    /// Database writes fail for want of storage (a full or failing disk): runs wait.
+    StorageFailing,
 }
 
 impl EventKind {
@@ -82,7 +84,7 @@ impl EventKind {
             EventKind::CooldownEntered => P::CooldownEntered,
             EventKind::CooldownEnded => P::CooldownEnded,
             EventKind::PluginFailure => P::PluginFailure,
-            EventKind::BudgetExceeded => return None,
+            EventKind::BudgetExceeded | EventKind::StorageFailing => return None,
         })
     }
 }
@@ -137,6 +139,7 @@ pub fn event_names(kind: EventKind) -> &'static [&'static str] {
         EventKind::CooldownEnded => &["cooldown_ended"],
         EventKind::PluginFailure => &["plugin_failure"],
         EventKind::BudgetExceeded => &["budget_exceeded", "budget"],
+        EventKind::StorageFailing => &["storage_failing", "storage"],
     }
 }
 
@@ -164,7 +167,8 @@ fn is_failure(n: &Notification) -> bool {
         | EventKind::RetryScheduled
         | EventKind::PluginFailure
         | EventKind::CooldownEntered
-        | EventKind::BudgetExceeded => true,
+        | EventKind::BudgetExceeded
+        | EventKind::StorageFailing => true,
         EventKind::RunCompleted => n
             .execution
             .as_ref()
@@ -354,6 +358,21 @@ impl NotificationService {
         self.notify(n);
     }
 
+    /// Database writes fail for want of storage (`since`, the latest `error`).
+    pub fn storage_failing(&self, since: DateTime<Utc>, error: &str) {
+        let mut n = Notification::global(
+            EventKind::StorageFailing,
+            format!(
+                "database writes are failing since {} (disk full?): runs wait until they succeed ({error})",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            self.inner.clock.now(),
+        );
+        n.details.insert("error".into(), json!(error));
+        n.details.insert("since".into(), json!(since.to_rfc3339()));
+        self.notify(n);
+    }
+
     /// Plugin `plugin` failed (trapped, timed out, errored).
     pub fn plugin_failure(&self, plugin: &str, message: &str) {
         let mut n = Notification::global(
@@ -426,6 +445,7 @@ impl NotificationService {
             EventKind::CooldownEntered | EventKind::CooldownEnded => s.on_cooldown,
             EventKind::PluginFailure => s.on_plugin_failure,
             EventKind::BudgetExceeded => s.on_budget,
+            EventKind::StorageFailing => s.on_storage_failure,
         };
         if !wanted {
             return None;
@@ -851,6 +871,7 @@ fn context(n: &Notification, event: &str, api_url: Option<&str>) -> Value {
         (EventKind::CooldownEnded, _) => "resumed",
         (EventKind::PluginFailure, _) => "plugin_failure",
         (EventKind::BudgetExceeded, _) => "budget_held",
+        (EventKind::StorageFailing, _) => "storage_failing",
     };
     let exec_id = n.execution_id.clone().or(e.map(|e| e.execution_id.clone()));
     let links = match &exec_id {
