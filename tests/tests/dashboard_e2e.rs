@@ -622,6 +622,27 @@ async fn a_job_over_its_budget_is_shown_held_with_the_reason() {
             let banner = text_of(&c, "#budget-held").await.expect("the held banner");
             assert!(banner.contains("1 run(s) held"), "{banner}");
             assert!(banner.contains("$0.60 spent in the last 24 h"), "{banner}");
+            // Raising the cap in the job's form lets the held run go.
+            c.goto(&format!("{base}/ui/jobs/{id}/edit")).await.unwrap();
+            let daily = c.find(Locator::Id("f-daily")).await.unwrap();
+            assert_eq!(daily.prop("value").await.unwrap().as_deref(), Some("1.0"));
+            daily.clear().await.unwrap();
+            daily.send_keys("5").await.unwrap();
+            c.find(Locator::Css("#job-form button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            eventually("the held run released and done", || async {
+                let v = api(&base, &token, reqwest::Method::GET, "/api/budget", None).await;
+                let s = &v["jobs"][0];
+                (s["budget"]["daily_usd"] == json!(5.0)
+                    && s["held_runs"] == json!(0)
+                    && s["windows"][0]["spent_usd"].as_f64() == Some(1.2))
+                .then_some(())
+            })
+            .await;
         })
         .await;
 }

@@ -143,6 +143,19 @@ fn values_of_spec(spec: &JobSpec) -> Value {
     );
     m.insert("notifications.channels", Value::from_serialize(&channels));
     m.insert("paused", Value::from(spec.paused));
+    let budget = spec.budget.as_ref();
+    m.insert(
+        "budget.daily_usd",
+        Value::from(budget.and_then(|b| b.daily_usd)),
+    );
+    m.insert(
+        "budget.monthly_usd",
+        Value::from(budget.and_then(|b| b.monthly_usd)),
+    );
+    m.insert(
+        "budget.hard_stop",
+        Value::from(budget.is_some_and(|b| b.hard_stop)),
+    );
     m.insert(
         "depends_on",
         Value::from(if spec.depends_on.is_empty() {
@@ -175,6 +188,8 @@ fn values_of_form(form: &FormData) -> Value {
         "retry.max_attempts",
         "retry.strategy",
         "retry.delay",
+        "budget.daily_usd",
+        "budget.monthly_usd",
         "depends_on",
     ];
     let mut map: std::collections::BTreeMap<String, Value> = keys
@@ -185,6 +200,7 @@ fn values_of_form(form: &FormData) -> Value {
         "notifications.on_success",
         "notifications.on_failure",
         "paused",
+        "budget.hard_stop",
     ] {
         map.insert(k.to_owned(), Value::from(form.checked(k)));
     }
@@ -393,6 +409,24 @@ fn spec_of_form(form: &FormData, mut spec: JobSpec) -> Result<JobSpec, FieldErro
     n.channels.extend(channels);
     spec.notifications = Some(n);
     spec.paused = form.checked("paused");
+    // The budget: caps in USD; both empty is none.
+    let cap = |field: &str| -> Result<Option<f64>, _> {
+        match form.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x >= 0.0)
+                .map(Some)
+                .ok_or_else(|| bad(field, format!("`{v}`: a number of USD ≥ 0"))),
+        }
+    };
+    let (daily, monthly) = (cap("budget.daily_usd")?, cap("budget.monthly_usd")?);
+    spec.budget = (daily.is_some() || monthly.is_some()).then(|| crate::model::Budget {
+        daily_usd: daily,
+        monthly_usd: monthly,
+        hard_stop: form.checked("budget.hard_stop"),
+    });
     // `depends_on` as YAML (or JSON): the same shapes as in a manifest; blank is none.
     let deps = form.raw("depends_on");
     spec.depends_on = if deps.trim().is_empty() {
