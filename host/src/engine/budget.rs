@@ -690,6 +690,11 @@ async fn release(engine: &Engine) {
     let (requeued, groups) = {
         let mut st = s.state.lock().unwrap();
         let st = &mut *st;
+        if st.budgets.deferred.is_empty() {
+            // Nothing held: nothing to put back.
+            s.dispatch.notify_one();
+            return;
+        }
         let held: Vec<(String, String)> = st
             .budgets
             .deferred
@@ -721,7 +726,10 @@ async fn release(engine: &Engine) {
             grace,
             "a spending cap (budget)",
         );
-        for r in others.into_iter().chain(freed) {
+        // Back in their order: most urgent first, then as they arrived.
+        let mut all: Vec<_> = others.into_iter().chain(freed).collect();
+        all.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
+        for r in all {
             st.queue.push(r);
         }
         (requeued, groups)
