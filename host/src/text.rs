@@ -1,5 +1,26 @@
-//! Short human text shared by the CLI and the dashboard: durations, first lines, and the
-//! Claude CLI's `stream-json` lines as readable log lines.
+//! Short human text shared by the CLI and the dashboard: durations, dollars, first lines, and
+//! the Claude CLI's `stream-json` lines as readable log lines.
+
+/// Dollars as people read them: `$0`, `$0.0042`, `$12.40`.
+pub fn usd(x: f64) -> String {
+    if x == 0.0 {
+        "$0".into()
+    } else if x.abs() < 0.01 {
+        format!("${x:.4}")
+    } else {
+        format!("${x:.2}")
+    }
+}
+
+/// Dollars and cents, or four decimals when cents would hide the amount: `$1.00`, `$0.0143`,
+/// `$1.2345` (budget caps and spending, where the exact amount matters).
+pub fn usd_exact(x: f64) -> String {
+    if ((x * 100.0) - (x * 100.0).round()).abs() < 1e-9 {
+        format!("${x:.2}")
+    } else {
+        format!("${x:.4}")
+    }
+}
 
 /// `850ms`, `12.3s`, `4m 05s`, `2h 03m`, `3d 04h`.
 pub fn duration_ms(ms: u64) -> String {

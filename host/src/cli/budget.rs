@@ -61,13 +61,9 @@ pub async fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Dollars and cents, or four decimals when cents would hide the amount.
 fn usd(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_f64) {
-        Some(x) if (x * 100.0 - (x * 100.0).round()).abs() < 1e-9 => format!("${x:.2}"),
-        Some(x) => format!("${x:.4}"),
-        None => "-".into(),
-    }
+    v.and_then(Value::as_f64)
+        .map_or_else(|| "-".into(), crate::text::usd_exact)
 }
 
 /// The status as a table, one row per scope and window, then what holds runs.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::client::Client;
 use super::output::{self, Format};
 use crate::store::CostReport;
+use crate::text::usd;
 
 #[derive(Debug, clap::Args)]
 pub struct CostArgs {
@@ -70,17 +71,6 @@ pub async fn run(client: &Client, args: CostArgs) -> anyhow::Result<ExitCode> {
         println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Dollars as people read them: `$0`, `$0.0042`, `$12.40`.
-fn usd(x: f64) -> String {
-    if x == 0.0 {
-        "$0".into()
-    } else if x.abs() < 0.01 {
-        format!("${x:.4}")
-    } else {
-        format!("${x:.2}")
-    }
 }
 
 fn runs(n: u64) -> String {

@@ -48,13 +48,8 @@ fn usd(micros: i64) -> f64 {
     micros as f64 / 1e6
 }
 
-/// Dollars and cents, or four decimals when cents would hide the amount ($0.0143).
 fn money(micros: i64) -> String {
-    if micros % 10_000 == 0 {
-        format!("${:.2}", usd(micros))
-    } else {
-        format!("${:.4}", usd(micros))
-    }
+    crate::text::usd_exact(usd(micros))
 }
 
 fn ms_time(ms: i64) -> DateTime<Utc> {

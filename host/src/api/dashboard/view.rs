@@ -59,15 +59,7 @@ pub fn budget_scope(sc: &crate::engine::ScopeStatus) -> minijinja::Value {
     }
 }
 
-pub fn usd(x: f64) -> String {
-    if x == 0.0 {
-        "$0".into()
-    } else if x < 0.01 {
-        format!("${x:.4}")
-    } else {
-        format!("${x:.2}")
-    }
-}
+pub use crate::text::usd;
 
 /// A status as a page shows it: a word, a mark that does not rely on colour, a CSS class.
 pub fn exec_status(s: ExecutionStatus) -> Value {
