@@ -183,10 +183,12 @@ pub(super) struct Block {
 }
 
 impl Block {
-    fn reason(&self, job_name: &str) -> String {
+    /// Why the run is held. A job's scope is named by its id (the dispatcher knows no names):
+    /// [`with_job_name`] puts the name in.
+    fn reason(&self) -> String {
         let scope = match &self.scope {
             Scope::Global => format!("the global {} budget ([budget])", self.window),
-            Scope::Job(_) => format!("job {job_name}'s {} budget", self.window),
+            Scope::Job(id) => format!("job {id}'s {} budget", self.window),
         };
         let span = if self.window == "daily" {
             "24 h"
@@ -214,6 +216,11 @@ impl Block {
         }
         s
     }
+}
+
+/// A [`Block::reason`] with the job's name in place of its id.
+fn with_job_name(reason: &str, id: &str, name: &str) -> String {
+    reason.replacen(&format!("job {id}'s"), &format!("job {name}'s"), 1)
 }
 
 /// A scope over its cap: notified once, held until `until`.
@@ -514,8 +521,7 @@ pub(super) fn admit(
     let Some(block) = budgets.check(&run.job_id, now) else {
         return true;
     };
-    // Named by id here (the dispatcher knows no names); [`record_held`] puts the name in.
-    let reason = block.reason(&run.job_id);
+    let reason = block.reason();
     if let Some(e) = budgets.note_exceeded(&block, &reason, now) {
         let job = match &e.scope {
             Scope::Job(j) => Some(j.clone()),
@@ -541,7 +547,7 @@ pub(super) async fn record_held(engine: Engine, held: Held) {
     for (id, job, reason) in &held.runs {
         // Job names for the messages (the dispatcher only knows ids).
         let name = engine.job_name(job).await;
-        let reason = reason.replacen(&format!("job {job}'s"), &format!("job {name}'s"), 1);
+        let reason = with_job_name(reason, job, &name);
         s.store
             .defer_queued_detached(vec![id.clone()], reason.clone());
         tracing::info!(execution = %id, job = %name, "{reason}");
@@ -559,10 +565,7 @@ pub(super) async fn record_held(engine: Engine, held: Held) {
             None => None,
         };
         let reason = match &job {
-            Some(j) => {
-                e.reason
-                    .replacen(&format!("job {}'s", j.id), &format!("job {}'s", j.name), 1)
-            }
+            Some(j) => with_job_name(&e.reason, &j.id, &j.name),
             None => e.reason.clone(),
         };
         notify_exceeded(engine, &e, job.as_ref(), &reason);
@@ -955,7 +958,7 @@ impl Engine {
             let id = j.job_id.clone().unwrap_or_default();
             let name = self.job_name(&id).await;
             if let Some(r) = &mut j.reason {
-                *r = r.replacen(&format!("job {id}'s"), &format!("job {name}'s"), 1);
+                *r = with_job_name(r, &id, &name);
             }
             j.job_name = Some(name);
             named.push(j);
