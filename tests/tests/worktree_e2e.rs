@@ -23,9 +23,8 @@ fn git(dir: &Path, args: &[&str]) {
     );
 }
 
-#[test]
-fn each_run_works_in_its_own_worktree_removed_or_kept_by_outcome() {
-    let env = Env::new(ConfigOpts::default());
+/// A git repository with one commit on `main`, in the test's folder.
+fn repo(env: &Env) -> std::path::PathBuf {
     let repo = env.root().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     git(&repo, &["init", "--quiet", "--initial-branch=main"]);
@@ -44,6 +43,13 @@ fn each_run_works_in_its_own_worktree_removed_or_kept_by_outcome() {
             "first",
         ],
     );
+    repo
+}
+
+#[test]
+fn each_run_works_in_its_own_worktree_removed_or_kept_by_outcome() {
+    let env = Env::new(ConfigOpts::default());
+    let repo = repo(&env);
     env.manifest(
         "wt.yaml",
         &format!(
@@ -131,24 +137,7 @@ fn each_run_works_in_its_own_worktree_removed_or_kept_by_outcome() {
 #[test]
 fn a_job_continuing_its_session_resumes_it_in_a_fresh_worktree() {
     let env = Env::new(ConfigOpts::default());
-    let repo = env.root().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
-    std::fs::write(repo.join("README.md"), "hello\n").unwrap();
-    git(&repo, &["add", "."]);
-    git(
-        &repo,
-        &[
-            "-c",
-            "user.email=c@e",
-            "-c",
-            "user.name=c",
-            "commit",
-            "--quiet",
-            "-m",
-            "first",
-        ],
-    );
+    let repo = repo(&env);
     env.manifest(
         "pair.yaml",
         &format!(
