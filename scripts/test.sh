@@ -24,7 +24,9 @@ missing=()
 command -v faketime >/dev/null || missing+=(faketime)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
-echo "==> test tools: faketime, chromium, chromium-driver${missing:+ (installing ${missing[*]})}"
+# postgresql: the store and cluster tests start a private server (tests/src/pg.rs).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+echo "==> test tools: faketime, chromium, chromium-driver, postgresql${missing:+ (installing ${missing[*]})}"
 if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -39,6 +41,13 @@ trap 'rm -f "$log" "$shifted_log"' EXIT
 status=0
 # pipefail: cargo's own exit status decides
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# The same store, engine and notification tests on PostgreSQL: each test binary starts a private
+# server (initdb + postgres on a free port, as a non-root user), one database per test.
+echo "==> running the store and engine tests again on PostgreSQL ($(elapsed))"
+CNP_TEST_BACKEND=postgres cargo test -p cnp-host --locked --no-fail-fast \
+    --test store --test engine --test cooldown --test budget --test workflows --test sessions \
+    --test notify --test worktree \
+    -- --test-threads="${CNP_TEST_THREADS:-4}" 2>&1 | tee -a "$log" || status=$?
 # No date may break the suite: the whole workspace again, with the test binaries (and so cnp and
 # the fake CLI they start) on a system clock shifted by libfaketime. Monotonic time stays real
 # (timeouts and tokio timers are unaffected); cargo itself runs on the real clock.

@@ -195,6 +195,12 @@ pub struct NotificationsConfig {
 pub struct DatabaseConfig {
     /// The SQLite file. Default: `<data dir>/cnp/cnp.db` (`~/.local/share/cnp/cnp.db` on Linux).
     pub path: Option<PathBuf>,
+    /// A PostgreSQL database instead of the SQLite file (`postgresql://user:pw@host:5432/db`,
+    /// `?sslmode=disable|prefer|require`; `${VAR}` is taken from the environment). Several cnp
+    /// instances on one database form a cluster (docs/cluster.md).
+    pub url: Option<String>,
+    /// PostgreSQL read connections per instance (the writer has one more).
+    pub pool_size: u32,
     /// Delete executions older than `job_engine.cleanup_retention_days`.
     pub cleanup_old_executions: bool,
     /// Keep at most this many finished executions per job (0 = no limit).
@@ -434,6 +440,8 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             path: None,
+            url: None,
+            pool_size: 4,
             cleanup_old_executions: true,
             max_execution_history: 1000,
             backup: None,
@@ -541,6 +549,31 @@ impl Config {
             return Err(invalid(
                 "job_engine.cleanup_retention_days",
                 "must be at least 1 (or set database.cleanup_old_executions = false)".into(),
+            ));
+        }
+        if let Some(url) = &self.database.url {
+            if self.database.path.is_some() {
+                return Err(invalid(
+                    "database.url",
+                    "set either database.path (SQLite) or database.url (PostgreSQL), not both"
+                        .into(),
+                ));
+            }
+            if self.database.backup.is_some() {
+                return Err(invalid(
+                    "database.backup",
+                    "backups are of the SQLite file; back a PostgreSQL database up with pg_dump \
+                     or the server's own backups"
+                        .into(),
+                ));
+            }
+            self.postgres_options()
+                .map_err(|e| invalid("database.url", e.replace(&format!("`{url}`"), "")))?;
+        }
+        if self.database.pool_size == 0 || self.database.pool_size > 64 {
+            return Err(invalid(
+                "database.pool_size",
+                "must be between 1 and 64".into(),
             ));
         }
         if let Some(b) = &self.database.backup {
@@ -695,6 +728,18 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(default_data_dir_file)
+    }
+
+    /// The PostgreSQL settings when `[database] url` is set (`${VAR}`s expanded).
+    pub fn postgres_options(&self) -> Result<Option<crate::store::PgOptions>, String> {
+        let Some(url) = &self.database.url else {
+            return Ok(None);
+        };
+        let url = crate::notify::config::expand_env(url, &|n| std::env::var(n).ok())?;
+        let mut o = crate::store::PgOptions::new(url);
+        o.pool_size = self.database.pool_size as usize;
+        o.config()?;
+        Ok(Some(o))
     }
 
     /// Where periodic backups go: `[database] backup.directory`, else `backups/` beside the

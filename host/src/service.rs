@@ -58,15 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
     }
-    let db_path = config.database_path();
-    let store = match Store::open(&db_path) {
-        Ok(s) => s,
-        Err(e) if e.is_damage() => anyhow::bail!(damaged_database(&db_path, &e, true)),
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(format!("opening {}", db_path.display())))
-        }
-    };
-    tracing::info!(database = %db_path.display(), "database open");
+    let store = open_store(&config)?;
 
     let settings = executor_settings(&config);
     check_cli(&settings.command);
@@ -88,7 +80,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     .await
     .map_err(|e| match e {
         EngineError::Store(e) if e.is_damage() => {
-            anyhow::anyhow!(damaged_database(&db_path, &e, false))
+            anyhow::anyhow!(damaged_database(store.path(), &e, false))
         }
         e => anyhow::Error::new(e).context("starting the engine"),
     })?;
@@ -145,6 +137,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The configured database: PostgreSQL when `[database] url` is set, else the SQLite file.
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if let Some(options) = config.postgres_options().map_err(anyhow::Error::msg)? {
+        let store = Store::connect(&options).map_err(|e| {
+            anyhow::Error::new(e).context(format!("connecting to {}", options.display_url()))
+        })?;
+        tracing::info!(database = %options.display_url(), "PostgreSQL database open");
+        return Ok(store);
+    }
+    let db_path = config.database_path();
+    let store = match Store::open(&db_path) {
+        Ok(s) => s,
+        Err(e) if e.is_damage() => anyhow::bail!(damaged_database(&db_path, &e, true)),
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("opening {}", db_path.display())))
+        }
+    };
+    tracing::info!(database = %db_path.display(), "database open");
+    Ok(store)
 }
 
 /// What `cnp serve` says when the database is damaged: what is wrong, what cnp did not do, and

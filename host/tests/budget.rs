@@ -3,6 +3,8 @@
 //! lifts when the window rolls or the cap is raised, the global cap holds every job, `hard_stop`
 //! stops the runs going, and holds survive a restart without a second notification.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,7 +65,7 @@ struct Harness {
 }
 
 async fn start_in(dir: tempfile::TempDir, clock: Clock, global: Budget) -> Harness {
-    let store = Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.path().join("cnp.db"));
     // A log channel: deliveries are recorded in the store like any other.
     let cfg: cnp::config::NotificationsConfig = serde_json::from_value(json!({
         "default_channels": ["ops"],

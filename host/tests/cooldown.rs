@@ -3,6 +3,8 @@
 //! → periodic check → resume; runs due during a cooldown deferred, then run in priority order),
 //! the misfire policy after a long cooldown, and a cooldown surviving a restart.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,7 +106,7 @@ async fn start(
     runs: Vec<Outcome>,
     probes: Vec<Outcome>,
 ) -> H {
-    let store = Store::open_inline(&dir.join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.join("cnp.db"));
     let clock = Clock::tokio_from(now);
     let calls = Arc::new(Mutex::new(Vec::new()));
     let runner = Arc::new(Script {

@@ -2,6 +2,8 @@
 //! priorities, concurrency, overlap, cancel, statistics, shutdown. (The real CLI path is covered
 //! by the executor and end-to-end tests.)
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -100,7 +102,7 @@ async fn harness_in(
     duration: Duration,
     clock: Clock,
 ) -> Harness {
-    let store = Store::open_inline(&dir.join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.join("cnp.db"));
     let calls = Calls::default();
     let runner = Arc::new(TestRunner {
         clock: clock.clone(),
@@ -593,7 +595,7 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
 
     // Down for ten minutes: slots at +2m … +11m (10 of them) were missed.
     let restart_at = start_time() + chrono::Duration::seconds(11 * 60 + 30);
-    let store = Store::open_inline(&path.join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&path.join("cnp.db"));
     let calls = Calls::default();
     let clock = Clock::tokio_from(restart_at);
     let runner = Arc::new(TestRunner {
@@ -677,12 +679,12 @@ async fn restart_catches_up_per_misfire_policy_without_doubling() {
     engine.shutdown(Duration::from_secs(1)).await;
     let dup: i64 = store
         .read_blocking(|c| {
-            Ok(c.query_row(
+            c.query_one(
                 "SELECT COUNT(*) FROM (SELECT job_id, slot FROM executions WHERE slot IS NOT NULL
-                 GROUP BY job_id, slot, retry_count HAVING COUNT(*) > 1)",
-                [],
+                 GROUP BY job_id, slot, retry_count HAVING COUNT(*) > 1) AS dup",
+                (),
                 |r| r.get(0),
-            )?)
+            )
         })
         .unwrap();
     assert_eq!(dup, 0);
@@ -783,6 +785,10 @@ async fn definition_decides_status_but_a_runtime_pause_survives() {
 
 /// Copies the database files as they are now: what a crash at this instant would leave.
 fn crash_snapshot(from: &std::path::Path, to: &std::path::Path) {
+    if common::on_postgres() {
+        common::crash_copy(&from.join("cnp.db"), &to.join("cnp.db"));
+        return;
+    }
     for suffix in ["", "-wal", "-shm"] {
         let src = from.join(format!("cnp.db{suffix}"));
         if src.exists() {

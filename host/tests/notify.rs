@@ -2,6 +2,8 @@
 //! loopback HTTP server (success, 5xx with retries, a server that never answers), a dead SMTP
 //! server, template errors — and that none of it delays the scheduler.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,9 +70,9 @@ struct Harness {
 async fn harness(config: Value, clock: Clock, inline: bool, templates: Option<&str>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = if inline {
-        Store::open_inline(&dir.path().join("cnp.db")).unwrap()
+        common::open_store_inline(&dir.path().join("cnp.db"))
     } else {
-        Store::open(&dir.path().join("cnp.db")).unwrap()
+        common::open_store(&dir.path().join("cnp.db"))
     };
     let mut cfg: cnp::config::NotificationsConfig = serde_json::from_value(config).unwrap();
     cfg.template_directory = match templates {

@@ -5,6 +5,8 @@
 //! The components are found under `plugins/target/wasm32-wasip2/release/`; a missing one fails
 //! the test with a hint to build them (never a silent skip).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -1542,7 +1544,7 @@ async fn the_engine_defers_a_run_until_business_hours_and_then_runs_it() {
     assert_eq!(host.load_all().await, 1, "{:?}", host.load_errors());
 
     let dir = tempfile::tempdir().unwrap();
-    let store = cnp::store::Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.path().join("cnp.db"));
     let runs = Arc::new(Mutex::new(Vec::new()));
     let runner = Arc::new(CountingRunner {
         clock: clock.clone(),
@@ -1834,7 +1836,7 @@ async fn flow(plugins: &[(&str, &str)], clock: Clock) -> Flow {
         host.load_errors()
     );
     let dir = tempfile::tempdir().unwrap();
-    let store = cnp::store::Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.path().join("cnp.db"));
     let prompts = Arc::new(Mutex::new(Vec::new()));
     let runner = Arc::new(WorkflowRunner {
         clock: clock.clone(),

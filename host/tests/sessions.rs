@@ -2,6 +2,8 @@
 //! resumes the job's last session while it is younger than the timeout, starts fresh after it,
 //! and falls back to a new session once when the CLI no longer knows the old one.
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,7 +73,7 @@ impl Runner for SessionRunner {
 
 async fn start() -> (Engine, Store, Arc<Mutex<Cli>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.path().join("cnp.db"));
     let clock = Clock::tokio_from(Utc.with_ymd_and_hms(2026, 5, 4, 8, 0, 0).unwrap());
     let cli = Arc::new(Mutex::new(Cli::default()));
     let runner = Arc::new(SessionRunner {

@@ -1,6 +1,8 @@
 //! The SQLite store: migrations, the batching writer, unique slots, statistics, recovery,
 //! retention.
 
+mod common;
+
 use chrono::{Duration, TimeZone, Utc};
 use cnp::model::{
     ExecutionOptions, ExecutionStatus, Job, JobStatus, JobType, LogLine, LogStream, Outcome,
@@ -89,7 +91,7 @@ async fn claimed(store: &Store, id: impl Into<String>) -> bool {
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("sub/dir/cnp.db")).unwrap();
+    let store = common::open_store(&dir.path().join("sub/dir/cnp.db"));
     (dir, store)
 }
 
@@ -99,20 +101,39 @@ async fn migrates_and_reopens() {
     store.insert_job(job("a")).await.unwrap();
     store.close();
     drop(store);
-    let store = Store::open(&dir.path().join("sub/dir/cnp.db")).unwrap();
-    let v: u32 = store
-        .read_blocking(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
-        .unwrap();
-    assert_eq!(v, SCHEMA_VERSION);
-    let mode: String = store
-        .read_blocking(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
-        .unwrap();
-    assert_eq!(mode, "wal");
+    let store = common::open_store(&dir.path().join("sub/dir/cnp.db"));
+    if common::on_postgres() {
+        let v: u32 = store
+            .read_blocking(|c| c.query_one("SELECT version FROM cnp_schema", (), |r| r.get(0)))
+            .unwrap();
+        assert_eq!(v, cnp::store::PG_SCHEMA_VERSION);
+    } else {
+        let v: u32 = store
+            .read_blocking(|c| c.query_one("PRAGMA user_version", (), |r| r.get(0)))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let mode: String = store
+            .read_blocking(|c| c.query_one("PRAGMA journal_mode", (), |r| r.get(0)))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
     assert_eq!(store.get_job("a".into()).await.unwrap().unwrap().id, "id-a");
 }
 
 #[tokio::test]
 async fn a_newer_schema_is_refused_with_a_clear_error() {
+    if common::on_postgres() {
+        let url = cnp_tests::pg::PgServer::shared().create_database();
+        let options = cnp::store::PgOptions::new(url);
+        drop(cnp::store::Store::connect(&options).unwrap());
+        cnp_tests::pg::run_sql(&options.url, "UPDATE cnp_schema SET version = 99").unwrap();
+        let err = cnp::store::Store::connect(&options)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("99") && err.contains("newer"), "{err}");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cnp.db");
     {

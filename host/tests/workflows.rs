@@ -2,6 +2,8 @@
 //! fan-in, branches (`on`, `when`), results passed on in prompts, refused graphs, cancelled
 //! passes, and a property test over random DAGs with random outcomes.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -109,7 +111,7 @@ struct Harness {
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_inline(&dir.path().join("cnp.db")).unwrap();
+    let store = common::open_store_inline(&dir.path().join("cnp.db"));
     let clock = Clock::tokio_from(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap());
     let seen = Seen::default();
     let resumed = Resumed::default();

@@ -2,6 +2,8 @@
 //! branch from the base, the diff stat and commits read afterwards, removed or kept per `keep`,
 //! clear errors for a missing repository, a dirty base or a bad base, and stale ones pruned.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -226,7 +228,6 @@ mod through_the_engine {
     use cnp::events::EventBus;
     use cnp::executor::{BoxFuture, RunObserver, RunReport, RunRequest, Runner};
     use cnp::model::{ExecutionStatus, Outcome};
-    use cnp::store::Store;
 
     /// Hits the usage limit on its first call, succeeds after; checks it runs in a worktree.
     struct LimitedOnce {
@@ -274,7 +275,7 @@ mod through_the_engine {
     async fn a_usage_limited_run_starts_over_in_a_fresh_worktree() {
         let dir = tempfile::tempdir().unwrap();
         let repo = super::repo(dir.path());
-        let store = Store::open(&dir.path().join("cnp.db")).unwrap();
+        let store = crate::common::open_store(&dir.path().join("cnp.db"));
         let settings = EngineSettings {
             default_retry: None,
             worktree_dir: dir.path().join("worktrees"),

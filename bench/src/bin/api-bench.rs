@@ -23,6 +23,7 @@ use cnp::engine::{Engine, EngineSettings};
 use cnp::events::EventBus;
 use cnp::executor::{ClaudeRunner, Runner};
 use cnp::service::{executor_settings, SharedManifestStatus};
+use cnp::store::db::ToValue;
 use cnp::store::Store;
 use hdrhistogram::Histogram;
 
@@ -256,44 +257,46 @@ async fn fill(store: &Store, jobs: u64, executions: u64) -> anyhow::Result<()> {
     store
         .write(move |c| {
             let now = chrono::Utc::now().timestamp_millis();
-            let mut job = c.prepare(
+            let job = |p: &[&dyn ToValue]| {
+                c.execute(
                 "INSERT INTO jobs (id, name, prompt, schedule, status, priority, execution_options,
                     tags, created_at, updated_at, execution_count, success_count, failure_count,
                     total_time_ms)
                  VALUES (?1, ?2, 'Summarise the repository.', '{\"type\":\"manual\"}', 'active', 5,
                     '{}', '[\"bench\"]', ?3, ?3, 10, 9, 1, 12345)",
-            )?;
+                p,
+            )
+            };
             for i in 0..jobs {
-                job.execute(rusqlite::params![
-                    job_id(i),
-                    format!("job-{i:06}"),
-                    now - 86_400_000
-                ])?;
+                job(&[&job_id(i), &format!("job-{i:06}"), &(now - 86_400_000)])?;
             }
-            let mut exec = c.prepare(
-                "INSERT INTO executions (id, job_id, status, trigger, slot, scheduled_for,
+            let exec = |p: &[&dyn ToValue]| {
+                c.execute(
+                    "INSERT INTO executions (id, job_id, status, trigger, slot, scheduled_for,
                     queued_at, started_at, completed_at, execution_time_ms, prompt, output,
                     retry_count, outcome, exit_code)
                  VALUES (?1, ?2, ?3, 'schedule', ?4, ?4, ?4, ?4, ?5, ?6,
                     'Summarise the repository.', 'All good: 3 files changed.', 0, ?7, ?8)",
-            )?;
+                    p,
+                )
+            };
             for i in 0..executions {
                 let at = now - 86_400_000 + (i as i64) * 500;
                 let ok = i % 10 != 0;
                 let ms = 1000 + (i as i64 * 37) % 60_000;
-                exec.execute(rusqlite::params![
-                    exec_id(i),
-                    job_id(i % jobs.max(1)),
-                    if ok { "completed" } else { "failed" },
-                    at,
-                    at + ms,
-                    ms,
-                    if ok {
+                exec(&[
+                    &exec_id(i),
+                    &job_id(i % jobs.max(1)),
+                    &if ok { "completed" } else { "failed" },
+                    &at,
+                    &(at + ms),
+                    &ms,
+                    &if ok {
                         "{\"kind\":\"success\"}"
                     } else {
                         "{\"kind\":\"error\",\"message\":\"boom\"}"
                     },
-                    if ok { 0 } else { 1 },
+                    &if ok { 0 } else { 1 },
                 ])?;
             }
             Ok(())

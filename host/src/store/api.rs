@@ -1,8 +1,6 @@
 //! Read queries for the admin API: totals for paginated lists, statistics and metrics.
 
-use rusqlite::{params_from_iter, Connection};
-
-use super::{ExecutionFilter, JobFilter, Store, StoreError};
+use super::{Db, ExecutionFilter, JobFilter, Store, StoreError};
 use crate::model::{ExecutionStatus, JobStatus};
 
 /// Durations of finished runs (those with an `execution_time_ms`).
@@ -23,7 +21,7 @@ impl Store {
     /// How many jobs [`Store::list_jobs`] would return without its limit and offset.
     pub async fn count_jobs(&self, f: JobFilter) -> Result<u64, StoreError> {
         self.read(move |c| {
-            let (cond, args) = super::jobs::job_filter_sql(&f);
+            let (cond, args) = super::jobs::job_filter_sql(c.backend(), &f);
             count(
                 c,
                 &format!("SELECT COUNT(*) FROM jobs WHERE 1=1{cond}"),
@@ -67,16 +65,15 @@ impl Store {
     /// Jobs per status.
     pub async fn job_status_counts(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let s: String = r.get(0)?;
-                if let Some(s) = JobStatus::parse(&s) {
-                    out.push((s, r.get::<_, i64>(1)? as u64));
-                }
-            }
-            Ok(out)
+            let rows = c.query_map(
+                "SELECT status, COUNT(*) FROM jobs GROUP BY status",
+                (),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| JobStatus::parse(&s).map(|s| (s, n as u64)))
+                .collect())
         })
         .await
     }
@@ -84,10 +81,10 @@ impl Store {
     /// Duration statistics of finished runs, with cumulative bucket counts for `bounds_ms`.
     pub async fn duration_stats(&self, bounds_ms: Vec<u64>) -> Result<DurationStats, StoreError> {
         self.read(move |c| {
-            let (count, sum, max): (i64, Option<i64>, Option<i64>) = c.query_row(
+            let (count, sum, max): (i64, Option<i64>, Option<i64>) = c.query_one(
                 "SELECT COUNT(*), SUM(execution_time_ms), MAX(execution_time_ms) FROM executions
                  WHERE execution_time_ms IS NOT NULL",
-                [],
+                (),
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let count = count.max(0) as u64;
@@ -104,7 +101,7 @@ impl Store {
             stats.mean_ms = stats.sum_ms as f64 / count as f64;
             let nth = |q: f64| -> Result<u64, StoreError> {
                 let offset = ((count as f64 * q).ceil() as i64 - 1).clamp(0, count as i64 - 1);
-                let v: i64 = c.query_row(
+                let v: i64 = c.query_one(
                     "SELECT execution_time_ms FROM executions WHERE execution_time_ms IS NOT NULL
                      ORDER BY execution_time_ms LIMIT 1 OFFSET ?1",
                     [offset],
@@ -118,16 +115,16 @@ impl Store {
             if !bounds_ms.is_empty() {
                 let cols: Vec<String> = bounds_ms
                     .iter()
-                    .map(|b| format!("SUM(execution_time_ms <= {b})"))
+                    .map(|b| format!("SUM(CASE WHEN execution_time_ms <= {b} THEN 1 ELSE 0 END)"))
                     .collect();
                 let sql = format!(
                     "SELECT {} FROM executions WHERE execution_time_ms IS NOT NULL",
                     cols.join(", ")
                 );
-                stats.buckets = c.query_row(&sql, [], |r| {
+                stats.buckets = c.query_one(&sql, (), |r| {
                     (0..bounds_ms.len())
                         .map(|i| Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64))
-                        .collect::<rusqlite::Result<Vec<u64>>>()
+                        .collect::<Result<Vec<u64>, StoreError>>()
                 })?;
             }
             Ok(stats)
@@ -138,9 +135,9 @@ impl Store {
     /// Mean duration of finished runs, in ms (0 when none finished).
     pub async fn avg_execution_time_ms(&self) -> Result<f64, StoreError> {
         self.read(|c| {
-            let v: Option<f64> = c.query_row(
+            let v: Option<f64> = c.query_one(
                 "SELECT AVG(execution_time_ms) FROM executions WHERE execution_time_ms IS NOT NULL",
-                [],
+                (),
                 |r| r.get(0),
             )?;
             Ok(v.unwrap_or(0.0))
@@ -151,7 +148,7 @@ impl Store {
     /// A trivial query on a pooled connection: is the database answering?
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| {
-            c.query_row("SELECT COUNT(*) FROM service_state", [], |r| {
+            c.query_one("SELECT COUNT(*) FROM service_state", (), |r| {
                 r.get::<_, i64>(0)
             })?;
             Ok(())
@@ -172,9 +169,7 @@ impl Store {
     }
 }
 
-fn count(c: &Connection, sql: &str, args: &[String]) -> Result<u64, StoreError> {
-    let n: i64 = c
-        .prepare_cached(sql)?
-        .query_row(params_from_iter(args.iter()), |r| r.get(0))?;
+fn count(c: &Db, sql: &str, args: &[String]) -> Result<u64, StoreError> {
+    let n: i64 = c.query_one(sql, args.iter().collect::<Vec<&String>>(), |r| r.get(0))?;
     Ok(n.max(0) as u64)
 }

@@ -28,7 +28,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use super::{open_reader, schema::SCHEMA_VERSION, Store, StoreError};
+use super::{schema::SCHEMA_VERSION, Backend, Store, StoreError};
 
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
@@ -495,13 +495,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 impl Store {
     /// An online backup of the live database to `target` (see the module documentation): on a
     /// read-only connection of its own, off the async runtime, so the writer and the readers go
-    /// on. One backup at a time.
+    /// on. One backup at a time. SQLite only: a PostgreSQL database is backed up with `pg_dump`.
     pub async fn backup(&self, target: PathBuf, replace: bool) -> Result<BackupReport, StoreError> {
+        if self.backend() == Backend::Postgres {
+            return Err(not_sqlite());
+        }
         let _one = self.inner.backup_lock.lock().await;
-        let path = self.inner.path.clone();
+        let store = self.clone();
         let job = move || -> Result<BackupReport, StoreError> {
-            let src = open_reader(&path)?;
-            backup_into(&src, &target, replace)
+            let src = store.open_reader()?;
+            backup_into(src.sqlite().ok_or_else(not_sqlite)?, &target, replace)
         };
         if self.inner.inline.is_some() {
             return job();
@@ -510,6 +513,15 @@ impl Store {
             .await
             .map_err(|e| StoreError::Schema(format!("backup task failed: {e}")))?
     }
+}
+
+/// What a file backup of a PostgreSQL database says: the server's own tools make those.
+fn not_sqlite() -> StoreError {
+    StoreError::Schema(
+        "backups of a PostgreSQL database are made with pg_dump (and restored with pg_restore), \
+         not by cnp"
+            .into(),
+    )
 }
 
 /// A backup of the database file `db` read directly (no service needed; safe while one runs:

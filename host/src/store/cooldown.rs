@@ -2,8 +2,8 @@
 //! run that hit the limit put back, and slots a long cooldown made pile up.
 
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 
+use super::db::params;
 use super::{atomic, to_ms, Store, StoreError};
 
 impl Store {
@@ -23,12 +23,12 @@ impl Store {
             return;
         }
         self.write_detached("deferred runs", move |c| {
-            let mut stmt = c.prepare_cached(
-                "UPDATE executions SET status = 'deferred', error = ?2
-                 WHERE id = ?1 AND status = 'queued'",
-            )?;
             for id in &ids {
-                stmt.execute(params![id, reason])?;
+                c.execute(
+                    "UPDATE executions SET status = 'deferred', error = ?2
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![id, reason],
+                )?;
             }
             Ok(())
         });
@@ -41,13 +41,13 @@ impl Store {
             return Ok(0);
         }
         self.write(move |c| {
-            let mut stmt = c.prepare_cached(
-                "UPDATE executions SET status = 'queued', error = NULL
-                 WHERE id = ?1 AND status = 'deferred'",
-            )?;
             let mut n = 0;
             for id in &ids {
-                n += stmt.execute([id])?;
+                n += c.execute(
+                    "UPDATE executions SET status = 'queued', error = NULL
+                     WHERE id = ?1 AND status = 'deferred'",
+                    [id],
+                )?;
             }
             Ok(n)
         })
@@ -59,13 +59,12 @@ impl Store {
     /// Returns whether it was still running.
     pub async fn defer_limited(&self, id: String, reason: String) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE executions SET status = 'deferred', error = ?2, started_at = NULL,
-                        pid = NULL
-                     WHERE id = ?1 AND status = 'running'",
-                )?
-                .execute(params![id, reason])?;
+            let n = c.execute(
+                "UPDATE executions SET status = 'deferred', error = ?2, started_at = NULL,
+                    pid = NULL
+                 WHERE id = ?1 AND status = 'running'",
+                params![id, reason],
+            )?;
             Ok(n == 1)
         })
         .await
@@ -84,19 +83,16 @@ impl Store {
         }
         self.write(move |c| {
             atomic(c, |c| {
-                let mut del = c.prepare_cached(
-                    "DELETE FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
-                )?;
-                let mut skip = c.prepare_cached(
-                    "UPDATE executions SET status = 'skipped', error = ?2, completed_at = ?3
-                     WHERE id = ?1 AND status IN ('queued', 'deferred')",
-                )?;
+                let del =
+                    "DELETE FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')";
+                let skip = "UPDATE executions SET status = 'skipped', error = ?2, completed_at = ?3
+                     WHERE id = ?1 AND status IN ('queued', 'deferred')";
                 let mut n = 0;
                 for g in &groups {
                     for id in &g.delete {
-                        n += del.execute([id])?;
+                        n += c.execute(del, [id])?;
                     }
-                    n += skip.execute(params![g.record, g.reason, to_ms(now)])?;
+                    n += c.execute(skip, params![g.record, g.reason, to_ms(now)])?;
                 }
                 Ok(n)
             })

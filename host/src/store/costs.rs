@@ -9,11 +9,10 @@
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, SubsecRound, TimeZone, Utc};
 use chrono_tz::Tz;
-use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::db::{Backend, Db, Row, Value};
 use super::{to_ms, Store, StoreError};
 
 /// The statuses of runs that ended after running the CLI (those also need a `started_at`).
@@ -216,17 +215,17 @@ impl Store {
     /// Every job's running cost totals, by name (one row per job, no scan of executions).
     pub async fn cost_counters(&self) -> Result<Vec<JobCostCounter>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
+            c.query_map(
                 "SELECT name, cost_usd_total, uncosted_runs FROM jobs ORDER BY name",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(JobCostCounter {
-                    name: r.get(0)?,
-                    cost_usd: r.get(1)?,
-                    uncosted_runs: r.get::<_, i64>(2)?.max(0) as u64,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+                (),
+                |r| {
+                    Ok(JobCostCounter {
+                        name: r.get(0)?,
+                        cost_usd: r.get(1)?,
+                        uncosted_runs: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                },
+            )
         })
         .await
     }
@@ -268,17 +267,31 @@ fn day_buckets(w: &CostWindow, tz: Tz) -> Vec<(NaiveDate, i64, i64)> {
     out
 }
 
-fn cost_report_conn(
-    c: &Connection,
+fn cost_report_conn(c: &Db, q: &CostQuery, window: CostWindow) -> Result<CostReport, StoreError> {
+    // One snapshot for all three reads, so the totals, jobs and days agree (PostgreSQL's
+    // default isolation takes a snapshot per statement: this one keeps one for the transaction).
+    c.batch(match c.backend() {
+        Backend::Sqlite => "BEGIN",
+        Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    })?;
+    let report = cost_report_snapshot(c, q, window);
+    // Read only: nothing to keep.
+    let ended = c.batch("ROLLBACK");
+    let report = report?;
+    ended?;
+    Ok(report)
+}
+
+/// [`cost_report_conn`]'s reads, inside its transaction.
+fn cost_report_snapshot(
+    c: &Db,
     q: &CostQuery,
     window: CostWindow,
 ) -> Result<CostReport, StoreError> {
-    // One snapshot for all three reads, so the totals, jobs and days agree.
-    let tx = c.unchecked_transaction()?;
     let job = match &q.job {
         None => None,
         Some(key) => Some(
-            tx.query_row(
+            c.query_opt(
                 "SELECT id, name FROM jobs WHERE id = ?1 OR name = ?1
                  ORDER BY id = ?1 DESC LIMIT 1",
                 [key],
@@ -288,8 +301,7 @@ fn cost_report_conn(
                         name: r.get(1)?,
                     })
                 },
-            )
-            .optional()?
+            )?
             .ok_or_else(|| StoreError::NotFound {
                 what: "job",
                 id: key.clone(),
@@ -304,24 +316,19 @@ fn cost_report_conn(
     let job_id: Vec<String> = job.iter().map(|j| j.id.clone()).collect();
     let (since, until) = (to_ms(window.since), to_ms(window.until));
 
-    let mut jobs = Vec::new();
-    {
-        let mut stmt = tx.prepare(&jobs_sql(&job_cond(3)))?;
-        let mut rows = stmt.query(params_from_iter(
-            [Value::from(since), Value::from(until)]
-                .into_iter()
-                .chain(job_id.iter().cloned().map(Value::from)),
-        ))?;
-        while let Some(r) = rows.next()? {
-            jobs.push(CostByJob {
-                job_id: r.get(0)?,
-                name: r.get(1)?,
-                runs: count(r, 2)?,
-                cost_usd: r.get(3)?,
-                uncosted_runs: count(r, 4)?,
-            });
-        }
-    }
+    let params: Vec<Value<'_>> = [Value::Int(since), Value::Int(until)]
+        .into_iter()
+        .chain(job_id.iter().map(|id| Value::Text(id.as_str().into())))
+        .collect();
+    let mut jobs = c.query_map(&jobs_sql(&job_cond(3)), params, |r| {
+        Ok(CostByJob {
+            job_id: r.get(0)?,
+            name: r.get(1)?,
+            runs: count(r, 2)?,
+            cost_usd: r.get(3)?,
+            uncosted_runs: count(r, 4)?,
+        })
+    })?;
 
     let buckets = day_buckets(&window, q.tz);
     let mut daily: Vec<CostByDay> = buckets
@@ -341,18 +348,22 @@ fn cost_report_conn(
             .map(|(i, (_, s, e))| format!("({i}, {s}, {e})"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut stmt = tx.prepare(&daily_sql(&values, &job_cond(1)))?;
-        let mut rows = stmt.query(params_from_iter(job_id.iter()))?;
-        while let Some(r) = rows.next()? {
-            let i: i64 = r.get(0)?;
+        let rows = c.query_map(&daily_sql(&values, &job_cond(1)), &job_id, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                count(r, 1)?,
+                r.get::<_, f64>(2)?,
+                count(r, 3)?,
+            ))
+        })?;
+        for (i, runs, cost_usd, uncosted_runs) in rows {
             if let Some(day) = usize::try_from(i).ok().and_then(|i| daily.get_mut(i)) {
-                day.runs = count(r, 1)?;
-                day.cost_usd = r.get(2)?;
-                day.uncosted_runs = count(r, 3)?;
+                day.runs = runs;
+                day.cost_usd = cost_usd;
+                day.uncosted_runs = uncosted_runs;
             }
         }
     }
-    drop(tx);
 
     let runs = jobs.iter().map(|j| j.runs).sum();
     let uncosted_runs = jobs.iter().map(|j| j.uncosted_runs).sum();
@@ -373,15 +384,16 @@ fn cost_report_conn(
     })
 }
 
-/// Per job: id, name, runs, cost, uncosted runs over `[?1, ?2)`, top spenders first.
+/// Per job: id, name, runs, cost, uncosted runs over `[?1, ?2)`, top spenders first. (`j.name`
+/// is grouped by for PostgreSQL; it is one per `x.job_id`, the join being on `jobs`' key.)
 fn jobs_sql(job_cond: &str) -> String {
     format!(
         "SELECT x.job_id, COALESCE(j.name, x.job_id) AS name, COUNT(*),
-                TOTAL(x.cost_usd) AS cost, SUM(x.cost_usd IS NULL)
+                COALESCE(SUM(x.cost_usd), 0.0) AS cost, COUNT(*) - COUNT(x.cost_usd)
          FROM executions x LEFT JOIN jobs j ON j.id = x.job_id
          WHERE x.completed_at >= ?1 AND x.completed_at < ?2
            AND x.status IN {RAN_STATUSES} AND x.started_at IS NOT NULL{job_cond}
-         GROUP BY x.job_id ORDER BY cost DESC, name, x.job_id"
+         GROUP BY x.job_id, j.name ORDER BY cost DESC, name, x.job_id"
     )
 }
 
@@ -390,7 +402,7 @@ fn jobs_sql(job_cond: &str) -> String {
 fn daily_sql(values: &str, job_cond: &str) -> String {
     format!(
         "WITH b(i, s, e) AS (VALUES {values})
-         SELECT b.i, COUNT(*), TOTAL(x.cost_usd), SUM(x.cost_usd IS NULL)
+         SELECT b.i, COUNT(*), COALESCE(SUM(x.cost_usd), 0.0), COUNT(*) - COUNT(x.cost_usd)
          FROM b CROSS JOIN executions x
          WHERE x.completed_at >= b.s AND x.completed_at < b.e
            AND x.status IN {RAN_STATUSES} AND x.started_at IS NOT NULL{job_cond}
@@ -398,7 +410,7 @@ fn daily_sql(values: &str, job_cond: &str) -> String {
     )
 }
 
-fn count(r: &rusqlite::Row<'_>, i: usize) -> Result<u64, StoreError> {
+fn count(r: &Row<'_>, i: usize) -> Result<u64, StoreError> {
     Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
 }
 
@@ -419,15 +431,13 @@ impl Store {
                  WHERE completed_at > ?1 AND started_at IS NOT NULL AND status IN {RAN_STATUSES}
                  ORDER BY completed_at"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map([to_ms(since)], |r| {
+            c.query_map(&sql, [to_ms(since)], |r| {
                 Ok(CostEntry {
                     job_id: r.get(0)?,
                     at: super::from_ms(r.get(1)?),
                     cost_usd: r.get(2)?,
                 })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            })
         })
         .await
     }
@@ -1063,7 +1073,7 @@ mod tests {
         }
         // Back to the schema before this migration, as a database of an older cnp.
         {
-            let c = Connection::open(&path).unwrap();
+            let c = rusqlite::Connection::open(&path).unwrap();
             c.execute_batch(
                 "DROP INDEX executions_completed;
                  ALTER TABLE jobs DROP COLUMN budget;
@@ -1084,12 +1094,12 @@ mod tests {
         );
         let indexed: bool = store
             .read_blocking(|c| {
-                Ok(c.query_row(
+                c.query_one(
                     "SELECT COUNT(*) > 0 FROM sqlite_master
                      WHERE type = 'index' AND name = 'executions_completed'",
-                    [],
+                    (),
                     |r| r.get(0),
-                )?)
+                )
             })
             .unwrap();
         assert!(indexed);
@@ -1109,6 +1119,7 @@ mod tests {
         .await;
         let plans = store
             .read_blocking(|c| {
+                let c = c.sqlite().expect("an SQLite store");
                 let mut out = Vec::new();
                 for sql in [
                     jobs_sql(""),
@@ -1117,8 +1128,9 @@ mod tests {
                 ] {
                     let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                     let n = stmt.parameter_count();
-                    let args: Vec<Value> = (0..n).map(|_| Value::from(0_i64)).collect();
-                    let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, String>(3))?;
+                    let args: Vec<i64> = vec![0; n];
+                    let rows = stmt
+                        .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
                     out.push(rows.collect::<Result<Vec<_>, _>>()?.join("; "));
                 }
                 Ok(out)

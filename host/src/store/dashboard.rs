@@ -3,8 +3,8 @@
 //! per-day statistics for the charts.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
+use super::db::{params, Db};
 use super::executions::{exec_from_row, EXEC_COLUMNS};
 use super::{from_ms, to_ms, Store, StoreError};
 use crate::model::{ExecutionStatus, JobExecution};
@@ -88,7 +88,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<DashboardSession>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT csrf, created_at, expires_at FROM dashboard_sessions
                  WHERE id_hash = ?1 AND expires_at > ?2",
                 params![id_hash, to_ms(now)],
@@ -100,7 +100,6 @@ impl Store {
                     })
                 },
             )
-            .optional()?)
         })
         .await
     }
@@ -119,10 +118,10 @@ impl Store {
     /// Deletes expired sessions; returns how many.
     pub async fn prune_dashboard_sessions(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         self.write(move |c| {
-            Ok(c.execute(
+            c.execute(
                 "DELETE FROM dashboard_sessions WHERE expires_at <= ?1",
                 [to_ms(now)],
-            )?)
+            )
         })
         .await
     }
@@ -136,22 +135,21 @@ impl Store {
     ) -> Result<Vec<(String, Vec<RecentRun>)>, StoreError> {
         self.read(move |c| {
             let mut out: Vec<(String, Vec<RecentRun>)> = Vec::with_capacity(job_ids.len());
-            let mut stmt = c.prepare_cached(
-                "SELECT id, status, queued_at, execution_time_ms FROM executions
-                 WHERE job_id = ?1 ORDER BY queued_at DESC, rowid DESC LIMIT ?2",
-            )?;
             for job in job_ids {
-                let mut rows = stmt.query(params![job, per_job])?;
-                let mut runs = Vec::new();
-                while let Some(r) = rows.next()? {
-                    let status: String = r.get(1)?;
-                    runs.push(RecentRun {
-                        id: r.get(0)?,
-                        status: parse_status(&status)?,
-                        queued_at: from_ms(r.get(2)?),
-                        execution_time_ms: r.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
-                    });
-                }
+                let runs = c.query_map(
+                    "SELECT id, status, queued_at, execution_time_ms FROM executions
+                     WHERE job_id = ?1 ORDER BY queued_at DESC, rowid DESC LIMIT ?2",
+                    params![job, per_job],
+                    |r| {
+                        let status: String = r.get(1)?;
+                        Ok(RecentRun {
+                            id: r.get(0)?,
+                            status: parse_status(&status)?,
+                            queued_at: from_ms(r.get(2)?),
+                            execution_time_ms: r.get::<_, Option<i64>>(3)?.map(|v| v.max(0) as u64),
+                        })
+                    },
+                )?;
                 if !runs.is_empty() {
                     out.push((job, runs));
                 }
@@ -195,7 +193,7 @@ const LATEST_ATTEMPT: &str = "COALESCE((SELECT x.id FROM executions x
         ORDER BY x.retry_count DESC LIMIT 1), e.id)";
 
 fn job_runs_conn(
-    c: &Connection,
+    c: &Db,
     job_id: &str,
     status: Option<ExecutionStatus>,
     limit: u32,
@@ -210,38 +208,35 @@ fn job_runs_conn(
             args.len()
         );
     }
-    let total: i64 = c.query_row(
+    let total: i64 = c.query_one(
         &format!(
             "SELECT COUNT(*) FROM executions e WHERE e.job_id = ?1 AND e.retry_count = 0{cond}"
         ),
-        params_from_iter(args.iter()),
+        &args,
         |r| r.get(0),
     )?;
-    let mut stmt = c.prepare(&format!(
-        "SELECT e.id FROM executions e WHERE e.job_id = ?1 AND e.retry_count = 0{cond}
-         ORDER BY e.queued_at DESC, e.rowid DESC LIMIT {limit} OFFSET {offset}"
-    ))?;
-    let firsts: Vec<String> = stmt
-        .query_map(params_from_iter(args.iter()), |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut attempts = c.prepare_cached(&format!(
+    let firsts: Vec<String> = c.query_map(
+        &format!(
+            "SELECT e.id FROM executions e WHERE e.job_id = ?1 AND e.retry_count = 0{cond}
+             ORDER BY e.queued_at DESC, e.rowid DESC LIMIT {limit} OFFSET {offset}"
+        ),
+        &args,
+        |r| r.get(0),
+    )?;
+    let attempts = format!(
         "SELECT {EXEC_COLUMNS} FROM executions
          WHERE id = ?1 OR first_attempt_id = ?1 ORDER BY retry_count"
-    ))?;
+    );
     let mut chains = Vec::with_capacity(firsts.len());
     for id in firsts {
-        let mut rows = attempts.query([&id])?;
-        let mut list = Vec::new();
-        while let Some(r) = rows.next()? {
-            list.push(exec_from_row(r)?);
-        }
+        let list = c.query_map(&attempts, [&id], exec_from_row)?;
         chains.push(RunChain { attempts: list });
     }
     Ok((chains, total.max(0) as u64))
 }
 
 fn daily_stats_conn(
-    c: &Connection,
+    c: &Db,
     now: DateTime<Utc>,
     days: u32,
 ) -> Result<(Vec<DayStats>, Vec<JobCost>), StoreError> {
@@ -260,19 +255,26 @@ fn daily_stats_conn(
         })
         .collect();
     // Finished runs by the day they were queued.
-    let mut stmt = c.prepare(
+    let counts = c.query_map(
         "SELECT (queued_at - ?1) / 86400000 AS d, status, COUNT(*), COALESCE(SUM(cost_usd), 0)
          FROM executions WHERE queued_at >= ?1
          GROUP BY d, status",
+        [from],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, f64>(3)?,
+            ))
+        },
     )?;
-    let mut rows = stmt.query([from])?;
-    while let Some(r) = rows.next()? {
-        let d: i64 = r.get(0)?;
+    for (d, status, n, cost) in counts {
         let Some(day) = usize::try_from(d).ok().and_then(|d| out.get_mut(d)) else {
             continue;
         };
-        let n = r.get::<_, i64>(2)?.max(0) as u64;
-        match ExecutionStatus::parse(&r.get::<_, String>(1)?) {
+        let n = n.max(0) as u64;
+        match ExecutionStatus::parse(&status) {
             Some(ExecutionStatus::Completed) => day.completed += n,
             Some(ExecutionStatus::Failed) => day.failed += n,
             Some(ExecutionStatus::TimedOut) => day.timed_out += n,
@@ -281,15 +283,10 @@ fn daily_stats_conn(
             Some(ExecutionStatus::Skipped) => day.skipped += n,
             _ => {}
         }
-        day.cost_usd += r.get::<_, f64>(3)?;
+        day.cost_usd += cost;
     }
-    // Duration percentiles per day, from the durations in order (nearest rank).
-    let mut stmt = c.prepare(
-        "SELECT (queued_at - ?1) / 86400000 AS d, execution_time_ms FROM executions
-         WHERE queued_at >= ?1 AND execution_time_ms IS NOT NULL
-         ORDER BY d, execution_time_ms",
-    )?;
-    let mut rows = stmt.query([from])?;
+    // Duration percentiles per day, from the durations in order (nearest rank). Grouped as the
+    // rows come (nothing is collected but the current day's durations).
     let mut current: Option<(i64, Vec<u64>)> = None;
     let flush = |out: &mut Vec<DayStats>, cur: Option<(i64, Vec<u64>)>| {
         if let Some((d, v)) = cur {
@@ -299,34 +296,40 @@ fn daily_stats_conn(
             }
         }
     };
-    while let Some(r) = rows.next()? {
-        let d: i64 = r.get(0)?;
-        let ms = r.get::<_, i64>(1)?.max(0) as u64;
-        match &mut current {
-            Some((cd, v)) if *cd == d => v.push(ms),
-            _ => {
-                flush(&mut out, current.take());
-                current = Some((d, vec![ms]));
+    c.query_map(
+        "SELECT (queued_at - ?1) / 86400000 AS d, execution_time_ms FROM executions
+         WHERE queued_at >= ?1 AND execution_time_ms IS NOT NULL
+         ORDER BY d, execution_time_ms",
+        [from],
+        |r| {
+            let d: i64 = r.get(0)?;
+            let ms = r.get::<_, i64>(1)?.max(0) as u64;
+            match &mut current {
+                Some((cd, v)) if *cd == d => v.push(ms),
+                _ => {
+                    flush(&mut out, current.take());
+                    current = Some((d, vec![ms]));
+                }
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
     flush(&mut out, current.take());
-    let mut stmt = c.prepare(
+    let costs = c.query_map(
         "SELECT e.job_id, j.name, COUNT(*), COALESCE(SUM(e.cost_usd), 0) AS cost
          FROM executions e JOIN jobs j ON j.id = e.job_id
          WHERE e.queued_at >= ?1
-         GROUP BY e.job_id ORDER BY cost DESC, j.name LIMIT 20",
-    )?;
-    let costs = stmt
-        .query_map([from], |r| {
+         GROUP BY e.job_id, j.name ORDER BY cost DESC, j.name LIMIT 20",
+        [from],
+        |r| {
             Ok(JobCost {
                 job_id: r.get(0)?,
                 name: r.get(1)?,
                 runs: r.get::<_, i64>(2)?.max(0) as u64,
                 cost_usd: r.get(3)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        },
+    )?;
     Ok((out, costs))
 }
 

@@ -1,8 +1,8 @@
 //! Executions (runs), their logs, recovery and retention.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::db::{params, Backend, Db, Row};
 use super::jobs::{get_job_conn, get_prompt_conn};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
@@ -138,27 +138,28 @@ pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
     })
 }
 
-fn insert_execution_conn(c: &Connection, e: &NewExecution) -> Result<bool, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "INSERT OR IGNORE INTO executions
+fn insert_execution_conn(c: &Db, e: &NewExecution) -> Result<bool, StoreError> {
+    let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
+    let n = c.execute(
+        "INSERT INTO executions
             (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count, prompt, error,
              completed_at, first_attempt_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)
+         ON CONFLICT DO NOTHING",
+        params![
+            e.id,
+            e.job_id,
+            e.status.as_str(),
+            e.trigger.as_str(),
+            e.slot.map(to_ms),
+            e.scheduled_for.map(to_ms),
+            to_ms(e.queued_at),
+            e.retry_count,
+            e.prompt,
+            e.error,
+            completed,
+        ],
     )?;
-    let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
-    let n = stmt.execute(params![
-        e.id,
-        e.job_id,
-        e.status.as_str(),
-        e.trigger.as_str(),
-        e.slot.map(to_ms),
-        e.scheduled_for.map(to_ms),
-        to_ms(e.queued_at),
-        e.retry_count,
-        e.prompt,
-        e.error,
-        completed,
-    ])?;
     Ok(n == 1)
 }
 
@@ -171,34 +172,37 @@ impl Store {
     pub async fn record_fires(&self, fires: Vec<NewExecution>) -> Result<Vec<bool>, StoreError> {
         self.write(move |c| {
             let mut out = Vec::with_capacity(fires.len());
-            let mut ins = c.prepare_cached(
-                "INSERT OR IGNORE INTO executions
+            // PostgreSQL types the SELECT's parameters by the columns they are inserted into.
+            let ins = "INSERT INTO executions
                     (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
                      prompt, error, completed_at, first_attempt_id)
                  SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1
-                 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND status = 'active')",
-            )?;
-            let mut upd = c.prepare_cached(
-                "UPDATE jobs SET last_slot = MAX(COALESCE(last_slot, 0), ?2) WHERE id = ?1",
-            )?;
+                 WHERE EXISTS (SELECT 1 FROM jobs WHERE id = ?2 AND status = 'active')
+                 ON CONFLICT DO NOTHING";
+            let upd = "UPDATE jobs SET last_slot = CASE WHEN COALESCE(last_slot, 0) > ?2
+                    THEN COALESCE(last_slot, 0) ELSE ?2 END
+                 WHERE id = ?1";
             for e in &fires {
                 let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
-                let n = ins.execute(params![
-                    e.id,
-                    e.job_id,
-                    e.status.as_str(),
-                    e.trigger.as_str(),
-                    e.slot.map(to_ms),
-                    e.scheduled_for.map(to_ms),
-                    to_ms(e.queued_at),
-                    e.retry_count,
-                    e.prompt,
-                    e.error,
-                    completed,
-                ])?;
+                let n = c.execute(
+                    ins,
+                    params![
+                        e.id,
+                        e.job_id,
+                        e.status.as_str(),
+                        e.trigger.as_str(),
+                        e.slot.map(to_ms),
+                        e.scheduled_for.map(to_ms),
+                        to_ms(e.queued_at),
+                        e.retry_count,
+                        e.prompt,
+                        e.error,
+                        completed,
+                    ],
+                )?;
                 if n == 1 {
                     if let Some(slot) = e.slot {
-                        upd.execute(params![e.job_id, to_ms(slot)])?;
+                        c.execute(upd, params![e.job_id, to_ms(slot)])?;
                     }
                 }
                 out.push(n == 1);
@@ -212,8 +216,10 @@ impl Store {
     /// was paused or changed meanwhile), without waiting. Only while it is still queued.
     pub fn withdraw_execution_detached(&self, id: String) {
         self.write_detached("withdrawn run", move |c| {
-            c.prepare_cached("DELETE FROM executions WHERE id = ?1 AND status = 'queued'")?
-                .execute([&id])?;
+            c.execute(
+                "DELETE FROM executions WHERE id = ?1 AND status = 'queued'",
+                [&id],
+            )?;
             Ok(())
         });
     }
@@ -237,19 +243,18 @@ impl Store {
     /// cnp was down, so the misfire policy decides them like any other missed slot.
     pub async fn withdraw_missed_ahead(&self, late: DateTime<Utc>) -> Result<usize, StoreError> {
         self.write(move |c| {
-            let mut stmt = c.prepare(
+            let rows = c.query_map(
                 "SELECT id, job_id, slot FROM executions
                  WHERE status = 'queued' AND slot IS NOT NULL AND queued_at < slot AND slot < ?1",
-            )?;
-            let rows = stmt
-                .query_map([to_ms(late)], |r| {
+                [to_ms(late)],
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         from_ms(r.get(2)?),
                     ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             withdraw_conn(c, &rows)
         })
         .await
@@ -261,9 +266,11 @@ impl Store {
             return;
         }
         self.write_detached("next run times", move |c| {
-            let mut stmt = c.prepare_cached("UPDATE jobs SET next_run_time = ?2 WHERE id = ?1")?;
             for (id, t) in &next {
-                stmt.execute(params![id, t.map(to_ms)])?;
+                c.execute(
+                    "UPDATE jobs SET next_run_time = ?2 WHERE id = ?1",
+                    params![id, t.map(to_ms)],
+                )?;
             }
             Ok(())
         });
@@ -286,7 +293,7 @@ impl Store {
         self.write(move |c| {
             atomic(c, |c| {
                 let found: Option<(String, String, RunPlace, Option<String>)> = c
-                    .query_row(
+                    .query_opt(
                         "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
                                 upstream_ids
                          FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
@@ -303,8 +310,7 @@ impl Store {
                                 r.get(4)?,
                             ))
                         },
-                    )
-                    .optional()?;
+                    )?;
                 let Some((job_id, trigger, mut place, upstream_ids)) = found else {
                     return Ok(Claim::NotPending);
                 };
@@ -329,15 +335,15 @@ impl Store {
                         return Ok(Claim::PromptMissing { message: "the job has no prompt".into() })
                     }
                 };
-                c.prepare_cached(
+                c.execute(
                     "UPDATE executions SET status = 'running', started_at = ?2, prompt = ?3 WHERE id = ?1",
-                )?
-                .execute(params![id, to_ms(at), prompt])?;
-                let log_seq: i64 = c
-                    .prepare_cached(
-                        "SELECT COALESCE(MAX(seq) + 1, 0) FROM execution_logs WHERE execution_id = ?1",
-                    )?
-                    .query_row([&id], |r| r.get(0))?;
+                    params![id, to_ms(at), prompt],
+                )?;
+                let log_seq: i64 = c.query_one(
+                    "SELECT COALESCE(MAX(seq) + 1, 0) FROM execution_logs WHERE execution_id = ?1",
+                    [&id],
+                    |r| r.get(0),
+                )?;
                 Ok(Claim::Started {
                     job: Box::new(job),
                     prompt,
@@ -353,8 +359,10 @@ impl Store {
     /// Notes the run's process id and when it was spawned, without waiting.
     pub fn set_pid_detached(&self, id: String, pid: u32, at: DateTime<Utc>) {
         self.write_detached("process id", move |c| {
-            c.prepare_cached("UPDATE executions SET pid = ?2, started_at = ?3 WHERE id = ?1")?
-                .execute(params![id, pid, to_ms(at)])?;
+            c.execute(
+                "UPDATE executions SET pid = ?2, started_at = ?3 WHERE id = ?1",
+                params![id, pid, to_ms(at)],
+            )?;
             Ok(())
         });
     }
@@ -419,12 +427,7 @@ impl Store {
     pub async fn get_execution(&self, id: String) -> Result<Option<JobExecution>, StoreError> {
         self.read(move |c| {
             let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE id = ?1");
-            let mut stmt = c.prepare_cached(&sql)?;
-            let mut rows = stmt.query([&id])?;
-            match rows.next()? {
-                Some(r) => Ok(Some(exec_from_row(r)?)),
-                None => Ok(None),
-            }
+            c.query_opt(&sql, [&id], exec_from_row)
         })
         .await
     }
@@ -432,14 +435,19 @@ impl Store {
     /// Executions whose worktree was kept on purpose (`keep`): start-up leaves those alone.
     pub async fn kept_worktrees(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT id FROM executions
-                 WHERE worktree IS NOT NULL AND json_extract(worktree, '$.kept') = 1",
-            )?;
-            let ids = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<_, _>>()?;
-            Ok(ids)
+            let sql = match c.backend() {
+                Backend::Sqlite => {
+                    "SELECT id FROM executions
+                     WHERE worktree IS NOT NULL AND json_extract(worktree, '$.kept') = 1"
+                }
+                // `kept` is a JSON boolean (`json_extract` gives 1 for `true`).
+                Backend::Postgres => {
+                    "SELECT id FROM executions
+                     WHERE worktree IS NOT NULL AND (worktree::jsonb ->> 'kept') IN ('true', '1')"
+                }
+            };
+            let ids = c.query_map(sql, (), |r| r.get::<_, String>(0))?;
+            Ok(ids.into_iter().collect())
         })
         .await
     }
@@ -451,16 +459,14 @@ impl Store {
         job_id: String,
     ) -> Result<Option<(String, String, DateTime<Utc>)>, StoreError> {
         self.read(move |c| {
-            Ok(c.prepare_cached(
+            c.query_opt(
                 "SELECT id, session_id, completed_at FROM executions
                  WHERE job_id = ?1 AND status = 'completed' AND session_id IS NOT NULL
                    AND completed_at IS NOT NULL
                  ORDER BY completed_at DESC, rowid DESC LIMIT 1",
-            )?
-            .query_row([&job_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, from_ms(r.get(2)?)))
-            })
-            .optional()?)
+                [&job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, from_ms(r.get(2)?))),
+            )
         })
         .await
     }
@@ -468,27 +474,25 @@ impl Store {
     /// The attempts of the run `id` belongs to (its first attempt and every retry), in order.
     pub async fn attempts_of(&self, id: String) -> Result<Vec<AttemptRef>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            c.query_map(
                 "SELECT id, retry_count, status, scheduled_for FROM executions
                  WHERE first_attempt_id = (SELECT COALESCE(first_attempt_id, id)
                                            FROM executions WHERE id = ?1)
                     OR id = ?1
                  ORDER BY retry_count, rowid",
-            )?;
-            let mut rows = stmt.query([&id])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let status: String = r.get(2)?;
-                out.push(AttemptRef {
-                    id: r.get(0)?,
-                    attempt: r.get::<_, u32>(1)? + 1,
-                    status: ExecutionStatus::parse(&status).ok_or_else(|| {
-                        StoreError::Corrupt(format!("execution status {status:?}"))
-                    })?,
-                    scheduled_for: opt_from_ms(r.get(3)?),
-                });
-            }
-            Ok(out)
+                [&id],
+                |r| {
+                    let status: String = r.get(2)?;
+                    Ok(AttemptRef {
+                        id: r.get(0)?,
+                        attempt: r.get::<_, u32>(1)? + 1,
+                        status: ExecutionStatus::parse(&status).ok_or_else(|| {
+                            StoreError::Corrupt(format!("execution status {status:?}"))
+                        })?,
+                        scheduled_for: opt_from_ms(r.get(3)?),
+                    })
+                },
+            )
         })
         .await
     }
@@ -509,18 +513,13 @@ impl Store {
                 args.push(s.as_str().to_owned());
                 sql.push_str(&format!(" AND status = ?{}", args.len()));
             }
+            // No limit: the largest one (PostgreSQL has no `LIMIT -1`, SQLite no `LIMIT ALL`).
             sql.push_str(&format!(
                 " ORDER BY queued_at DESC, rowid DESC LIMIT {} OFFSET {}",
-                f.limit.map(i64::from).unwrap_or(-1),
+                f.limit.map(i64::from).unwrap_or(i64::MAX),
                 f.offset
             ));
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(exec_from_row(r)?);
-            }
-            Ok(out)
+            c.query_map(&sql, args, exec_from_row)
         })
         .await
     }
@@ -533,13 +532,7 @@ impl Store {
                 "SELECT {EXEC_COLUMNS} FROM executions WHERE status IN ('queued', 'deferred')
                  ORDER BY queued_at, rowid"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(exec_from_row(r)?);
-            }
-            Ok(out)
+            c.query_map(&sql, (), exec_from_row)
         })
         .await
     }
@@ -550,13 +543,7 @@ impl Store {
             let sql = format!(
                 "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running' ORDER BY rowid"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(exec_from_row(r)?);
-            }
-            Ok(out)
+            c.query_map(&sql, (), exec_from_row)
         })
         .await
     }
@@ -574,12 +561,7 @@ impl Store {
         self.write(move |c| {
             atomic(c, |c| {
                 let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
-                let mut stmt = c.prepare(&sql)?;
-                let mut rows = stmt.query([])?;
-                let mut found = Vec::new();
-                while let Some(r) = rows.next()? {
-                    found.push(exec_from_row(r)?);
-                }
+                let found = c.query_map(&sql, (), exec_from_row)?;
                 let mut out = Vec::with_capacity(found.len());
                 for e in found {
                     let retry = retries.remove(&e.id);
@@ -632,18 +614,19 @@ impl Store {
             return;
         }
         self.write_detached("log lines", move |c| {
-            let mut stmt = c.prepare_cached(
-                "INSERT OR IGNORE INTO execution_logs (execution_id, seq, stream, ts, line)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
             for l in &lines {
-                stmt.execute(params![
-                    l.execution_id,
-                    l.seq as i64,
-                    l.stream.as_str(),
-                    to_ms(l.timestamp),
-                    l.line
-                ])?;
+                c.execute(
+                    "INSERT INTO execution_logs (execution_id, seq, stream, ts, line)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO NOTHING",
+                    params![
+                        l.execution_id,
+                        l.seq as i64,
+                        l.stream.as_str(),
+                        to_ms(l.timestamp),
+                        l.line
+                    ],
+                )?;
             }
             Ok(())
         });
@@ -657,27 +640,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<LogLine>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(
+            c.query_map(
                 "SELECT seq, stream, ts, line FROM execution_logs
                  WHERE execution_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
-            let mut rows = stmt.query(params![
-                execution_id,
-                after.map(|a| a as i64).unwrap_or(-1),
-                limit
-            ])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let stream: String = r.get(1)?;
-                out.push(LogLine {
-                    execution_id: execution_id.clone(),
-                    seq: r.get::<_, i64>(0)? as u64,
-                    stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
-                    timestamp: from_ms(r.get(2)?),
-                    line: r.get(3)?,
-                });
-            }
-            Ok(out)
+                params![execution_id, after.map(|a| a as i64).unwrap_or(-1), limit],
+                |r| {
+                    let stream: String = r.get(1)?;
+                    Ok(LogLine {
+                        execution_id: execution_id.clone(),
+                        seq: r.get::<_, i64>(0)? as u64,
+                        stream: LogStream::parse(&stream).unwrap_or(LogStream::System),
+                        timestamp: from_ms(r.get(2)?),
+                        line: r.get(3)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -706,7 +683,7 @@ impl Store {
                             SELECT id, ROW_NUMBER() OVER (
                                 PARTITION BY job_id ORDER BY queued_at DESC, rowid DESC) AS rn
                             FROM executions
-                            WHERE status NOT IN ('queued', 'deferred', 'running'))
+                            WHERE status NOT IN ('queued', 'deferred', 'running')) AS ranked
                         WHERE rn > ?1)",
                     [keep_per_job],
                 )?;
@@ -719,62 +696,59 @@ impl Store {
     /// Counts of executions per status (for status displays).
     pub async fn execution_counts(&self) -> Result<Vec<(ExecutionStatus, u64)>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare("SELECT status, COUNT(*) FROM executions GROUP BY status")?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                let s: String = r.get(0)?;
-                if let Some(s) = ExecutionStatus::parse(&s) {
-                    out.push((s, r.get::<_, i64>(1)? as u64));
-                }
-            }
-            Ok(out)
+            let rows = c.query_map(
+                "SELECT status, COUNT(*) FROM executions GROUP BY status",
+                (),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(s, n)| ExecutionStatus::parse(&s).map(|s| (s, n as u64)))
+                .collect())
         })
         .await
     }
 }
 
-fn withdraw_conn(
-    c: &Connection,
-    runs: &[(String, String, DateTime<Utc>)],
-) -> Result<usize, StoreError> {
+fn withdraw_conn(c: &Db, runs: &[(String, String, DateTime<Utc>)]) -> Result<usize, StoreError> {
     let mut earliest: std::collections::HashMap<&str, i64> = Default::default();
-    let mut del = c.prepare_cached("DELETE FROM executions WHERE id = ?1 AND status = 'queued'")?;
     let mut n = 0;
     for (id, job_id, slot) in runs {
-        if del.execute([id])? == 1 {
+        if c.execute(
+            "DELETE FROM executions WHERE id = ?1 AND status = 'queued'",
+            [id],
+        )? == 1
+        {
             n += 1;
             let e = earliest.entry(job_id).or_insert(i64::MAX);
             *e = (*e).min(to_ms(*slot));
         }
     }
     // Back to the latest slot still recorded before the withdrawn ones (or just before them).
-    let mut upd = c.prepare_cached(
-        "UPDATE jobs SET last_slot = COALESCE(
-            (SELECT MAX(slot) FROM executions WHERE job_id = ?1 AND slot < ?2), ?2 - 1)
-         WHERE id = ?1 AND (last_slot IS NULL OR last_slot >= ?2)",
-    )?;
     for (job_id, slot) in earliest {
-        upd.execute(params![job_id, slot])?;
+        c.execute(
+            "UPDATE jobs SET last_slot = COALESCE(
+                (SELECT MAX(slot) FROM executions WHERE job_id = ?1 AND slot < ?2), ?2 - 1)
+             WHERE id = ?1 AND (last_slot IS NULL OR last_slot >= ?2)",
+            params![job_id, slot],
+        )?;
     }
     Ok(n)
 }
 
-fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
+fn finish_conn(c: &Db, run: &FinishedRun) -> Result<bool, StoreError> {
     let elapsed = run
         .started_at
         .map(|s| (run.completed_at - s).num_milliseconds().max(0));
-    let n = c
-        .prepare_cached(
-            "UPDATE executions SET status = ?2,
+    let n = c.execute(
+        "UPDATE executions SET status = ?2,
                 started_at = CASE WHEN ?2 = 'skipped' THEN NULL ELSE COALESCE(?3, started_at) END,
                 completed_at = ?4, execution_time_ms = ?5, output = ?6, error = ?7, outcome = ?8,
                 exit_code = ?9, session_id = ?10, cost_usd = ?11, usage = ?12,
                 resource_usage = ?13, pid = COALESCE(?14, pid), prompt = COALESCE(?15, prompt),
                 worktree = COALESCE(?16, worktree)
              WHERE id = ?1 AND status IN ('queued', 'deferred', 'running')",
-        )?
-        .execute(params![
+        params![
             run.id,
             run.status.as_str(),
             run.started_at.map(to_ms),
@@ -791,7 +765,8 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
             run.pid,
             run.prompt,
             run.worktree.as_ref().map(to_json),
-        ])?;
+        ],
+    )?;
     if n == 0 {
         return Ok(false);
     }
@@ -807,30 +782,33 @@ fn finish_conn(c: &Connection, run: &FinishedRun) -> Result<bool, StoreError> {
         // The job's running cost totals (see store/costs.rs) take the runs that ran the CLI:
         // those with a `started_at` (given now, or set when the run was claimed).
         let ran = run.started_at.is_some()
-            || c.prepare_cached("SELECT started_at IS NOT NULL FROM executions WHERE id = ?1")?
-                .query_row([&run.id], |r| r.get::<_, bool>(0))?;
+            || c.query_one(
+                "SELECT started_at IS NOT NULL FROM executions WHERE id = ?1",
+                [&run.id],
+                |r| r.get::<_, bool>(0),
+            )?;
         let (cost, uncosted) = match (ran, run.cost_usd) {
             (false, _) => (0.0, 0),
             (true, Some(cost)) => (cost, 0),
             (true, None) => (0.0, 1),
         };
-        c.prepare_cached(
+        c.execute(
             "UPDATE jobs SET execution_count = execution_count + 1,
                 success_count = success_count + ?2, failure_count = failure_count + ?3,
                 total_time_ms = total_time_ms + ?4,
                 last_run_time = COALESCE(?5, last_run_time),
                 cost_usd_total = cost_usd_total + ?6, uncosted_runs = uncosted_runs + ?7
              WHERE id = (SELECT job_id FROM executions WHERE id = ?1)",
-        )?
-        .execute(params![
-            run.id,
-            success,
-            failure,
-            elapsed.unwrap_or(0),
-            run.started_at.map(to_ms),
-            cost,
-            uncosted,
-        ])?;
+            params![
+                run.id,
+                success,
+                failure,
+                elapsed.unwrap_or(0),
+                run.started_at.map(to_ms),
+                cost,
+                uncosted,
+            ],
+        )?;
     }
     Ok(true)
 }

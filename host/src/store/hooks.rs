@@ -1,8 +1,8 @@
 //! Store operations behind the engine's plugin seams (condition hooks, retries).
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, OptionalExtension};
 
+use super::db::{params, Db};
 use super::executions::{exec_from_row, EXEC_COLUMNS};
 use super::{to_ms, Store, StoreError};
 use crate::model::JobExecution;
@@ -17,13 +17,12 @@ impl Store {
         reason: String,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "UPDATE executions SET status = 'deferred', scheduled_for = ?2, error = ?3,
-                        started_at = NULL
-                     WHERE id = ?1 AND status = 'running'",
-                )?
-                .execute(params![id, to_ms(until), reason])?;
+            let n = c.execute(
+                "UPDATE executions SET status = 'deferred', scheduled_for = ?2, error = ?3,
+                    started_at = NULL
+                 WHERE id = ?1 AND status = 'running'",
+                params![id, to_ms(until), reason],
+            )?;
             Ok(n == 1)
         })
         .await
@@ -42,10 +41,7 @@ impl Store {
                    AND status NOT IN ('queued', 'deferred', 'running', 'skipped')
                  ORDER BY completed_at DESC, rowid DESC LIMIT 1"
             );
-            c.prepare_cached(&sql)?
-                .query_row(params![job_id, except], |r| Ok(exec_from_row(r)))
-                .optional()?
-                .transpose()
+            c.query_opt(&sql, params![job_id, except], exec_from_row)
         })
         .await
     }
@@ -54,20 +50,21 @@ impl Store {
 /// Inserts the next attempt of `failed_id`: same job and slot, `retry_count + 1`, linked to
 /// the run's first attempt (`first_attempt_id`).
 pub(super) fn insert_retry_conn(
-    c: &rusqlite::Connection,
+    c: &Db,
     failed_id: &str,
     r: &super::NewRetry,
 ) -> Result<bool, StoreError> {
-    let n = c
-        .prepare_cached(
-            "INSERT OR IGNORE INTO executions
-                (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
-                 first_attempt_id, workflow_run_id, upstream_ids)
-             SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1,
-                    COALESCE(first_attempt_id, id), workflow_run_id, upstream_ids
-             FROM executions WHERE id = ?1",
-        )?
-        .execute(params![failed_id, r.id, to_ms(r.at), to_ms(r.now)])?;
+    // PostgreSQL types the SELECT's parameters by the columns they are inserted into.
+    let n = c.execute(
+        "INSERT INTO executions
+            (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
+             first_attempt_id, workflow_run_id, upstream_ids)
+         SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1,
+                COALESCE(first_attempt_id, id), workflow_run_id, upstream_ids
+         FROM executions WHERE id = ?1
+         ON CONFLICT DO NOTHING",
+        params![failed_id, r.id, to_ms(r.at), to_ms(r.now)],
+    )?;
     Ok(n == 1)
 }
 

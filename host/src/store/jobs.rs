@@ -1,8 +1,8 @@
 //! Jobs and prompts.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::db::{params, Backend, Db, Row};
 use super::{atomic, from_json, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{ExecutionOptions, Job, JobStatus, Prompt, Schedule};
 
@@ -28,14 +28,14 @@ pub struct JobScheduling {
 /// Deletes the scheduled runs recorded ahead of their slot (queued, slot after `now`): they must
 /// not run once the job is paused, disabled or rescheduled.
 pub(crate) fn withdraw_ahead_conn(
-    c: &Connection,
+    c: &Db,
     job_id: &str,
     now: DateTime<Utc>,
 ) -> Result<usize, StoreError> {
-    Ok(c.prepare_cached(
+    c.execute(
         "DELETE FROM executions WHERE job_id = ?1 AND status = 'queued' AND slot > ?2",
-    )?
-    .execute(params![job_id, to_ms(now)])?)
+        params![job_id, to_ms(now)],
+    )
 }
 
 /// Which jobs to list.
@@ -74,14 +74,16 @@ impl JobSort {
             JobSort::Priority => format!("priority {dir}, name"),
             JobSort::SuccessRate => format!(
                 "(success_count + failure_count) = 0, \
-                 CAST(success_count AS REAL) / MAX(1, success_count + failure_count) {dir}, name"
+                 (success_count * 1.0) / CASE WHEN success_count + failure_count > 1 \
+                 THEN success_count + failure_count ELSE 1 END {dir}, name"
             ),
         }
     }
 }
 
 /// The `WHERE` conditions of a [`JobFilter`] (after `WHERE 1=1`), with their arguments.
-pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
+/// `backend`: the tag filter reads the `tags` JSON array in the backend's dialect.
+pub(super) fn job_filter_sql(backend: Backend, f: &JobFilter) -> (String, Vec<String>) {
     let mut sql = String::new();
     let mut args: Vec<String> = Vec::new();
     if let Some(s) = f.status {
@@ -90,8 +92,12 @@ pub(super) fn job_filter_sql(f: &JobFilter) -> (String, Vec<String>) {
     }
     if let Some(t) = &f.tag {
         args.push(t.clone());
+        let elements = match backend {
+            Backend::Sqlite => "json_each(jobs.tags)",
+            Backend::Postgres => "jsonb_array_elements_text(jobs.tags::jsonb) AS t(value)",
+        };
         sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?{})",
+            " AND EXISTS (SELECT 1 FROM {elements} WHERE value = ?{})",
             args.len()
         ));
     }
@@ -161,17 +167,12 @@ pub(super) fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
     })
 }
 
-pub(crate) fn get_job_conn(conn: &Connection, id_or_name: &str) -> Result<Option<Job>, StoreError> {
+pub(crate) fn get_job_conn(conn: &Db, id_or_name: &str) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1");
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query([id_or_name])?;
-    match rows.next()? {
-        Some(r) => Ok(Some(job_from_row(r)?)),
-        None => Ok(None),
-    }
+    conn.query_opt(&sql, [id_or_name], job_from_row)
 }
 
-fn insert_job_conn(conn: &Connection, job: &Job) -> Result<(), StoreError> {
+fn insert_job_conn(conn: &Db, job: &Job) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO jobs (id, name, prompt_id, prompt, schedule, status, priority,
             execution_options, retry_config, notification_config, resource_limits, tags, source,
@@ -211,27 +212,62 @@ fn depends_on_json(job: &Job) -> Option<String> {
     (!job.depends_on.is_empty()).then(|| to_json(&job.depends_on))
 }
 
-fn map_constraint(r: rusqlite::Result<usize>, job: &Job) -> Result<usize, StoreError> {
-    match r {
-        Err(rusqlite::Error::SqliteFailure(e, msg))
+/// Which constraint a failed write of a job broke, if it broke one.
+enum Violation {
+    Name,
+    ForeignKey,
+    Other(String),
+}
+
+fn violation(e: &StoreError) -> Option<Violation> {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, msg))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            let msg = msg.unwrap_or_default();
-            if msg.contains("jobs.name") {
-                Err(StoreError::Conflict(format!(
-                    "a job named `{}` already exists",
-                    job.name
-                )))
+            let msg = msg.clone().unwrap_or_default();
+            Some(if msg.contains("jobs.name") {
+                Violation::Name
             } else if msg.contains("FOREIGN KEY") {
-                Err(StoreError::Conflict(format!(
-                    "prompt_id: no prompt `{}`",
-                    job.prompt_id.as_deref().unwrap_or("")
-                )))
+                Violation::ForeignKey
             } else {
-                Err(StoreError::Conflict(msg))
-            }
+                Violation::Other(msg)
+            })
         }
-        r => Ok(r?),
+        // Class 23: integrity constraint violation.
+        StoreError::Postgres(e) => {
+            let db = e
+                .as_db_error()
+                .filter(|d| d.code().code().starts_with("23"))?;
+            Some(if db.constraint() == Some("jobs_name_key") {
+                Violation::Name
+            } else if db.code() == &tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION {
+                Violation::ForeignKey
+            } else if db.constraint() == Some("jobs_pkey") {
+                Violation::Other("a job with this id already exists".into())
+            } else {
+                Violation::Other(db.message().to_owned())
+            })
+        }
+        _ => None,
+    }
+}
+
+fn map_constraint(r: Result<usize, StoreError>, job: &Job) -> Result<usize, StoreError> {
+    let e = match r {
+        Ok(n) => return Ok(n),
+        Err(e) => e,
+    };
+    match violation(&e) {
+        Some(Violation::Name) => Err(StoreError::Conflict(format!(
+            "a job named `{}` already exists",
+            job.name
+        ))),
+        Some(Violation::ForeignKey) => Err(StoreError::Conflict(format!(
+            "prompt_id: no prompt `{}`",
+            job.prompt_id.as_deref().unwrap_or("")
+        ))),
+        Some(Violation::Other(msg)) => Err(StoreError::Conflict(msg)),
+        None => Err(e),
     }
 }
 
@@ -354,31 +390,33 @@ impl Store {
         F: FnMut(JobScheduling) + Send + 'static,
     {
         self.read(move |c| {
-            let mut stmt = c.prepare(
+            let mut n = 0;
+            c.query_map(
                 "SELECT id, schedule, status, priority, execution_options, created_at, last_slot,
                         budget
                  FROM jobs ORDER BY created_at",
+                (),
+                |r| {
+                    let status: String = r.get(2)?;
+                    f(JobScheduling {
+                        id: r.get(0)?,
+                        schedule: from_json(&r.get::<_, String>(1)?, "jobs.schedule")?,
+                        status: JobStatus::parse(&status).ok_or_else(|| {
+                            StoreError::Corrupt(format!("jobs.status `{status}`"))
+                        })?,
+                        priority: r.get(3)?,
+                        execution_options: from_json(
+                            &r.get::<_, String>(4)?,
+                            "jobs.execution_options",
+                        )?,
+                        created_at: from_ms(r.get(5)?),
+                        last_slot: opt_from_ms(r.get(6)?),
+                        budget: opt_json(r, 7, "jobs.budget")?,
+                    });
+                    n += 1;
+                    Ok(())
+                },
             )?;
-            let mut rows = stmt.query([])?;
-            let mut n = 0;
-            while let Some(r) = rows.next()? {
-                let status: String = r.get(2)?;
-                f(JobScheduling {
-                    id: r.get(0)?,
-                    schedule: from_json(&r.get::<_, String>(1)?, "jobs.schedule")?,
-                    status: JobStatus::parse(&status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("jobs.status `{status}`")))?,
-                    priority: r.get(3)?,
-                    execution_options: from_json(
-                        &r.get::<_, String>(4)?,
-                        "jobs.execution_options",
-                    )?,
-                    created_at: from_ms(r.get(5)?),
-                    last_slot: opt_from_ms(r.get(6)?),
-                    budget: opt_json(r, 7, "jobs.budget")?,
-                });
-                n += 1;
-            }
             Ok(n)
         })
         .await
@@ -414,15 +452,11 @@ impl Store {
 
     pub async fn list_prompts(&self) -> Result<Vec<Prompt>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            c.query_map(
                 "SELECT id, title, content, tags, created_at, updated_at FROM prompts ORDER BY id",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(prompt_from_row(r)?);
-            }
-            Ok(out)
+                (),
+                prompt_from_row,
+            )
         })
         .await
     }
@@ -431,7 +465,7 @@ impl Store {
     pub async fn delete_prompt(&self, id: String) -> Result<(), StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let used: i64 = c.query_row(
+                let used: i64 = c.query_one(
                     "SELECT COUNT(*) FROM jobs WHERE prompt_id = ?1",
                     [&id],
                     |r| r.get(0),
@@ -451,21 +485,16 @@ impl Store {
     }
 }
 
-fn list_jobs_conn(c: &Connection, f: &JobFilter) -> Result<Vec<Job>, StoreError> {
-    let (cond, args) = job_filter_sql(f);
+fn list_jobs_conn(c: &Db, f: &JobFilter) -> Result<Vec<Job>, StoreError> {
+    let (cond, args) = job_filter_sql(c.backend(), f);
+    // No limit: the largest one both backends accept (SQLite needs a LIMIT before OFFSET).
     let sql = format!(
         "SELECT {JOB_COLUMNS} FROM jobs WHERE 1=1{cond} ORDER BY {} LIMIT {} OFFSET {}",
         f.sort.order_by(f.descending),
-        f.limit.map(i64::from).unwrap_or(-1),
+        f.limit.map(i64::from).unwrap_or(i64::MAX),
         f.offset
     );
-    let mut stmt = c.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(job_from_row(r)?);
-    }
-    Ok(out)
+    c.query_map(&sql, args, job_from_row)
 }
 
 fn prompt_from_row(r: &Row<'_>) -> Result<Prompt, StoreError> {
@@ -479,12 +508,10 @@ fn prompt_from_row(r: &Row<'_>) -> Result<Prompt, StoreError> {
     })
 }
 
-pub(crate) fn get_prompt_conn(c: &Connection, id: &str) -> Result<Option<Prompt>, StoreError> {
-    c.query_row(
+pub(crate) fn get_prompt_conn(c: &Db, id: &str) -> Result<Option<Prompt>, StoreError> {
+    c.query_opt(
         "SELECT id, title, content, tags, created_at, updated_at FROM prompts WHERE id = ?1",
         [id],
-        |r| Ok(prompt_from_row(r)),
+        prompt_from_row,
     )
-    .optional()?
-    .transpose()
 }

@@ -1,6 +1,9 @@
-//! SQLite persistence.
+//! Persistence: SQLite (the embedded default) or PostgreSQL (`[database] url`, for a cluster).
 //!
-//! One database file in WAL mode. All writes go through a single writer thread that groups
+//! Both backends share this module's design and every query ([`db::Db`] is the one connection
+//! type; the SQL is written in the subset both speak). SQLite: one database file in WAL mode.
+//! PostgreSQL: the same writer thread and read pool, each a client of the server
+//! (`store/pg.rs`). All writes go through a single writer thread that groups
 //! whatever is pending into one transaction (group commit): a burst of 10,000 schedule fires, or
 //! a thousand runs finishing at once, costs a handful of fsyncs instead of thousands, and the job
 //! statistics stay consistent because only one writer ever updates them. Each write runs inside
@@ -12,10 +15,12 @@ mod backup;
 mod cooldown;
 mod costs;
 mod dashboard;
+pub mod db;
 mod executions;
 mod hooks;
 mod jobs;
 mod notifications;
+mod pg;
 mod schema;
 mod templates;
 mod workflows;
@@ -26,7 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
+
+pub use db::{Backend, Db};
+pub use pg::{redact_url as redact_database_url, PgOptions, PG_SCHEMA_VERSION};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
@@ -52,6 +60,8 @@ pub use workflows::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {}", pg::describe(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("cannot open database {path}: {message}")]
     Open { path: PathBuf, message: String },
     /// The file is not a whole SQLite database: garbage, truncated, or failing SQLite's checks.
@@ -88,7 +98,7 @@ impl StoreError {
 
 /// A queued write: runs in the writer's transaction, says whether it succeeded (so a failure can
 /// be rolled back to its savepoint) and gives back what to do once the commit is known.
-type WriteFn = Box<dyn FnOnce(&Connection) -> (bool, Box<dyn FnOnce(bool) + Send>) + Send>;
+type WriteFn = Box<dyn FnOnce(&Db) -> (bool, Box<dyn FnOnce(bool) + Send>) + Send>;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -97,15 +107,19 @@ pub struct Store {
 }
 
 struct Inner {
+    /// The SQLite file; empty for PostgreSQL.
     path: PathBuf,
+    /// How to open more read connections.
+    source: Source,
     /// Set by [`Store::open_inline`]: writes and reads run on the caller's thread.
-    inline: Option<Mutex<Connection>>,
+    inline: Option<Mutex<Db>>,
     writer: Mutex<Option<std_mpsc::Sender<WriteFn>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Vec<Db>>,
     /// Bounds concurrent async reads to the pool's size, so a burst of reads queues here instead
     /// of growing tokio's blocking pool and opening a connection per read.
     read_slots: tokio::sync::Semaphore,
+    read_pool: usize,
     /// How writes have gone (a full or failing disk shows here).
     health: Arc<WriteHealth>,
     /// One backup at a time ([`Store::backup`]).
@@ -172,6 +186,8 @@ impl StoreError {
                     | C::DatabaseBusy
                     | C::DatabaseLocked
             ),
+            StoreError::Postgres(e) => StoreError::pg_storage_failure(e),
+            StoreError::Open { .. } => true,
             StoreError::Schema(m) => m == COMMIT_FAILED,
             StoreError::WriterGone => true,
             _ => false,
@@ -184,7 +200,14 @@ const COMMIT_FAILED: &str = "transaction failed to commit";
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 20_000;
+/// SQLite's read connections (PostgreSQL's come from `[database] pool_size`).
 const READ_POOL: usize = 4;
+
+/// Where the store's connections come from.
+enum Source {
+    Sqlite,
+    Postgres(PgOptions),
+}
 
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
@@ -197,6 +220,28 @@ impl Store {
     /// thread would let the clock jump ahead.
     pub fn open_inline(path: &Path) -> Result<Store, StoreError> {
         Store::open_mode(path, true)
+    }
+
+    /// Connects to a PostgreSQL database and brings its schema up to date (`[database] url`).
+    pub fn connect(options: &PgOptions) -> Result<Store, StoreError> {
+        Store::connect_mode(options, false)
+    }
+
+    /// [`Store::connect`] with writes and reads on the calling thread ([`Store::open_inline`]).
+    pub fn connect_inline(options: &PgOptions) -> Result<Store, StoreError> {
+        Store::connect_mode(options, true)
+    }
+
+    fn connect_mode(options: &PgOptions, inline: bool) -> Result<Store, StoreError> {
+        let conn = pg::connect(options)?;
+        pg::migrate(&conn)?;
+        Store::start(
+            PathBuf::new(),
+            Source::Postgres(options.clone()),
+            conn,
+            inline,
+            options.pool_size.max(1),
+        )
     }
 
     fn open_mode(path: &Path, inline: bool) -> Result<Store, StoreError> {
@@ -215,7 +260,7 @@ impl Store {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         }
         let open_err = |e: rusqlite::Error| backup::classify(path, e);
-        let mut conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        let mut conn = rusqlite::Connection::open_with_flags(path, flags).map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         backup::probe(&conn).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -224,52 +269,79 @@ impl Store {
             StoreError::Sqlite(e) if backup::is_damage(&e) => backup::classify(path, e),
             e => e,
         })?;
+        Store::start(
+            path.to_owned(),
+            Source::Sqlite,
+            Db::Sqlite(conn),
+            inline,
+            READ_POOL,
+        )
+    }
+
+    /// Starts the writer thread (unless `inline`) on the migrated connection.
+    fn start(
+        path: PathBuf,
+        source: Source,
+        conn: Db,
+        inline: bool,
+        readers: usize,
+    ) -> Result<Store, StoreError> {
+        let inner = |inline: Option<Mutex<Db>>, writer, thread| Inner {
+            path: path.clone(),
+            source,
+            inline,
+            writer: Mutex::new(writer),
+            writer_thread: Mutex::new(thread),
+            readers: Mutex::new(Vec::new()),
+            read_slots: tokio::sync::Semaphore::new(readers),
+            read_pool: readers,
+            health: Default::default(),
+            backup_lock: tokio::sync::Mutex::new(()),
+        };
         if inline {
             return Ok(Store {
-                inner: Arc::new(Inner {
-                    path: path.to_owned(),
-                    inline: Some(Mutex::new(conn)),
-                    writer: Mutex::new(None),
-                    writer_thread: Mutex::new(None),
-                    readers: Mutex::new(Vec::new()),
-                    read_slots: tokio::sync::Semaphore::new(READ_POOL),
-                    health: Default::default(),
-                    backup_lock: tokio::sync::Mutex::new(()),
-                }),
+                inner: Arc::new(inner(Some(Mutex::new(conn)), None, None)),
             });
         }
-
         let (tx, rx) = std_mpsc::channel::<WriteFn>();
         let thread = std::thread::Builder::new()
             .name("cnp-db-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Open {
-                path: path.to_owned(),
+                path: path.clone(),
                 message: format!("cannot start writer thread: {e}"),
             })?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                inline: None,
-                writer: Mutex::new(Some(tx)),
-                writer_thread: Mutex::new(Some(thread)),
-                readers: Mutex::new(Vec::new()),
-                read_slots: tokio::sync::Semaphore::new(READ_POOL),
-                health: Default::default(),
-                backup_lock: tokio::sync::Mutex::new(()),
-            }),
+            inner: Arc::new(inner(None, Some(tx), Some(thread))),
         })
     }
 
+    /// The SQLite file (empty with PostgreSQL).
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Which database the store keeps its state in.
+    pub fn backend(&self) -> Backend {
+        match self.inner.source {
+            Source::Sqlite => Backend::Sqlite,
+            Source::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The PostgreSQL connection settings (`None` with SQLite).
+    pub fn postgres(&self) -> Option<&PgOptions> {
+        match &self.inner.source {
+            Source::Postgres(o) => Some(o),
+            Source::Sqlite => None,
+        }
     }
 
     /// Runs `f` inside the writer's transaction and returns its result once committed.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         self.submit(f, move |r| {
@@ -287,7 +359,7 @@ impl Store {
     /// Queues a write without waiting for it (log lines, heartbeat). Errors are logged.
     pub fn write_detached<F>(&self, what: &'static str, f: F)
     where
-        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<(), StoreError> + Send + 'static,
     {
         let r = self.submit(f, move |r| {
             if let Err(e) = r {
@@ -314,7 +386,7 @@ impl Store {
     fn submit<T, F, D>(&self, f: F, done: D) -> Result<(), StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
         D: FnOnce(Result<T, StoreError>) + Send + 'static,
     {
         let health = self.inner.health.clone();
@@ -324,12 +396,12 @@ impl Store {
         };
         if let Some(conn) = &self.inner.inline {
             let conn = conn.lock().expect("inline connection");
-            let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            let began = conn.batch(begin(&conn)).is_ok();
             let result = f(&conn);
             let committed = if result.is_ok() {
-                began && conn.execute_batch("COMMIT").is_ok()
+                began && conn.batch("COMMIT").is_ok()
             } else {
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = conn.batch("ROLLBACK");
                 true
             };
             drop(conn);
@@ -363,7 +435,7 @@ impl Store {
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Db) -> Result<T, StoreError> + Send + 'static,
     {
         if self.inner.inline.is_some() {
             return self.read_blocking(f);
@@ -383,7 +455,7 @@ impl Store {
     /// Runs a read on the calling thread (for synchronous callers and tests).
     pub fn read_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(&Connection) -> Result<T, StoreError>,
+        F: FnOnce(&Db) -> Result<T, StoreError>,
     {
         if let Some(conn) = &self.inner.inline {
             return f(&conn.lock().expect("inline connection"));
@@ -391,14 +463,38 @@ impl Store {
         let conn = self.inner.readers.lock().expect("reader pool").pop();
         let conn = match conn {
             Some(c) => c,
-            None => open_reader(&self.inner.path)?,
+            None => self.open_reader()?,
         };
         let result = f(&conn);
+        // A connection the server dropped is not put back (the next read opens a new one).
+        if result
+            .as_ref()
+            .err()
+            .is_some_and(StoreError::is_connection_lost)
+        {
+            return result;
+        }
         let mut pool = self.inner.readers.lock().expect("reader pool");
-        if pool.len() < READ_POOL {
+        if pool.len() < self.inner.read_pool {
             pool.push(conn);
         }
         result
+    }
+
+    fn open_reader(&self) -> Result<Db, StoreError> {
+        match &self.inner.source {
+            Source::Sqlite => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                        | OpenFlags::SQLITE_OPEN_URI,
+                )?;
+                configure(&conn)?;
+                Ok(Db::Sqlite(conn))
+            }
+            Source::Postgres(o) => pg::connect(o),
+        }
     }
 
     /// Stops the writer after it has committed everything queued so far.
@@ -418,13 +514,11 @@ impl Store {
     /// A value from the service's key/value table.
     pub async fn get_state(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
-            use rusqlite::OptionalExtension;
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT value FROM service_state WHERE key = ?1",
                 [key],
                 |r| r.get(0),
             )
-            .optional()?)
         })
         .await
     }
@@ -450,34 +544,32 @@ impl Drop for Inner {
     }
 }
 
-fn put_state(c: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+fn put_state(c: &Db, key: &str, value: &str) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO service_state(key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (key, value),
+        [key, value],
     )?;
     Ok(())
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+fn configure(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }
 
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    configure(&conn)?;
-    Ok(conn)
+/// How a write transaction begins: SQLite takes the write lock up front.
+fn begin(conn: &Db) -> &'static str {
+    match conn.backend() {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    }
 }
 
-fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
+fn writer_loop(mut conn: Db, rx: std_mpsc::Receiver<WriteFn>) {
     let mut batch: Vec<WriteFn> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -487,10 +579,13 @@ fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
                 Err(_) => break,
             }
         }
+        // A PostgreSQL server that went away (restart, failover) is connected to again before
+        // the batch; while it is unreachable the batch fails like a full disk does.
+        pg::reconnect_if_lost(&mut conn);
         let mut done = Vec::with_capacity(batch.len());
-        let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        let began = conn.batch(begin(&conn)).is_ok();
         for op in batch.drain(..) {
-            let sp = conn.execute_batch("SAVEPOINT op").is_ok();
+            let sp = began && conn.batch("SAVEPOINT op").is_ok();
             let (ok, reply) = op(&conn);
             // A failed op rolls back to its savepoint; its reply already carries the error.
             if sp {
@@ -499,14 +594,14 @@ fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
                 } else {
                     "ROLLBACK TO op; RELEASE op"
                 };
-                let _ = conn.execute_batch(sql);
+                let _ = conn.batch(sql);
             }
             done.push(reply);
         }
-        let committed = began && conn.execute_batch("COMMIT").is_ok();
+        let committed = began && conn.batch("COMMIT").is_ok();
         if !committed {
             tracing::error!("database transaction failed to commit");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = conn.batch("ROLLBACK");
         }
         for reply in done {
             reply(committed);
@@ -516,17 +611,17 @@ fn writer_loop(conn: Connection, rx: std_mpsc::Receiver<WriteFn>) {
 
 /// Runs `f` in a savepoint of its own so an error undoes only its own changes.
 pub(crate) fn atomic<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    conn: &Db,
+    f: impl FnOnce(&Db) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT atomic")?;
+    conn.batch("SAVEPOINT atomic")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE atomic")?;
+            conn.batch("RELEASE atomic")?;
             Ok(v)
         }
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO atomic; RELEASE atomic");
+            let _ = conn.batch("ROLLBACK TO atomic; RELEASE atomic");
             Err(e)
         }
     }
@@ -556,7 +651,7 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn opt_json<T: serde::de::DeserializeOwned>(
-    r: &rusqlite::Row<'_>,
+    r: &db::Row<'_>,
     i: usize,
     what: &str,
 ) -> Result<Option<T>, StoreError> {

@@ -1,6 +1,6 @@
 //! Notification delivery outcomes (`notification_deliveries`, schema v3).
 
-use rusqlite::{params, Row};
+use super::db::{params, Db, Row};
 
 use super::{from_ms, to_ms, Store, StoreError};
 use crate::notify::{Delivery, NewDelivery};
@@ -8,14 +8,14 @@ use crate::notify::{Delivery, NewDelivery};
 const COLUMNS: &str =
     "id, execution_id, job_id, event, channel, status, attempts, detail, created_at, delivered_at";
 
-fn insert(c: &rusqlite::Connection, d: &NewDelivery) -> Result<i64, StoreError> {
+fn insert(c: &Db, d: &NewDelivery) -> Result<i64, StoreError> {
     // An execution deleted meanwhile (retention) leaves the row without its link.
-    c.prepare_cached(
+    c.query_one(
         "INSERT INTO notification_deliveries
             (execution_id, job_id, event, channel, status, attempts, detail, created_at, delivered_at)
-         VALUES ((SELECT id FROM executions WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+         VALUES ((SELECT id FROM executions WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         RETURNING id",
+        params![
         d.execution_id,
         d.job_id,
         d.event,
@@ -25,11 +25,12 @@ fn insert(c: &rusqlite::Connection, d: &NewDelivery) -> Result<i64, StoreError> 
         d.detail,
         to_ms(d.created_at),
         d.delivered_at.map(to_ms),
-    ])?;
-    Ok(c.last_insert_rowid())
+        ],
+        |r| r.get(0),
+    )
 }
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+fn from_row(r: &Row<'_>) -> Result<Delivery, StoreError> {
     Ok(Delivery {
         id: r.get(0)?,
         execution_id: r.get(1)?,
@@ -64,11 +65,7 @@ impl Store {
             let sql = format!(
                 "SELECT {COLUMNS} FROM notification_deliveries WHERE execution_id = ?1 ORDER BY id"
             );
-            let rows = c
-                .prepare_cached(&sql)?
-                .query_map([execution_id], from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            c.query_map(&sql, [execution_id], from_row)
         })
         .await
     }
@@ -78,11 +75,7 @@ impl Store {
         self.read(move |c| {
             let sql =
                 format!("SELECT {COLUMNS} FROM notification_deliveries ORDER BY id DESC LIMIT ?1");
-            let rows = c
-                .prepare_cached(&sql)?
-                .query_map([limit], from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            c.query_map(&sql, [limit], from_row)
         })
         .await
     }
@@ -91,7 +84,7 @@ impl Store {
     pub async fn count_deliveries(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             Ok(
-                c.query_row("SELECT COUNT(*) FROM notification_deliveries", [], |r| {
+                c.query_one("SELECT COUNT(*) FROM notification_deliveries", (), |r| {
                     r.get::<_, i64>(0)
                 })? as u64,
             )

@@ -1,7 +1,6 @@
 //! Job templates.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
-
+use super::db::{params, Db, Row};
 use super::jobs::JOB_COLUMNS;
 use super::{atomic, from_json, from_ms, to_json, to_ms, Store, StoreError};
 use crate::job_template::{JobTemplate, TemplateBody};
@@ -22,14 +21,12 @@ fn template_from_row(r: &Row<'_>) -> Result<JobTemplate, StoreError> {
     })
 }
 
-fn get_template_conn(c: &Connection, name: &str) -> Result<Option<JobTemplate>, StoreError> {
-    c.query_row(
+fn get_template_conn(c: &Db, name: &str) -> Result<Option<JobTemplate>, StoreError> {
+    c.query_opt(
         &format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE name = ?1"),
         [name],
-        |r| Ok(template_from_row(r)),
+        template_from_row,
     )
-    .optional()?
-    .transpose()
 }
 
 impl Store {
@@ -70,15 +67,11 @@ impl Store {
     /// Every template, by name.
     pub async fn list_templates(&self) -> Result<Vec<JobTemplate>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY name"
-            ))?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(template_from_row(r)?);
-            }
-            Ok(out)
+            c.query_map(
+                &format!("SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY name"),
+                (),
+                template_from_row,
+            )
         })
         .await
     }
@@ -86,15 +79,11 @@ impl Store {
     /// The jobs made from a template, by name.
     pub async fn jobs_of_template(&self, name: String) -> Result<Vec<Job>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE template = ?1 ORDER BY name"
-            ))?;
-            let mut rows = stmt.query([&name])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
-                out.push(super::jobs::job_from_row(r)?);
-            }
-            Ok(out)
+            c.query_map(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE template = ?1 ORDER BY name"),
+                [&name],
+                super::jobs::job_from_row,
+            )
         })
         .await
     }
@@ -103,7 +92,7 @@ impl Store {
     pub async fn delete_template(&self, name: String) -> Result<(), StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let used: i64 = c.query_row(
+                let used: i64 = c.query_one(
                     "SELECT COUNT(*) FROM jobs WHERE template = ?1",
                     [&name],
                     |r| r.get(0),

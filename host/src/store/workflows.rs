@@ -6,8 +6,8 @@
 //! index `executions_workflow_node`), so even two settles of the same node record it once.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
 
+use super::db::{params, Db, Row};
 use super::executions::{exec_from_row, EXEC_COLUMNS};
 use super::{from_ms, opt_from_ms, to_json, to_ms, Store, StoreError};
 use crate::model::{DependsOn, ExecutionStatus, JobExecution};
@@ -92,58 +92,59 @@ pub struct JobDependencies {
 
 /// Records the verdicts of an upstream run's end and the downstream runs they decide. Returns
 /// the runs recorded now (none twice).
-pub(super) fn settle_conn(c: &Connection, s: &Settle) -> Result<Vec<Settled>, StoreError> {
+pub(super) fn settle_conn(c: &Db, s: &Settle) -> Result<Vec<Settled>, StoreError> {
     if s.verdicts.is_empty() {
         return Ok(Vec::new());
     }
     let now = to_ms(s.now);
     // The pass exists from the end of its first run (the upstream here when it has none).
-    c.prepare_cached(
-        "INSERT OR IGNORE INTO workflow_runs (id, root_job_id, root_execution_id, created_at)
-         VALUES (?1, ?2, ?1, ?3)",
-    )?
-    .execute(params![s.pass_id, s.upstream_job, now])?;
-    c.prepare_cached(
+    c.execute(
+        "INSERT INTO workflow_runs (id, root_job_id, root_execution_id, created_at)
+         VALUES (?1, ?2, ?1, ?3) ON CONFLICT DO NOTHING",
+        params![s.pass_id, s.upstream_job, now],
+    )?;
+    c.execute(
         "UPDATE executions SET workflow_run_id = ?1
          WHERE workflow_run_id IS NULL AND (id = ?1 OR first_attempt_id = ?1 OR id = ?2)",
-    )?
-    .execute(params![s.pass_id, s.upstream_execution])?;
+        params![s.pass_id, s.upstream_execution],
+    )?;
     let cancelled: bool = c
-        .prepare_cached("SELECT cancelled_at IS NOT NULL FROM workflow_runs WHERE id = ?1")?
-        .query_row([&s.pass_id], |r| r.get(0))
-        .optional()?
+        .query_opt(
+            "SELECT cancelled_at IS NOT NULL FROM workflow_runs WHERE id = ?1",
+            [&s.pass_id],
+            |r| r.get(0),
+        )?
         .unwrap_or(false);
     let mut out = Vec::new();
     for v in &s.verdicts {
-        c.prepare_cached(
-            "INSERT OR IGNORE INTO workflow_edges
+        c.execute(
+            "INSERT INTO workflow_edges
                 (pass_id, downstream_job, upstream_job, upstream_execution, satisfied, reason,
                  created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            s.pass_id,
-            v.downstream_job,
-            s.upstream_job,
-            s.upstream_execution,
-            v.satisfied,
-            v.reason,
-            now
-        ])?;
-        let mut stmt = c.prepare_cached(
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            params![
+                s.pass_id,
+                v.downstream_job,
+                s.upstream_job,
+                s.upstream_execution,
+                v.satisfied,
+                v.reason,
+                now
+            ],
+        )?;
+        let rows = c.query_map(
             "SELECT upstream_job, upstream_execution, satisfied, reason FROM workflow_edges
              WHERE pass_id = ?1 AND downstream_job = ?2 ORDER BY created_at, upstream_job",
-        )?;
-        let rows = stmt
-            .query_map(params![s.pass_id, v.downstream_job], |r| {
+            params![s.pass_id, v.downstream_job],
+            |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, bool>(2)?,
                     r.get::<_, Option<String>>(3)?,
                 ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         let all_in = v.expected.iter().all(|up| rows.iter().any(|r| &r.0 == up));
         let satisfied: Vec<&String> = rows.iter().filter(|r| r.2).map(|r| &r.1).collect();
         let unsatisfied = || {
@@ -191,10 +192,11 @@ pub(super) fn settle_conn(c: &Connection, s: &Settle) -> Result<Vec<Settled>, St
         };
         // A paused or disabled job is not started by its upstreams: recorded skipped, so the
         // pass goes on past it.
-        let job_status: Option<String> = c
-            .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
-            .query_row([&v.downstream_job], |r| r.get(0))
-            .optional()?;
+        let job_status: Option<String> = c.query_opt(
+            "SELECT status FROM jobs WHERE id = ?1",
+            [&v.downstream_job],
+            |r| r.get(0),
+        )?;
         let Some(job_status) = job_status else {
             continue; // deleted meanwhile
         };
@@ -204,14 +206,13 @@ pub(super) fn settle_conn(c: &Connection, s: &Settle) -> Result<Vec<Settled>, St
         }
         let id = uuid::Uuid::now_v7().to_string();
         let ended = status != ExecutionStatus::Queued;
-        let n = c
-            .prepare_cached(
-                "INSERT OR IGNORE INTO executions
-                    (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
-                     error, completed_at, first_attempt_id, workflow_run_id, upstream_ids)
-                 VALUES (?1, ?2, ?3, 'dependency', NULL, ?4, ?4, 0, ?5, ?6, ?1, ?7, ?8)",
-            )?
-            .execute(params![
+        let n = c.execute(
+            "INSERT INTO executions
+                (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
+                 error, completed_at, first_attempt_id, workflow_run_id, upstream_ids)
+             VALUES (?1, ?2, ?3, 'dependency', NULL, ?4, ?4, 0, ?5, ?6, ?1, ?7, ?8)
+             ON CONFLICT DO NOTHING",
+            params![
                 id,
                 v.downstream_job,
                 status.as_str(),
@@ -220,7 +221,8 @@ pub(super) fn settle_conn(c: &Connection, s: &Settle) -> Result<Vec<Settled>, St
                 ended.then_some(now),
                 s.pass_id,
                 to_json(&upstream_ids),
-            ])?;
+            ],
+        )?;
         if n == 1 {
             out.push(Settled {
                 execution_id: id,
@@ -245,18 +247,17 @@ impl Store {
     /// Every job with a `depends_on`, each upstream resolved to a job id.
     pub async fn job_dependencies(&self) -> Result<Vec<JobDependencies>, StoreError> {
         self.read(|c| {
-            let mut stmt = c.prepare(
+            let rows = c.query_map(
                 "SELECT id, name, depends_on FROM jobs WHERE depends_on IS NOT NULL ORDER BY rowid",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
+                (),
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                     ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             let mut out = Vec::with_capacity(rows.len());
             for (id, name, deps) in rows {
                 let depends_on: DependsOn = super::from_json(&deps, "jobs.depends_on")?;
@@ -283,10 +284,10 @@ impl Store {
         id_or_name: String,
     ) -> Result<Option<(String, String)>, StoreError> {
         self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT id, name FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1")?
-                    .query_row([&id_or_name], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?,
+            c.query_opt(
+                "SELECT id, name FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1",
+                [&id_or_name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
         })
         .await
@@ -300,16 +301,15 @@ impl Store {
         offset: u32,
     ) -> Result<Vec<WorkflowRun>, StoreError> {
         self.read(move |c| {
-            let mut stmt = c.prepare(
+            let rows = c.query_map(
                 "SELECT w.id, w.root_job_id, j.name, w.root_execution_id, w.created_at, w.cancelled_at
                  FROM workflow_runs w LEFT JOIN jobs j ON j.id = w.root_job_id
-                 WHERE ?1 IS NULL OR w.root_job_id = ?1
+                 WHERE CAST(?1 AS TEXT) IS NULL OR w.root_job_id = ?1
                     OR EXISTS (SELECT 1 FROM executions e WHERE e.workflow_run_id = w.id AND e.job_id = ?1)
                  ORDER BY w.created_at DESC, w.id DESC LIMIT ?2 OFFSET ?3",
+                params![job_id, limit, offset],
+                workflow_run_row,
             )?;
-            let rows = stmt
-                .query_map(params![job_id, limit, offset], workflow_run_row)?
-                .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter().map(|w| with_counts(c, w)).collect()
         })
         .await
@@ -318,9 +318,9 @@ impl Store {
     /// How many passes [`Store::list_workflow_runs`] would list without paging.
     pub async fn count_workflow_runs(&self, job_id: Option<String>) -> Result<u64, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            Ok(c.query_one(
                 "SELECT COUNT(*) FROM workflow_runs w
-                 WHERE ?1 IS NULL OR w.root_job_id = ?1
+                 WHERE CAST(?1 AS TEXT) IS NULL OR w.root_job_id = ?1
                     OR EXISTS (SELECT 1 FROM executions e WHERE e.workflow_run_id = w.id AND e.job_id = ?1)",
                 [job_id],
                 |r| r.get::<_, i64>(0),
@@ -332,13 +332,12 @@ impl Store {
     /// A pass with its runs and edge verdicts (`None`: no such pass).
     pub async fn workflow_run(&self, id: String) -> Result<Option<PassRecord>, StoreError> {
         self.read(move |c| {
-            let run = c
-                .prepare_cached(
-                    "SELECT w.id, w.root_job_id, j.name, w.root_execution_id, w.created_at, w.cancelled_at
-                     FROM workflow_runs w LEFT JOIN jobs j ON j.id = w.root_job_id WHERE w.id = ?1",
-                )?
-                .query_row([&id], workflow_run_row)
-                .optional()?;
+            let run = c.query_opt(
+                "SELECT w.id, w.root_job_id, j.name, w.root_execution_id, w.created_at, w.cancelled_at
+                 FROM workflow_runs w LEFT JOIN jobs j ON j.id = w.root_job_id WHERE w.id = ?1",
+                [&id],
+                workflow_run_row,
+            )?;
             let Some(run) = run else {
                 return Ok(None);
             };
@@ -347,18 +346,12 @@ impl Store {
                 "SELECT {EXEC_COLUMNS} FROM executions WHERE workflow_run_id = ?1
                  ORDER BY queued_at, rowid"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([&id])?;
-            let mut executions = Vec::new();
-            while let Some(r) = rows.next()? {
-                executions.push(exec_from_row(r)?);
-            }
-            let mut stmt = c.prepare(
+            let executions = c.query_map(&sql, [&id], exec_from_row)?;
+            let edges = c.query_map(
                 "SELECT upstream_job, downstream_job, upstream_execution, satisfied, reason
                  FROM workflow_edges WHERE pass_id = ?1 ORDER BY created_at, downstream_job",
-            )?;
-            let edges = stmt
-                .query_map([&id], |r| {
+                [&id],
+                |r| {
                     Ok(PassEdge {
                         upstream_job: r.get(0)?,
                         downstream_job: r.get(1)?,
@@ -366,8 +359,8 @@ impl Store {
                         satisfied: r.get(3)?,
                         reason: r.get(4)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             Ok(Some(PassRecord { run, executions, edges }))
         })
         .await
@@ -376,12 +369,12 @@ impl Store {
     /// The job a pass began with.
     pub async fn workflow_root(&self, pass_id: String) -> Result<Option<String>, StoreError> {
         self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT root_job_id FROM workflow_runs WHERE id = ?1")?
-                    .query_row([&pass_id], |r| r.get::<_, Option<String>>(0))
-                    .optional()?
-                    .flatten(),
-            )
+            Ok(c.query_opt(
+                "SELECT root_job_id FROM workflow_runs WHERE id = ?1",
+                [&pass_id],
+                |r| r.get::<_, Option<String>>(0),
+            )?
+            .flatten())
         })
         .await
     }
@@ -405,16 +398,12 @@ impl Store {
                    AND NOT EXISTS (SELECT 1 FROM executions x
                                    WHERE x.first_attempt_id = COALESCE(e.first_attempt_id, e.id)
                                      AND x.retry_count > e.retry_count)
-                 ORDER BY e.completed_at, e.rowid"
+                 ORDER BY e.completed_at NULLS FIRST, e.rowid"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([&pass_id])?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next()? {
+            c.query_map(&sql, [&pass_id], |r| {
                 let e = exec_from_row(r)?;
-                out.push((r.get::<_, String>(24)?, e));
-            }
-            Ok(out)
+                Ok((r.get::<_, String>(24)?, e))
+            })
         })
         .await
     }
@@ -453,21 +442,15 @@ impl Store {
                                    WHERE x.first_attempt_id = COALESCE(e.first_attempt_id, e.id)
                                      AND x.retry_count > e.retry_count)"
             );
-            let mut stmt = c.prepare(&sql)?;
-            let mut rows = stmt.query([to_ms(since)])?;
-            let mut found = Vec::new();
-            while let Some(r) = rows.next()? {
-                found.push(exec_from_row(r)?);
-            }
+            let found = c.query_map(&sql, [to_ms(since)], exec_from_row)?;
             let mut out = Vec::with_capacity(found.len());
-            let mut q = c.prepare_cached(
-                "SELECT downstream_job FROM workflow_edges WHERE pass_id = ?1 AND upstream_job = ?2",
-            )?;
             for e in found {
                 let pass = e.workflow_run_id.clone().unwrap_or_default();
-                let done = q
-                    .query_map(params![pass, e.job_id], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let done = c.query_map(
+                    "SELECT downstream_job FROM workflow_edges WHERE pass_id = ?1 AND upstream_job = ?2",
+                    params![pass, e.job_id],
+                    |r| r.get::<_, String>(0),
+                )?;
                 out.push((e, done));
             }
             Ok(out)
@@ -476,15 +459,15 @@ impl Store {
     }
 }
 
-fn resolve_job_conn(c: &Connection, id_or_name: &str) -> Result<Option<String>, StoreError> {
-    Ok(
-        c.prepare_cached("SELECT id FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1")?
-            .query_row([id_or_name], |r| r.get(0))
-            .optional()?,
+fn resolve_job_conn(c: &Db, id_or_name: &str) -> Result<Option<String>, StoreError> {
+    c.query_opt(
+        "SELECT id FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1",
+        [id_or_name],
+        |r| r.get(0),
     )
 }
 
-fn workflow_run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkflowRun> {
+fn workflow_run_row(r: &Row<'_>) -> Result<WorkflowRun, StoreError> {
     Ok(WorkflowRun {
         id: r.get(0)?,
         root_job_id: r.get(1)?,
@@ -496,20 +479,17 @@ fn workflow_run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkflowRun> {
     })
 }
 
-fn with_counts(c: &Connection, mut w: WorkflowRun) -> Result<WorkflowRun, StoreError> {
-    let mut stmt = c.prepare_cached(
+fn with_counts(c: &Db, mut w: WorkflowRun) -> Result<WorkflowRun, StoreError> {
+    let rows = c.query_map(
         "SELECT e.status, COUNT(*) FROM executions e
          WHERE e.workflow_run_id = ?1
            AND NOT EXISTS (SELECT 1 FROM executions x
                            WHERE x.first_attempt_id = COALESCE(e.first_attempt_id, e.id)
                              AND x.retry_count > e.retry_count)
          GROUP BY e.status",
+        [&w.id],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
     )?;
-    let rows = stmt
-        .query_map([&w.id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     w.runs = rows.into_iter().map(|(s, n)| (s, n as u64)).collect();
     Ok(w)
 }
