@@ -922,6 +922,38 @@ max_execution_history = 1000
     }
 
     #[test]
+    fn database_url_selects_postgresql_and_bad_values_name_their_field() {
+        std::env::set_var("CNP_TEST_PG_PASSWORD_CFG", "s3cret");
+        let c = parse(
+            "[database]\nurl = \"postgresql://cnp:${CNP_TEST_PG_PASSWORD_CFG}@db:5432/cnp\"\npool_size = 8\n",
+        )
+        .unwrap();
+        let o = c.postgres_options().unwrap().unwrap();
+        assert_eq!(o.url, "postgresql://cnp:s3cret@db:5432/cnp");
+        assert_eq!(o.pool_size, 8);
+        assert_eq!(o.display_url(), "postgresql://cnp:***@db:5432/cnp");
+        assert!(Config::default().postgres_options().unwrap().is_none());
+        for (text, field) in [
+            (
+                "[database]\nurl = \"postgresql://a@b/c\"\npath = \"/x.db\"\n",
+                "database.url",
+            ),
+            (
+                "[database]\nurl = \"postgresql://a@b:nope/c\"\n",
+                "database.url",
+            ),
+            (
+                "[database]\nurl = \"postgresql://a@b/c\"\n[database.backup]\n",
+                "database.backup",
+            ),
+            ("[database]\npool_size = 0\n", "database.pool_size"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn database_backup_parses_and_bad_values_name_their_field() {
         let c = parse(
             "[database]\npath = \"/srv/cnp/cnp.db\"\nbackup = { every = \"6h\", keep = 3, directory = \"/backups\" }\n",

@@ -37,6 +37,7 @@ pub fn executor_settings(config: &Config) -> ExecutorSettings {
 
 /// Runs the service until `shutdown` resolves, then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut engine_settings = EngineSettings::from_config(&config);
     match crate::executor::process::raise_nofile_limit() {
         Ok((before, after)) => {
@@ -59,6 +60,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
     }
     let store = open_store(&config)?;
+    // PostgreSQL: one active instance per database; others wait here as standbys.
+    let instance_lock = match store.postgres() {
+        Some(options) => {
+            let mut told = None::<String>;
+            let acquire = crate::store::InstanceLock::acquire(options, |holder| {
+                if told.as_deref() != Some(holder) {
+                    tracing::info!(active = holder, "standby: another cnp instance is active on this database; taking over when it stops");
+                    told = Some(holder.to_owned());
+                }
+            });
+            let lock = tokio::select! {
+                lock = acquire => lock,
+                _ = &mut shutdown => {
+                    tracing::info!("stopped while standby");
+                    store.close();
+                    return Ok(());
+                }
+            };
+            tracing::info!("active instance on the PostgreSQL database");
+            Some(lock)
+        }
+        None => None,
+    };
 
     let settings = executor_settings(&config);
     check_cli(&settings.command);
@@ -118,7 +142,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "cnp is running"
     );
 
-    shutdown.await;
+    let lost = async {
+        match instance_lock {
+            Some(lock) => Some(lock.lost().await),
+            None => std::future::pending().await,
+        }
+    };
+    let lost = tokio::select! {
+        _ = &mut shutdown => None,
+        holder = lost => holder,
+    };
+    if let Some(holder) = &lost {
+        tracing::error!(active = %holder, "lost the PostgreSQL instance lock: another instance took over; stopping");
+    }
     stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
@@ -136,7 +172,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     store.close();
     tracing::info!("stopped");
-    Ok(())
+    match lost {
+        Some(holder) => anyhow::bail!("another instance ({holder}) took over the database"),
+        None => Ok(()),
+    }
 }
 
 /// The configured database: PostgreSQL when `[database] url` is set, else the SQLite file.

@@ -34,7 +34,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::OpenFlags;
 
 pub use db::{Backend, Db};
-pub use pg::{redact_url as redact_database_url, PgOptions, PG_SCHEMA_VERSION};
+pub use pg::{redact_url as redact_database_url, InstanceLock, PgOptions, PG_SCHEMA_VERSION};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;

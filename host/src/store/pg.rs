@@ -433,3 +433,87 @@ mod tests {
         assert!(!e.contains("pw"), "{e}");
     }
 }
+
+/// The advisory lock that makes one instance the active one on a database ("cnp" in ASCII).
+const INSTANCE_LOCK: i64 = 0x63_6e_70;
+
+/// This instance is the active one on its PostgreSQL database: it holds a session advisory lock
+/// on a connection of its own. Other instances on the same database wait as standbys
+/// ([`InstanceLock::acquire`]) and take over when the holder's session ends — at once when its
+/// process dies (the server sees the socket close), after TCP keepalive when its machine does.
+pub struct InstanceLock {
+    options: PgOptions,
+    client: tokio_postgres::Client,
+}
+
+impl InstanceLock {
+    /// Takes the lock, waiting while another instance holds it; `waiting` is told who holds it
+    /// (or why the server cannot be asked) each time a try fails, about once a second.
+    pub async fn acquire(options: &PgOptions, mut waiting: impl FnMut(&str)) -> InstanceLock {
+        loop {
+            match try_lock(options).await {
+                Ok(Ok(client)) => {
+                    return InstanceLock {
+                        options: options.clone(),
+                        client,
+                    }
+                }
+                Ok(Err(holder)) => waiting(&holder),
+                Err(e) => waiting(&format!("PostgreSQL is unreachable: {e}")),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Resolves when the lock is lost for good: its session ended (the server restarted, the
+    /// network failed) and, connected again, another instance holds it. While the server is
+    /// unreachable nobody can take it over, so the instance keeps its place and tries again.
+    pub async fn lost(mut self) -> String {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !self.client.is_closed() {
+                continue;
+            }
+            match try_lock(&self.options).await {
+                Ok(Ok(client)) => {
+                    tracing::warn!("reconnected to PostgreSQL; still the active instance");
+                    self.client = client;
+                }
+                Ok(Err(holder)) => return holder,
+                Err(e) => tracing::warn!(error = %e, "PostgreSQL is unreachable"),
+            }
+        }
+    }
+}
+
+/// One try: `Ok(Ok(client))` holding the lock, `Ok(Err(who holds it))`, or why it failed.
+async fn try_lock(
+    options: &PgOptions,
+) -> Result<Result<tokio_postgres::Client, String>, StoreError> {
+    let mut config = options.config().map_err(StoreError::Schema)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    config.application_name(format!("cnp {host} pid {}", std::process::id()));
+    let (client, connection) = config.connect(tls()).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&INSTANCE_LOCK])
+        .await?
+        .get(0);
+    if got {
+        return Ok(Ok(client));
+    }
+    let holder = client
+        .query_opt(
+            "SELECT a.application_name, COALESCE(host(a.client_addr), 'local') FROM pg_locks l
+             JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1",
+            &[&(INSTANCE_LOCK as u32)],
+        )
+        .await?
+        .map(|r| format!("{} (from {})", r.get::<_, String>(0), r.get::<_, String>(1)))
+        .unwrap_or_else(|| "another instance".into());
+    Ok(Err(holder))
+}
