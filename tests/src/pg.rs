@@ -158,14 +158,8 @@ impl PgServer {
 
     /// Creates a new empty database and returns its URL.
     pub fn create_database(&self) -> String {
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
-        // One at a time: CREATE DATABASE copies template1, which no other session may use then.
-        static CREATING: Mutex<()> = Mutex::new(());
-        let _one = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let name = new_database_name();
+        let _one = one_create_at_a_time();
         run_sql(&self.url("postgres"), &format!("CREATE DATABASE {name}"))
             .expect("create a test database");
         self.url(&name)
@@ -180,13 +174,8 @@ impl PgServer {
             .and_then(|s| s.split('?').next())
             .expect("a database name in the URL")
             .to_owned();
-        let name = format!(
-            "t{}_{}",
-            std::process::id(),
-            NEXT_DB.fetch_add(1, Ordering::Relaxed)
-        );
-        static CREATING: Mutex<()> = Mutex::new(());
-        let _one = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let name = new_database_name();
+        let _one = one_create_at_a_time();
         let end_sessions = format!(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}'"
         );
@@ -241,6 +230,20 @@ impl Drop for PgServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn new_database_name() -> String {
+    format!(
+        "t{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One CREATE DATABASE at a time: it copies its template, which no other session may use then.
+fn one_create_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CREATING: Mutex<()> = Mutex::new(());
+    CREATING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Spawns `cmd` from a thread that lives as long as the process: the parent-death signal fires

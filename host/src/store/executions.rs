@@ -139,13 +139,24 @@ pub(super) fn exec_from_row(r: &Row<'_>) -> Result<JobExecution, StoreError> {
 }
 
 fn insert_execution_conn(c: &Db, e: &NewExecution) -> Result<bool, StoreError> {
-    let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
-    let n = c.execute(
+    insert_with(
+        c,
         "INSERT INTO executions
             (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count, prompt, error,
              completed_at, first_attempt_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?1)
          ON CONFLICT DO NOTHING",
+        e,
+    )
+}
+
+/// Runs an insert of `e` whose parameters are, in order: id, job, status, trigger, slot,
+/// scheduled_for, queued_at, attempt, prompt, error, completed_at (a skipped run ends as it is
+/// recorded). Returns whether a row was inserted.
+fn insert_with(c: &Db, sql: &str, e: &NewExecution) -> Result<bool, StoreError> {
+    let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
+    let n = c.execute(
+        sql,
         params![
             e.id,
             e.job_id,
@@ -183,29 +194,13 @@ impl Store {
                     THEN COALESCE(last_slot, 0) ELSE ?2 END
                  WHERE id = ?1";
             for e in &fires {
-                let completed = (e.status == ExecutionStatus::Skipped).then(|| to_ms(e.queued_at));
-                let n = c.execute(
-                    ins,
-                    params![
-                        e.id,
-                        e.job_id,
-                        e.status.as_str(),
-                        e.trigger.as_str(),
-                        e.slot.map(to_ms),
-                        e.scheduled_for.map(to_ms),
-                        to_ms(e.queued_at),
-                        e.retry_count,
-                        e.prompt,
-                        e.error,
-                        completed,
-                    ],
-                )?;
-                if n == 1 {
+                let inserted = insert_with(c, ins, e)?;
+                if inserted {
                     if let Some(slot) = e.slot {
                         c.execute(upd, params![e.job_id, to_ms(slot)])?;
                     }
                 }
-                out.push(n == 1);
+                out.push(inserted);
             }
             Ok(out)
         })
