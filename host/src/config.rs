@@ -201,6 +201,14 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     /// PostgreSQL read connections per instance (the writer has one more).
     pub pool_size: u32,
+    /// PostgreSQL: how long a run claimed by an instance stays its own without a heartbeat.
+    /// When an instance dies, its runs are taken over (interrupted, retried per policy) this
+    /// long after its last heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// PostgreSQL: how often an instance renews its leases and shows itself alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
     /// Delete executions older than `job_engine.cleanup_retention_days`.
     pub cleanup_old_executions: bool,
     /// Keep at most this many finished executions per job (0 = no limit).
@@ -442,6 +450,8 @@ impl Default for DatabaseConfig {
             path: None,
             url: None,
             pool_size: 4,
+            lease: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(3),
             cleanup_old_executions: true,
             max_execution_history: 1000,
             backup: None,
@@ -574,6 +584,24 @@ impl Config {
             return Err(invalid(
                 "database.pool_size",
                 "must be between 1 and 64".into(),
+            ));
+        }
+        if self.database.heartbeat < Duration::from_millis(100)
+            || self.database.heartbeat > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "database.heartbeat",
+                "must be from 100ms to 10 minutes".into(),
+            ));
+        }
+        if self.database.lease < self.database.heartbeat * 2
+            || self.database.lease > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "database.lease",
+                "must be at least twice database.heartbeat (a lease must outlive a late \
+                 heartbeat) and at most 1 hour"
+                    .into(),
             ));
         }
         if let Some(b) = &self.database.backup {

@@ -6,13 +6,13 @@
 //! view that the API's WebSocket streams.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::model::{AttemptRef, ExecutionStatus, JobStatus, LogLine};
 
 /// Something that happened in the engine.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A job was created, changed, paused, resumed or deleted.
@@ -47,22 +47,55 @@ pub enum Event {
 /// Cloneable handle to the bus.
 #[derive(Clone)]
 pub struct EventBus {
+    /// Every event: this instance's and, in a cluster, the other instances'.
     tx: broadcast::Sender<Event>,
+    /// This instance's own events only.
+    local: broadcast::Sender<Event>,
+    /// In a cluster, where this instance's events also go (to reach the other instances).
+    forward: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Event>>>,
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity);
-        EventBus { tx }
+        let (local, _) = broadcast::channel(capacity);
+        EventBus {
+            tx,
+            local,
+            forward: Default::default(),
+        }
     }
 
-    /// Publishes an event; nobody listening is fine.
+    /// Publishes an event of this instance; nobody listening is fine.
     pub fn publish(&self, event: Event) {
+        if let Some(f) = self.forward.get() {
+            let _ = f.send(event.clone());
+        }
+        if self.local.receiver_count() > 0 {
+            let _ = self.local.send(event.clone());
+        }
         let _ = self.tx.send(event);
     }
 
+    /// Publishes an event another instance of the cluster sent: to [`EventBus::subscribe`]rs
+    /// (WebSocket clients), not forwarded again, not to [`EventBus::subscribe_local`].
+    pub fn publish_received(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+
+    /// Every event, wherever in the cluster it happened.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.tx.subscribe()
+    }
+
+    /// This instance's own events (what it must act on once, such as notifications).
+    pub fn subscribe_local(&self) -> broadcast::Receiver<Event> {
+        self.local.subscribe()
+    }
+
+    /// Also sends this instance's events to `to` from now on (set once).
+    pub fn forward_to(&self, to: tokio::sync::mpsc::UnboundedSender<Event>) {
+        let _ = self.forward.set(to);
     }
 }
 

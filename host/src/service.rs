@@ -60,29 +60,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Err(e) => tracing::warn!(error = %e, "cannot read/raise the open-file limit"),
     }
     let store = open_store(&config)?;
-    // PostgreSQL: one active instance per database; others wait here as standbys.
-    let instance_lock = match store.postgres() {
-        Some(options) => {
-            let mut told = None::<String>;
-            let acquire = crate::store::InstanceLock::acquire(options, |holder| {
-                if told.as_deref() != Some(holder) {
-                    tracing::info!(active = holder, "standby: another cnp instance is active on this database; taking over when it stops");
-                    told = Some(holder.to_owned());
-                }
-            });
-            let lock = tokio::select! {
-                lock = acquire => lock,
-                _ = &mut shutdown => {
-                    tracing::info!("stopped while standby");
-                    store.close();
-                    return Ok(());
-                }
-            };
-            tracing::info!("active instance on the PostgreSQL database");
-            Some(lock)
-        }
-        None => None,
-    };
 
     let settings = executor_settings(&config);
     check_cli(&settings.command);
@@ -134,6 +111,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::info!("no manifest folder configured ([manifests] directory)");
     }
     let api = crate::api::start(&config, engine.clone(), manifests.clone(), plugins.clone()).await;
+    if let Some(api) = &api {
+        engine.set_api_address(api.local_addr().to_string());
+    }
     let status = engine.status();
     tracing::info!(
         jobs = status.jobs,
@@ -142,9 +122,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         "cnp is running"
     );
 
+    // PostgreSQL: every instance runs jobs; the one holding the leader lock also records the
+    // schedule's slots. The others wait for the lock and take the timer over when it is free.
     let lost = async {
-        match instance_lock {
-            Some(lock) => Some(lock.lost().await),
+        match store.postgres() {
+            Some(options) => Some(lead_when_free(&engine, options).await),
             None => std::future::pending().await,
         }
     };
@@ -153,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         holder = lost => holder,
     };
     if let Some(holder) = &lost {
-        tracing::error!(active = %holder, "lost the PostgreSQL instance lock: another instance took over; stopping");
+        tracing::error!(leader = %holder, "lost the cluster's leader lock while PostgreSQL was unreachable: another instance leads now; stopping (a supervisor restarts this one as a member)");
     }
     stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
@@ -173,9 +155,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     store.close();
     tracing::info!("stopped");
     match lost {
-        Some(holder) => anyhow::bail!("another instance ({holder}) took over the database"),
+        Some(holder) => anyhow::bail!("another instance ({holder}) took over the cluster's timer"),
         None => Ok(()),
     }
+}
+
+/// Waits for the cluster's leader lock (while another instance holds it), takes the timer
+/// over, and resolves with the new leader's name if the lock is lost for good.
+async fn lead_when_free(engine: &Engine, options: &crate::store::PgOptions) -> String {
+    let mut told = None::<String>;
+    let lock = crate::store::InstanceLock::acquire(options, |holder| {
+        if told.as_deref() != Some(holder) {
+            tracing::info!(leader = holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
+            told = Some(holder.to_owned());
+        }
+    })
+    .await;
+    loop {
+        match engine.lead().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot take the timer over; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+    lock.lost().await
 }
 
 /// The configured database: PostgreSQL when `[database] url` is set, else the SQLite file.

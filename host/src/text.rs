@@ -151,3 +151,15 @@ mod tests {
         assert_eq!(pretty_log_line("stdout", "plain").as_deref(), Some("plain"));
     }
 }
+
+/// `s` cut to at most `max_bytes` bytes (on a character boundary), with `…` when cut.
+pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s.to_owned();
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}

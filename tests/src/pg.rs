@@ -344,3 +344,19 @@ fn find_bin() -> io::Result<PathBuf> {
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// Runs a query on `url` and returns its rows, every column as text (`NULL` as `None`) — cast
+/// in SQL (`::text`) what is not text already. On a thread of its own, as [`run_sql`].
+pub fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+        let rows = c.query(&sql, &[]).map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .collect())
+    })
+    .join()
+    .map_err(|_| "the SQL thread panicked".to_owned())?
+}

@@ -120,6 +120,66 @@ pub struct Health {
     /// `ok`, `degraded: writes fail since …: …` (a full or failing disk: runs wait until writes
     /// succeed again) or `error: …`.
     pub database: String,
+    /// On PostgreSQL: the cluster of instances on the database (absent on SQLite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The instances sharing a PostgreSQL database (docs/cluster.md).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterStatus {
+    /// This instance's member id.
+    pub member: String,
+    /// The member holding the timer (`null` while none does).
+    pub leader: Option<String>,
+    /// The leader first, then by start.
+    pub members: Vec<ClusterMember>,
+}
+
+/// One instance of the cluster, as its last heartbeat recorded it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterMember {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// Where its API listens.
+    pub api: Option<String>,
+    pub leader: bool,
+    pub running: u32,
+    pub queued: u32,
+    /// Its `max_concurrent_jobs`.
+    pub capacity: u32,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The cluster as the database has it (`None` on SQLite or when it cannot be read).
+pub(super) async fn cluster_status(st: &ApiState) -> Option<ClusterStatus> {
+    let engine = st.engine();
+    let member = engine.member_id()?.to_owned();
+    let members = match engine.members().await {
+        Ok(Some(m)) => m,
+        _ => return None,
+    };
+    Some(ClusterStatus {
+        member,
+        leader: members.iter().find(|m| m.leader).map(|m| m.id.clone()),
+        members: members
+            .into_iter()
+            .map(|m| ClusterMember {
+                id: m.id,
+                host: m.host,
+                pid: m.pid,
+                api: m.api,
+                leader: m.leader,
+                running: m.running,
+                queued: m.queued,
+                capacity: m.capacity,
+                started_at: m.started_at,
+                heartbeat_at: m.heartbeat_at,
+            })
+            .collect(),
+    })
 }
 
 #[utoipa::path(get, path = "/api/jobs/health", tag = "monitoring", security(()),
@@ -157,6 +217,7 @@ pub async fn health(State(st): State<ApiState>) -> (StatusCode, Json<Health>) {
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: st.uptime().as_secs(),
             database,
+            cluster: cluster_status(&st).await,
         }),
     )
 }
@@ -524,6 +585,10 @@ pub struct ServiceStatus {
     /// `last_error` (the latest periodic attempt, when it failed), `failures`.
     #[schema(value_type = Object)]
     pub backup: crate::engine::BackupStatus,
+    /// On PostgreSQL: the cluster's members, its leader and each one's counts (absent on
+    /// SQLite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -551,6 +616,7 @@ pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
         plugins,
         cooldown: st.engine().cooldown(),
         backup: st.engine().backup_status(),
+        cluster: cluster_status(&st).await,
     })
 }
 

@@ -215,7 +215,55 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
     };
     rows.push(("Plugins", plugins));
     rows.push(("Backups", backup_text(v.get("backup"))));
+    if let Some(c) = v.get("cluster").filter(|c| !c.is_null()) {
+        rows.push(("Cluster", cluster_text(c)));
+    }
     output::print_table(&output::detail_table(rows));
+    if let Some(members) = v.pointer("/cluster/members").and_then(|m| m.as_array()) {
+        println!();
+        let me = v.pointer("/cluster/member").and_then(|m| m.as_str());
+        let mut t = output::table([
+            "MEMBER",
+            "ROLE",
+            "PROCESS",
+            "RUNNING",
+            "QUEUED",
+            "HEARTBEAT",
+            "API",
+        ]);
+        for row in members
+            .iter()
+            .map(|m| {
+                let id = s(m, "/id");
+                vec![
+                    format!(
+                        "{}{}",
+                        id.get(..13).unwrap_or(&id),
+                        if Some(id.as_str()) == me { " (this)" } else { "" }
+                    ),
+                    if m.get("leader").and_then(|l| l.as_bool()) == Some(true) {
+                        "leader".into()
+                    } else {
+                        "member".into()
+                    },
+                    format!("{} pid {}", s(m, "/host"), s(m, "/pid")),
+                    format!("{}/{}", s(m, "/running"), s(m, "/capacity")),
+                    s(m, "/queued"),
+                    output::relative(
+                        m.get("heartbeat_at")
+                            .and_then(|t| t.as_str())
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .unwrap_or_default(),
+                    ),
+                    s(m, "/api"),
+                ]
+            })
+        {
+            t.add_row(row);
+        }
+        output::print_table(&t);
+    }
     if let Some(e) = v.pointer("/backup/last_error").filter(|e| !e.is_null()) {
         println!();
         println!(
@@ -234,6 +282,20 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cluster row of `cnp status`: members and which leads.
+fn cluster_text(c: &Value) -> String {
+    let n = c
+        .get("members")
+        .and_then(|m| m.as_array())
+        .map_or(0, |m| m.len());
+    let leader = match c.get("leader").and_then(|l| l.as_str()) {
+        Some(l) if Some(l) == c.get("member").and_then(|m| m.as_str()) => "this instance".into(),
+        Some(l) => format!("member {}", l.get(..13).unwrap_or(l)),
+        None => "none (taking over)".into(),
+    };
+    format!("{n} member(s) on PostgreSQL, timer held by {leader}")
 }
 
 /// `cnp cooldown [show]` and `cnp cooldown clear`.

@@ -488,6 +488,38 @@ pub(super) async fn restore(engine: &Engine, configured: Budget) -> Result<(), E
     Ok(())
 }
 
+/// In a cluster: what was spent (runs end on every member) and the operator's override, read
+/// again from the database.
+pub(super) async fn refresh(engine: &Engine) -> Result<(), EngineError> {
+    let s = &engine.shared;
+    let persisted = match s.store.get_state(STATE_KEY).await? {
+        None => Persisted::default(),
+        Some(text) => serde_json::from_str::<Persisted>(&text).unwrap_or_default(),
+    };
+    let now = s.clock.now();
+    let ledger = s
+        .store
+        .cost_ledger(now - chrono::Duration::milliseconds(MONTH_MS + HOUR_MS))
+        .await?;
+    {
+        let mut st = s.state.lock().unwrap();
+        let st = &mut *st;
+        let b = &mut st.budgets;
+        b.global_override = persisted.global_override;
+        b.all = Ledger::default();
+        b.jobs.clear();
+        b.recent.clear();
+        for e in ledger {
+            b.record(&e.job_id, e.at, e.cost_usd);
+        }
+        // Holds are decided again against the new figures.
+        st.queue.release_all();
+    }
+    s.budget_changed.notify_one();
+    s.dispatch.notify_one();
+    Ok(())
+}
+
 fn persist(engine: &Engine) {
     let text = {
         let st = engine.shared.state.lock().unwrap();

@@ -202,6 +202,54 @@ pub(super) fn defer_in_store(engine: &Engine, ids: &[String], c: &Cooldown) {
 /// Ends the cooldown (reset reached, a probe succeeded, or cleared by hand): surplus slots go to
 /// the misfire policy, the rest are released in priority order, then due time.
 pub(super) async fn end(engine: &Engine, why: &str) -> Result<Option<Cooldown>, EngineError> {
+    end_as(engine, why, false).await
+}
+
+/// In a cluster: another member ended the cooldown (and told about it); it ends here too.
+pub(super) async fn end_quietly(engine: &Engine) -> Result<Option<Cooldown>, EngineError> {
+    end_as(engine, "another cluster member ended it", true).await
+}
+
+/// In a cluster: another member entered (or extended) the cooldown; it holds runs here too,
+/// as stored.
+pub(super) async fn adopt(engine: &Engine) {
+    let s = &engine.shared;
+    let text = match s.store.get_state(STATE_KEY).await {
+        Ok(Some(text)) => text,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the cooldown another cluster member entered");
+            return;
+        }
+    };
+    let Ok(c) = serde_json::from_str::<Cooldown>(&text) else {
+        return;
+    };
+    let held = {
+        let mut st = s.state.lock().unwrap();
+        let newly = st.cooldown.is_none();
+        st.cooldown = Some(c.clone());
+        if newly {
+            st.queue.ids()
+        } else {
+            Vec::new()
+        }
+    };
+    tracing::warn!(
+        until = ?c.until,
+        reason = %c.reason,
+        "Claude usage limit hit on another cluster member: cooldown here too — no runs start until it ends"
+    );
+    defer_in_store(engine, &held, &c);
+    s.cooldown_changed.notify_one();
+}
+
+/// [`end`]; `quiet`: the end is another member's, which announced it.
+async fn end_as(
+    engine: &Engine,
+    why: &str,
+    quiet: bool,
+) -> Result<Option<Cooldown>, EngineError> {
     let s = &engine.shared;
     let now = s.clock.now();
     let grace = chrono_of(s.settings.misfire_grace);
@@ -240,7 +288,10 @@ pub(super) async fn end(engine: &Engine, why: &str) -> Result<Option<Cooldown>, 
         released = kept.len(),
         "Claude usage-limit cooldown over: deferred runs released in priority order"
     );
-    s.store.delete_state(STATE_KEY).await?;
+    // In a cluster each member ends the cooldown at its reset; the one that removes it from the
+    // database announces the end (once, for notifications and WebSocket clients).
+    let removed = s.store.delete_state(STATE_KEY).await?;
+    let announce = !quiet && (removed || s.cluster.is_none());
     if !groups.is_empty() {
         let skipped: Vec<(String, String)> = groups
             .iter()
@@ -260,9 +311,12 @@ pub(super) async fn end(engine: &Engine, why: &str) -> Result<Option<Cooldown>, 
     for (id, job) in &kept {
         engine.publish_exec(id, job, ExecutionStatus::Queued, None);
     }
-    publish(engine, &ended, false);
+    if announce {
+        publish(engine, &ended, false);
+    }
     s.dispatch.notify_one();
     s.cooldown_changed.notify_one();
+    super::cluster::room(engine);
     Ok(Some(ended))
 }
 
@@ -346,9 +400,13 @@ pub(super) async fn run_cooldown(engine: Engine) {
     let s = &engine.shared;
     loop {
         let notified = s.cooldown_changed.notified();
+        // In a cluster only the leader probes (the others learn of the end from it).
+        let probes = s.cluster.as_ref().is_none_or(|c| c.is_leader());
         let wake = {
             let st = s.state.lock().unwrap();
-            st.cooldown.as_ref().and_then(|c| c.until.or(c.next_probe))
+            st.cooldown
+                .as_ref()
+                .and_then(|c| c.until.or(c.next_probe.filter(|_| probes)))
         };
         let Some(at) = wake else {
             tokio::select! {

@@ -19,6 +19,7 @@
 
 mod backup;
 mod budget;
+mod cluster;
 mod cooldown;
 mod hooks;
 mod jobs;
@@ -44,6 +45,7 @@ pub use backup::{
     BackupStatus, LastBackup, PeriodicBackups, BACKUP_RETRY,
 };
 pub use budget::{BudgetStatus, Exceeded, Scope, ScopeStatus, WindowStatus};
+pub use cluster::ClusterSettings;
 pub use cooldown::Cooldown;
 pub use queue::{DispatchQueue, QueuedRun};
 pub use run::{EXECUTION_ID_ENV, JOB_ID_ENV, LOG_FLUSH_INTERVAL};
@@ -84,6 +86,8 @@ pub struct EngineSettings {
     pub budget: crate::model::Budget,
     /// `[database] backup`: periodic backups (`None`: off).
     pub backup: Option<BackupSettings>,
+    /// `[database] lease` and `heartbeat`: for several instances on PostgreSQL.
+    pub cluster: ClusterSettings,
 }
 
 impl EngineSettings {
@@ -111,6 +115,10 @@ impl EngineSettings {
                 keep: b.keep,
                 directory: c.backup_dir().unwrap_or_else(|| "backups".into()),
             }),
+            cluster: ClusterSettings {
+                lease: c.database.lease,
+                heartbeat: c.database.heartbeat,
+            },
         }
     }
 }
@@ -218,6 +226,8 @@ struct Shared {
     graph: Mutex<crate::workflow::Graph>,
     /// The last backup, the next periodic one, the last failure.
     backup: Mutex<BackupStatus>,
+    /// On PostgreSQL: this instance as a member of the cluster of instances on the database.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// The engine; cheap to clone.
@@ -278,6 +288,12 @@ impl Engine {
         let (timer_tx, timer_rx) = mpsc::unbounded_channel();
         let (fires_tx, fires_rx) = mpsc::unbounded_channel();
         let initial_backup = backup::initial_status(settings.backup.as_ref());
+        let cluster = store
+            .postgres()
+            .map(|_| cluster::Cluster::new(settings.cluster, clock.now()));
+        if let Some(c) = &cluster {
+            store.set_owner(c.id.clone());
+        }
         let shared = Arc::new(Shared {
             semaphore: Arc::new(Semaphore::new(settings.max_concurrent_jobs)),
             store,
@@ -301,6 +317,7 @@ impl Engine {
             budget_changed: Notify::new(),
             graph: Mutex::new(Default::default()),
             backup: Mutex::new(initial_backup),
+            cluster,
         });
         let engine = Engine { shared };
         engine.recover().await?;
@@ -312,6 +329,7 @@ impl Engine {
         s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
         s.tasks.spawn(budget::run_budget(engine.clone()));
         s.tasks.spawn(backup::run_backups(engine.clone()));
+        cluster::start(&engine)?;
         Ok(engine)
     }
 
@@ -319,28 +337,13 @@ impl Engine {
         let s = &self.shared;
         let now = s.clock.now();
         // Runs cnp's stop cut short are interrupted; those whose policy says so get one linked
-        // attempt, due now (re-dispatched below with the other pending runs).
-        let mut retries = std::collections::HashMap::new();
-        let mut policies: HashMap<String, Option<RetryConfig>> = HashMap::new();
-        for e in s.store.running_executions().await? {
-            if !policies.contains_key(&e.job_id) {
-                let job = s.store.get_job(e.job_id.clone()).await?;
-                let cfg = job.and_then(|j| hooks::retry_config(self, &j).cloned());
-                policies.insert(e.job_id.clone(), cfg);
-            }
-            let Some(cfg) = &policies[&e.job_id] else {
-                continue;
-            };
-            if cfg.retries_interrupted() && e.retry_count + 1 < cfg.max_attempts {
-                let retry = crate::store::NewRetry {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    at: now,
-                    now,
-                };
-                retries.insert(e.id, retry);
-            }
-        }
-        let interrupted = s.store.recover_interrupted(now, retries).await?;
+        // attempt, due now (re-dispatched below with the other pending runs). In a cluster:
+        // only those whose owner's lease ran out (the others' runs are going).
+        let scope = match &s.cluster {
+            None => crate::store::Orphans::All,
+            Some(_) => crate::store::Orphans::LeaseExpired(now),
+        };
+        let interrupted = self.interrupt_orphans(scope).await?;
         // Worktrees of runs a stop cut short never got their clean-up: removed now (those kept
         // on purpose stay).
         // (Only read the kept ones when there is any worktree at all.)
@@ -360,20 +363,6 @@ impl Engine {
                 "jobs with upstreams (depends_on) loaded"
             );
         }
-        for (e, retry) in &interrupted {
-            match retry {
-                Some(id) => tracing::warn!(
-                    execution = %e.id, job = %e.job_id, pid = ?e.pid, retry = %id,
-                    "run was still going when cnp stopped: marked interrupted, attempt {} recorded (on_interrupt = retry)",
-                    e.retry_count + 2
-                ),
-                None => tracing::warn!(
-                    execution = %e.id, job = %e.job_id, pid = ?e.pid,
-                    "run was still going when cnp stopped: marked interrupted"
-                ),
-            }
-            run::kill_leftover(e.pid, &e.id);
-        }
         if let Some(seen) = s.store.get_state("heartbeat").await? {
             tracing::info!(last_seen = %seen, "previous cnp instance's last heartbeat");
         }
@@ -384,7 +373,11 @@ impl Engine {
         // Runs recorded ahead of a slot that came due while cnp was down are withdrawn: the
         // misfire policy decides those slots (below, as the timer finds them late).
         let grace = chrono::Duration::from_std(s.settings.misfire_grace).unwrap_or_default();
-        let withdrawn = s.store.withdraw_missed_ahead(now - grace).await?;
+        // (In a cluster the leader does it when it takes the timer: [`Engine::lead`].)
+        let withdrawn = match s.cluster {
+            None => s.store.withdraw_missed_ahead(now - grace).await?,
+            Some(_) => 0,
+        };
         if withdrawn > 0 {
             tracing::info!(
                 withdrawn,
@@ -402,7 +395,11 @@ impl Engine {
                 }
             })
             .await?;
-        let pending = s.store.pending_executions().await?;
+        // In a cluster, members claim pending runs as they come due.
+        let pending = match s.cluster {
+            None => s.store.pending_executions().await?,
+            Some(_) => Vec::new(),
+        };
         if !pending.is_empty() {
             tracing::info!(
                 count = pending.len(),
@@ -460,6 +457,77 @@ impl Engine {
             trim_heap();
         }
         Ok(())
+    }
+
+    /// Marks the runs `scope` names, left `running` by a process that is gone, `interrupted`,
+    /// and records one more attempt of those whose retry policy says so (due now). Kills what
+    /// such a run left behind on this machine. (What depends on those not retried is for the
+    /// caller to settle.)
+    async fn interrupt_orphans(
+        &self,
+        scope: crate::store::Orphans,
+    ) -> Result<Vec<(crate::model::JobExecution, Option<String>)>, EngineError> {
+        let s = &self.shared;
+        let now = s.clock.now();
+        let mut retries = std::collections::HashMap::new();
+        let mut policies: HashMap<String, Option<RetryConfig>> = HashMap::new();
+        for e in s.store.orphaned_runs(scope).await? {
+            if !policies.contains_key(&e.job_id) {
+                let job = s.store.get_job(e.job_id.clone()).await?;
+                let cfg = job.and_then(|j| hooks::retry_config(self, &j).cloned());
+                policies.insert(e.job_id.clone(), cfg);
+            }
+            let Some(cfg) = &policies[&e.job_id] else {
+                continue;
+            };
+            if cfg.retries_interrupted() && e.retry_count + 1 < cfg.max_attempts {
+                let retry = crate::store::NewRetry {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    at: now,
+                    now,
+                };
+                retries.insert(e.id, retry);
+            }
+        }
+        let interrupted = s.store.recover_orphans(now, retries, scope).await?;
+        let why = match scope {
+            crate::store::Orphans::All => "run was still going when cnp stopped",
+            crate::store::Orphans::LeaseExpired(_) => {
+                "run's cluster member stopped renewing its lease"
+            }
+        };
+        for (e, retry) in &interrupted {
+            match retry {
+                Some(id) => tracing::warn!(
+                    execution = %e.id, job = %e.job_id, pid = ?e.pid, retry = %id,
+                    "{why}: marked interrupted, attempt {} recorded (on_interrupt = retry)",
+                    e.retry_count + 2
+                ),
+                None => tracing::warn!(
+                    execution = %e.id, job = %e.job_id, pid = ?e.pid,
+                    "{why}: marked interrupted"
+                ),
+            }
+            // Only a process that carries the run's id in its environment is killed (a pid
+            // from another machine of the cluster means nothing here).
+            run::kill_leftover(e.pid, &e.id);
+            self.publish_exec(&e.id, &e.job_id, ExecutionStatus::Interrupted, None);
+        }
+        Ok(interrupted)
+    }
+
+    /// Forgets a job deleted (here or by another member of the cluster): out of memory, its
+    /// runs going here cancelled.
+    fn forget_job(&self, job_id: &str) {
+        workflow::remove(self, job_id);
+        let mut st = self.shared.state.lock().unwrap();
+        st.jobs.remove(job_id);
+        st.budgets.forget_job(job_id);
+        for r in st.running.values() {
+            if r.job_id == job_id {
+                r.cancel.cancel();
+            }
+        }
     }
 
     /// Puts a job in memory and, when active, on the timer. `withdraw`: runs recorded ahead of
@@ -540,6 +608,11 @@ impl Engine {
     /// Starts a recorded run at `due` (in memory; the run is already recorded).
     /// Gives the run back if the timer has stopped.
     fn timer(&self, due: DateTime<Utc>, run: QueuedRun) -> Option<QueuedRun> {
+        if self.shared.cluster.is_some() {
+            // Recorded: whichever member has room claims it when it is due.
+            cluster::poke(self);
+            return None;
+        }
         self.shared
             .timer_tx
             .send(TimerCmd::Delayed {
@@ -757,17 +830,7 @@ impl Engine {
     pub async fn delete_job(&self, id: &str) -> Result<(), EngineError> {
         let job = self.job(id).await?;
         workflow::check_referenced(self, &job, None)?;
-        workflow::remove(self, &job.id);
-        {
-            let mut st = self.shared.state.lock().unwrap();
-            st.jobs.remove(job.id.as_str());
-            st.budgets.forget_job(job.id.as_str());
-            for r in st.running.values() {
-                if r.job_id == job.id {
-                    r.cancel.cancel();
-                }
-            }
-        }
+        self.forget_job(&job.id);
         self.shared.store.delete_job(job.id.clone()).await?;
         self.shared.events.publish(Event::JobChanged {
             job_id: job.id,
@@ -997,6 +1060,9 @@ impl Engine {
             s.kill.cancel();
             s.tasks.wait().await;
         }
+        // In a cluster: the heartbeat stops now that nothing runs here; runs claimed and not
+        // started go back to the other members.
+        cluster::leave(self).await;
         // Committed before the writer stops.
         let _ = s
             .store
@@ -1005,6 +1071,11 @@ impl Engine {
     }
 
     fn enqueue(&self, run: QueuedRun) {
+        if self.shared.cluster.is_some() {
+            // Recorded: whichever member has room claims it.
+            cluster::poke(self);
+            return;
+        }
         run::enqueue(self, run);
     }
 

@@ -213,6 +213,11 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
 /// whose job was deleted, paused, disabled or rescheduled since its slot was decided is
 /// withdrawn instead (its row deleted, if the job's own write has not done it already).
 pub(super) fn release(engine: &Engine, runs: Vec<QueuedRun>) {
+    if engine.shared.cluster.is_some() {
+        // Recorded: whichever member has room claims them.
+        super::cluster::poke(engine);
+        return;
+    }
     enqueue_all(engine, runs, true);
 }
 
@@ -308,6 +313,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 }
             }
             s.dispatch.notify_one();
+            super::cluster::room(&engine2);
         });
     }
 }
@@ -1091,6 +1097,10 @@ pub(super) async fn run_housekeeping(engine: Engine) {
                 }
             }
             _ = cleanup.tick() => {
+                // In a cluster, the leader does it for all.
+                if s.cluster.as_ref().is_some_and(|c| !c.is_leader()) {
+                    continue;
+                }
                 let cutoff = s.settings.retention_days.map(|d| s.clock.now() - chrono::Duration::days(d.into()));
                 match s.store.cleanup_executions(cutoff, s.settings.max_execution_history).await {
                     Ok(0) => {}

@@ -102,6 +102,24 @@ pub(super) async fn run_timer(engine: Engine, mut rx: mpsc::UnboundedReceiver<Ti
     let s = &engine.shared;
     let ahead = chrono::Duration::from_std(RECORD_AHEAD).expect("small");
     let mut h = Heaps::default();
+    // In a cluster, only the leader records slots: until this member leads, what is sent here
+    // is dropped ([`Engine::lead`] puts every job on the timer again when it takes over).
+    if let Some(c) = &s.cluster {
+        let mut leading = c.leadership();
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                biased;
+                _ = s.stop.cancelled() => return,
+                _ = leading.changed() => {}
+                cmd = rx.recv() => match cmd {
+                    // Sent after the takeover began: kept.
+                    Some(cmd) if c.is_leader() => h.push(cmd),
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+    }
     loop {
         // Take in everything already sent before deciding what is due.
         while let Ok(cmd) = rx.try_recv() {

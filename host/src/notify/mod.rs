@@ -389,7 +389,8 @@ impl NotificationService {
     /// usage-limit cooldown (its start comes through [`NotificationService::notify`], with the
     /// job whose run hit the limit).
     pub fn follow_events(&self, bus: &crate::events::EventBus) {
-        let mut rx = bus.subscribe();
+        // This instance's events only: in a cluster, the instance that ended a cooldown tells.
+        let mut rx = bus.subscribe_local();
         let svc = self.clone();
         let stop = self.inner.stop.clone();
         self.inner.tasks.spawn(async move {

@@ -8,12 +8,10 @@ use super::{atomic, to_ms, Store, StoreError};
 
 impl Store {
     /// Removes a key from the service's key/value table.
-    pub async fn delete_state(&self, key: &'static str) -> Result<(), StoreError> {
-        self.write(move |c| {
-            c.execute("DELETE FROM service_state WHERE key = ?1", [key])?;
-            Ok(())
-        })
-        .await
+    /// Returns whether there was such a key (in a cluster: whether this instance removed it).
+    pub async fn delete_state(&self, key: &'static str) -> Result<bool, StoreError> {
+        self.write(move |c| Ok(c.execute("DELETE FROM service_state WHERE key = ?1", [key])? > 0))
+            .await
     }
 
     /// Runs that came due during a cooldown: `queued` → `deferred` (their `scheduled_for` kept),

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::db::{params, Backend, Db, Row};
 use super::jobs::{get_job_conn, get_prompt_conn};
+use super::cluster::{Orphans, ORPHANED};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage,
@@ -240,7 +241,8 @@ impl Store {
         self.write(move |c| {
             let rows = c.query_map(
                 "SELECT id, job_id, slot FROM executions
-                 WHERE status = 'queued' AND slot IS NOT NULL AND queued_at < slot AND slot < ?1",
+                 WHERE status = 'queued' AND owner IS NULL AND slot IS NOT NULL AND queued_at < slot
+                   AND slot < ?1",
                 [to_ms(late)],
                 |r| {
                     Ok((
@@ -285,14 +287,18 @@ impl Store {
         id: String,
         at: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
+        // In a cluster, only the instance that claimed the run starts it: one whose lease was
+        // taken away (it was presumed dead) finds it no longer pending.
+        let owner = self.owner().to_owned();
         self.write(move |c| {
             atomic(c, |c| {
                 let found: Option<(String, String, RunPlace, Option<String>)> = c
                     .query_opt(
                         "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
                                 upstream_ids
-                         FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')",
-                        [&id],
+                         FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')
+                           AND (owner IS NULL OR owner = ?2)",
+                        params![id, owner],
                         |r| {
                             Ok((
                                 r.get(0)?,
@@ -534,11 +540,18 @@ impl Store {
 
     /// Runs a previous process left `running` (cnp stopped while they were going).
     pub async fn running_executions(&self) -> Result<Vec<JobExecution>, StoreError> {
-        self.read(|c| {
+        self.orphaned_runs(Orphans::All).await
+    }
+
+    /// Runs left `running` by a process that is gone: all of them, or in a cluster those whose
+    /// owner's lease ran out.
+    pub async fn orphaned_runs(&self, scope: Orphans) -> Result<Vec<JobExecution>, StoreError> {
+        self.read(move |c| {
             let sql = format!(
-                "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running' ORDER BY rowid"
+                "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'
+                   AND {ORPHANED} ORDER BY rowid"
             );
-            c.query_map(&sql, (), exec_from_row)
+            c.query_map(&sql, [scope.before()], exec_from_row)
         })
         .await
     }
@@ -551,19 +564,38 @@ impl Store {
     pub async fn recover_interrupted(
         &self,
         now: DateTime<Utc>,
+        retries: std::collections::HashMap<String, NewRetry>,
+    ) -> Result<Vec<(JobExecution, Option<String>)>, StoreError> {
+        self.recover_orphans(now, retries, Orphans::All).await
+    }
+
+    /// [`Store::recover_interrupted`] for the runs `scope` names (in a cluster: those whose
+    /// owner's lease ran out, checked again in the same transaction).
+    pub async fn recover_orphans(
+        &self,
+        now: DateTime<Utc>,
         mut retries: std::collections::HashMap<String, NewRetry>,
+        scope: Orphans,
     ) -> Result<Vec<(JobExecution, Option<String>)>, StoreError> {
         self.write(move |c| {
             atomic(c, |c| {
-                let sql = format!("SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running'");
-                let found = c.query_map(&sql, (), exec_from_row)?;
+                let sql = format!(
+                    "SELECT {EXEC_COLUMNS} FROM executions WHERE status = 'running' AND {ORPHANED}"
+                );
+                let found = c.query_map(&sql, [scope.before()], exec_from_row)?;
                 let mut out = Vec::with_capacity(found.len());
                 for e in found {
                     let retry = retries.remove(&e.id);
-                    let mut error = String::from(
-                        "cnp stopped while this run was going (crash or kill); the run's result \
-                         is unknown",
-                    );
+                    let mut error = String::from(match scope {
+                        Orphans::All => {
+                            "cnp stopped while this run was going (crash or kill); the run's \
+                             result is unknown"
+                        }
+                        Orphans::LeaseExpired(_) => {
+                            "the cnp instance running it stopped renewing its lease (crash, kill \
+                             or lost contact with PostgreSQL); the run's result is unknown"
+                        }
+                    });
                     if let Some(r) = &retry {
                         error.push_str(&format!(
                             "; attempt {} recorded as execution {}",

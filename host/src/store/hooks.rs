@@ -18,8 +18,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
             let n = c.execute(
+                // Given back: in a cluster, any instance claims it when it is due.
                 "UPDATE executions SET status = 'deferred', scheduled_for = ?2, error = ?3,
-                    started_at = NULL
+                    started_at = NULL, owner = NULL, lease_until = NULL
                  WHERE id = ?1 AND status = 'running'",
                 params![id, to_ms(until), reason],
             )?;

@@ -25,6 +25,24 @@ pub struct JobScheduling {
     pub budget: Option<crate::model::Budget>,
 }
 
+const SCHEDULING_COLUMNS: &str =
+    "id, schedule, status, priority, execution_options, created_at, last_slot, budget";
+
+fn scheduling_from_row(r: &Row<'_>) -> Result<JobScheduling, StoreError> {
+    let status: String = r.get(2)?;
+    Ok(JobScheduling {
+        id: r.get(0)?,
+        schedule: from_json(&r.get::<_, String>(1)?, "jobs.schedule")?,
+        status: JobStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("jobs.status `{status}`")))?,
+        priority: r.get(3)?,
+        execution_options: from_json(&r.get::<_, String>(4)?, "jobs.execution_options")?,
+        created_at: from_ms(r.get(5)?),
+        last_slot: opt_from_ms(r.get(6)?),
+        budget: opt_json(r, 7, "jobs.budget")?,
+    })
+}
+
 /// Deletes the scheduled runs recorded ahead of their slot (queued, slot after `now`): they must
 /// not run once the job is paused, disabled or rescheduled.
 pub(crate) fn withdraw_ahead_conn(
@@ -391,33 +409,22 @@ impl Store {
     {
         self.read(move |c| {
             let mut n = 0;
-            c.query_map(
-                "SELECT id, schedule, status, priority, execution_options, created_at, last_slot,
-                        budget
-                 FROM jobs ORDER BY created_at",
-                (),
-                |r| {
-                    let status: String = r.get(2)?;
-                    f(JobScheduling {
-                        id: r.get(0)?,
-                        schedule: from_json(&r.get::<_, String>(1)?, "jobs.schedule")?,
-                        status: JobStatus::parse(&status).ok_or_else(|| {
-                            StoreError::Corrupt(format!("jobs.status `{status}`"))
-                        })?,
-                        priority: r.get(3)?,
-                        execution_options: from_json(
-                            &r.get::<_, String>(4)?,
-                            "jobs.execution_options",
-                        )?,
-                        created_at: from_ms(r.get(5)?),
-                        last_slot: opt_from_ms(r.get(6)?),
-                        budget: opt_json(r, 7, "jobs.budget")?,
-                    });
-                    n += 1;
-                    Ok(())
-                },
-            )?;
+            let sql = format!("SELECT {SCHEDULING_COLUMNS} FROM jobs ORDER BY created_at");
+            c.query_map(&sql, (), |r| {
+                f(scheduling_from_row(r)?);
+                n += 1;
+                Ok(())
+            })?;
             Ok(n)
+        })
+        .await
+    }
+
+    /// One job's scheduling columns (`None`: no such job).
+    pub async fn job_scheduling(&self, id: String) -> Result<Option<JobScheduling>, StoreError> {
+        self.read(move |c| {
+            let sql = format!("SELECT {SCHEDULING_COLUMNS} FROM jobs WHERE id = ?1");
+            c.query_opt(&sql, [&id], scheduling_from_row)
         })
         .await
     }

@@ -12,6 +12,7 @@
 
 mod api;
 mod backup;
+mod cluster;
 mod cooldown;
 mod costs;
 mod dashboard;
@@ -34,7 +35,9 @@ use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::OpenFlags;
 
 pub use db::{Backend, Db};
-pub use pg::{redact_url as redact_database_url, InstanceLock, PgOptions, PG_SCHEMA_VERSION};
+pub use pg::{
+    listen, redact_url as redact_database_url, Heard, InstanceLock, PgOptions, PG_SCHEMA_VERSION,
+};
 use tokio::sync::oneshot;
 
 pub use api::DurationStats;
@@ -42,6 +45,7 @@ pub use backup::{
     backup_database, check_database, database_in_use, restore_database, BackupReport, CheckReport,
     RestoreReport,
 };
+pub use cluster::{ClaimedRun, Member, Orphans};
 pub use cooldown::CollapsedSlots;
 pub use costs::{
     local_day_start, CostByDay, CostByJob, CostEntry, CostError, CostJobRef, CostQuery, CostReport,
@@ -124,6 +128,8 @@ struct Inner {
     health: Arc<WriteHealth>,
     /// One backup at a time ([`Store::backup`]).
     backup_lock: tokio::sync::Mutex<()>,
+    /// In a cluster, this instance's member id: the `owner` of the runs it claims.
+    owner: std::sync::OnceLock<String>,
 }
 
 /// How the database's writes have gone: storage failures (a full disk, an I/O error, a file
@@ -297,6 +303,7 @@ impl Store {
             read_pool: readers,
             health: Default::default(),
             backup_lock: tokio::sync::Mutex::new(()),
+            owner: std::sync::OnceLock::new(),
         };
         if inline {
             return Ok(Store {
@@ -330,6 +337,17 @@ impl Store {
     }
 
     /// The PostgreSQL connection settings (`None` with SQLite).
+    /// Makes this store's process a cluster member named `id`: it starts only the runs it has
+    /// claimed ([`Store::claim_runs`]). Set once.
+    pub fn set_owner(&self, id: String) {
+        let _ = self.inner.owner.set(id);
+    }
+
+    /// This instance's member id in a cluster (empty otherwise).
+    pub fn owner(&self) -> &str {
+        self.inner.owner.get().map(String::as_str).unwrap_or("")
+    }
+
     pub fn postgres(&self) -> Option<&PgOptions> {
         match &self.inner.source {
             Source::Postgres(o) => Some(o),

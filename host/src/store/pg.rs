@@ -362,7 +362,32 @@ const MIGRATIONS: &[&str] = &[r#"
         created_at         BIGINT NOT NULL,
         PRIMARY KEY (pass_id, downstream_job, upstream_job)
     );
-"#];
+"#,
+    // v2: several active instances (docs/cluster.md). A run is claimed by one instance
+    // (`owner`, its member id) for as long as its lease lasts (`lease_until`, unix ms), renewed
+    // by the owner's heartbeat. `cluster_members`: each instance's heartbeat, whether it holds
+    // the timer (`leader`), and its counts for `/health` and `cnp status`.
+    r#"
+    ALTER TABLE executions ADD COLUMN owner TEXT;
+    ALTER TABLE executions ADD COLUMN lease_until BIGINT;
+    CREATE INDEX executions_claimable ON executions((COALESCE(scheduled_for, queued_at)))
+        WHERE status IN ('queued', 'deferred') AND owner IS NULL;
+    CREATE INDEX executions_owner ON executions(owner, job_id) WHERE owner IS NOT NULL;
+
+    CREATE TABLE cluster_members (
+        id            TEXT PRIMARY KEY,
+        host          TEXT NOT NULL,
+        pid           BIGINT NOT NULL,
+        api           TEXT,
+        started_at    BIGINT NOT NULL,
+        heartbeat_at  BIGINT NOT NULL,
+        leader        BIGINT NOT NULL DEFAULT 0,
+        running       BIGINT NOT NULL DEFAULT 0,
+        queued        BIGINT NOT NULL DEFAULT 0,
+        capacity      BIGINT NOT NULL DEFAULT 0
+    );
+"#,
+];
 
 /// The PostgreSQL schema version this build writes.
 pub const PG_SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -516,4 +541,87 @@ async fn try_lock(
         .map(|r| format!("{} (from {})", r.get::<_, String>(0), r.get::<_, String>(1)))
         .unwrap_or_else(|| "another instance".into());
     Ok(Err(holder))
+}
+
+/// What [`listen`] hands over: a notification, or word that the listening connection was lost
+/// and is back (notifications sent meanwhile are lost: the listener reads the state again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Notification { channel: String, payload: String },
+    Reconnected,
+}
+
+/// Notifications on `channels` (`LISTEN`), from a connection of its own that reconnects by
+/// itself (every second while the server is unreachable). Ends when the receiver is dropped.
+pub fn listen(
+    options: &PgOptions,
+    channels: &'static [&'static str],
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Heard>, StoreError> {
+    use futures_util::StreamExt;
+    let config = options.config().map_err(StoreError::Schema)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    io().spawn(async move {
+        let mut lost = false;
+        loop {
+            match config.connect(tls()).await {
+                Ok((client, mut connection)) => {
+                    let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel();
+                    let driver = tokio::spawn(async move {
+                        let mut messages =
+                            futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                        while let Some(m) = messages.next().await {
+                            match m {
+                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                    let _ = ntx.send(Heard::Notification {
+                                        channel: n.channel().to_owned(),
+                                        payload: n.payload().to_owned(),
+                                    });
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::debug!(error = %describe(&e), "PostgreSQL listening connection ended");
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+                    match client.batch_execute(&sql).await {
+                        Ok(()) => {
+                            if lost {
+                                tracing::info!("listening to the other cnp instances again");
+                                if tx.send(Heard::Reconnected).is_err() {
+                                    return;
+                                }
+                            }
+                            loop {
+                                tokio::select! {
+                                    n = nrx.recv() => match n {
+                                        Some(n) => if tx.send(n).is_err() { return },
+                                        None => break,
+                                    },
+                                    _ = tx.closed() => return,
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %describe(&e), "cannot LISTEN on PostgreSQL")
+                        }
+                    }
+                    driver.abort();
+                }
+                Err(e) => {
+                    if !lost {
+                        tracing::warn!(error = %describe(&e), "cannot listen to the other cnp instances (PostgreSQL unreachable); trying again every second");
+                    }
+                }
+            }
+            lost = true;
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    Ok(rx)
 }

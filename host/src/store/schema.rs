@@ -197,6 +197,13 @@ const MIGRATIONS: &[&str] = &[
             WHERE e.job_id = jobs.id AND e.started_at IS NOT NULL AND e.cost_usd IS NULL
               AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'interrupted'));
     "#,
+    // v9: the claim columns of several instances sharing a PostgreSQL database (its schema v2),
+    // kept here too so both backends run the same statements; always NULL on SQLite, where
+    // one process owns every run.
+    r#"
+    ALTER TABLE executions ADD COLUMN owner TEXT;
+    ALTER TABLE executions ADD COLUMN lease_until INTEGER;
+    "#,
 ];
 
 /// The schema version this build writes.
