@@ -123,19 +123,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     );
 
     // PostgreSQL: every instance runs jobs; the one holding the leader lock also records the
-    // schedule's slots. The others wait for the lock and take the timer over when it is free.
-    let lost = async {
-        match store.postgres() {
-            Some(options) => Some(lead_when_free(&engine, options).await),
-            None => std::future::pending().await,
-        }
-    };
+    // schedule's slots (the engine tries for it). If it loses the lock for good, it stops.
     let lost = tokio::select! {
         _ = &mut shutdown => None,
-        holder = lost => holder,
+        holder = engine.leadership_lost() => Some(holder),
     };
     if let Some(holder) = &lost {
-        tracing::error!(leader = %holder, "lost the cluster's leader lock while PostgreSQL was unreachable: another instance leads now; stopping (a supervisor restarts this one as a member)");
+        tracing::error!(leader = %holder, "stopping: another instance holds the cluster's timer now (a supervisor restarts this one as a member)");
     }
     stop_watching.cancel();
     tracing::info!("shutting down: no new runs start");
@@ -158,29 +152,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(holder) => anyhow::bail!("another instance ({holder}) took over the cluster's timer"),
         None => Ok(()),
     }
-}
-
-/// Waits for the cluster's leader lock (while another instance holds it), takes the timer
-/// over, and resolves with the new leader's name if the lock is lost for good.
-async fn lead_when_free(engine: &Engine, options: &crate::store::PgOptions) -> String {
-    let mut told = None::<String>;
-    let lock = crate::store::InstanceLock::acquire(options, |holder| {
-        if told.as_deref() != Some(holder) {
-            tracing::info!(leader = holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
-            told = Some(holder.to_owned());
-        }
-    })
-    .await;
-    loop {
-        match engine.lead().await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot take the timer over; trying again");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
-    lock.lost().await
 }
 
 /// The configured database: PostgreSQL when `[database] url` is set, else the SQLite file.

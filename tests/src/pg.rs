@@ -354,7 +354,11 @@ pub fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
         let rows = c.query(&sql, &[]).map_err(|e| e.to_string())?;
         Ok(rows
             .iter()
-            .map(|r| (0..r.len()).map(|i| r.get::<_, Option<String>>(i)).collect())
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect()
+            })
             .collect())
     })
     .join()

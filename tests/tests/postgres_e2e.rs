@@ -169,7 +169,11 @@ async fn five_hundred_jobs_due_within_a_minute_run_once_each_spread_over_two_ins
         .map(|r| r.execution_id().unwrap())
         .collect();
     assert_eq!(ids.len(), 500, "invocations");
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 500, "an execution ran twice");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        500,
+        "an execution ran twice"
+    );
     assert!(
         ra.len() >= 50 && rb.len() >= 50,
         "runs not spread: {} on the leader, {} on the member",
@@ -326,9 +330,11 @@ async fn a_kill_9_of_the_leader_moves_the_timer_within_5_s_and_its_runs_are_retr
     let after = format!(
         "SELECT count(*)::text FROM executions WHERE job_id = '{ticker}' AND slot > {killed_ms}"
     );
-    wait_until("a ticker slot after the kill", Duration::from_secs(10), || {
-        scalar(&url, &after) != "0"
-    })
+    wait_until(
+        "a ticker slot after the kill",
+        Duration::from_secs(10),
+        || scalar(&url, &after) != "0",
+    )
     .await;
 
     // The dead instance is forgotten; the survivor leads.
@@ -337,7 +343,10 @@ async fn a_kill_9_of_the_leader_moves_the_timer_within_5_s_and_its_runs_are_retr
             h["cluster"]["members"].as_array().map(Vec::len) == Some(1)
         })
         .await;
-    assert_eq!(health["cluster"]["leader"], health["cluster"]["member"], "{health}");
+    assert_eq!(
+        health["cluster"]["leader"], health["cluster"]["member"],
+        "{health}"
+    );
     let out = env_b.run_cli(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

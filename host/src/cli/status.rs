@@ -231,35 +231,36 @@ pub async fn status(client: &Client, format: Format) -> anyhow::Result<ExitCode>
             "HEARTBEAT",
             "API",
         ]);
-        for row in members
-            .iter()
-            .map(|m| {
-                let id = s(m, "/id");
-                vec![
-                    format!(
-                        "{}{}",
-                        id.get(..13).unwrap_or(&id),
-                        if Some(id.as_str()) == me { " (this)" } else { "" }
-                    ),
-                    if m.get("leader").and_then(|l| l.as_bool()) == Some(true) {
-                        "leader".into()
+        for row in members.iter().map(|m| {
+            let id = s(m, "/id");
+            vec![
+                format!(
+                    "{}{}",
+                    id.get(..13).unwrap_or(&id),
+                    if Some(id.as_str()) == me {
+                        " (this)"
                     } else {
-                        "member".into()
-                    },
-                    format!("{} pid {}", s(m, "/host"), s(m, "/pid")),
-                    format!("{}/{}", s(m, "/running"), s(m, "/capacity")),
-                    s(m, "/queued"),
-                    output::relative(
-                        m.get("heartbeat_at")
-                            .and_then(|t| t.as_str())
-                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                            .map(|t| t.with_timezone(&chrono::Utc))
-                            .unwrap_or_default(),
-                    ),
-                    s(m, "/api"),
-                ]
-            })
-        {
+                        ""
+                    }
+                ),
+                if m.get("leader").and_then(|l| l.as_bool()) == Some(true) {
+                    "leader".into()
+                } else {
+                    "member".into()
+                },
+                format!("{} pid {}", s(m, "/host"), s(m, "/pid")),
+                format!("{}/{}", s(m, "/running"), s(m, "/capacity")),
+                s(m, "/queued"),
+                output::relative(
+                    m.get("heartbeat_at")
+                        .and_then(|t| t.as_str())
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .unwrap_or_default(),
+                ),
+                s(m, "/api"),
+            ]
+        }) {
             t.add_row(row);
         }
         output::print_table(&t);

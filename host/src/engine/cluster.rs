@@ -23,12 +23,14 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::{run, AsDef, Engine, EngineError, QueuedRun};
 use crate::events::Event;
 use crate::model::{ExecutionStatus, Trigger};
-use crate::store::{ClaimedRun, Heard, Member, Orphans};
+use crate::store::{ClaimedRun, Heard, InstanceLock, Member, Orphans, PgOptions};
 
 /// Wakes every member's claimer: runs were recorded or given back.
 const CLAIM_CHANNEL: &str = "cnp_claim";
 /// Members' events, as [`Envelope`]s.
 const EVENTS_CHANNEL: &str = "cnp_events";
+/// Most runs claimed at once during a cooldown.
+const CLAIM_BATCH: usize = 10_000;
 /// PostgreSQL refuses notification payloads from 8000 bytes.
 const MAX_PAYLOAD: usize = 7900;
 
@@ -68,6 +70,8 @@ pub(super) struct Cluster {
     /// as they do.
     stop_member: tokio_util::sync::CancellationToken,
     member_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when the leader lock was lost for good: who holds it now.
+    lost: watch::Sender<Option<String>>,
 }
 
 impl Cluster {
@@ -85,6 +89,7 @@ impl Cluster {
             api: Default::default(),
             stop_member: Default::default(),
             member_task: Default::default(),
+            lost: watch::channel(None).0,
         }
     }
 
@@ -108,8 +113,8 @@ struct Envelope {
     events: Vec<Event>,
 }
 
-/// Starts the member's tasks.
-pub(super) fn start(engine: &Engine) -> Result<(), EngineError> {
+/// Starts the member's tasks; takes the timer at once if no other instance has it.
+pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
     let s = &engine.shared;
     let Some(c) = &s.cluster else { return Ok(()) };
     let options = s
@@ -117,6 +122,23 @@ pub(super) fn start(engine: &Engine) -> Result<(), EngineError> {
         .postgres()
         .expect("a cluster runs on PostgreSQL")
         .clone();
+    // The first try here, so a lone instance leads before `Engine::start` returns.
+    let lock = match InstanceLock::try_acquire(&options)? {
+        Ok(lock) => {
+            engine.lead().await?;
+            Some(lock)
+        }
+        Err(holder) => {
+            tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
+            None
+        }
+    };
+    s.tasks
+        .spawn(run_leadership(engine.clone(), options.clone(), lock));
+    // What is due already goes into the dispatch queue now, as on one instance at start-up.
+    if let Err(e) = claim_round(engine).await {
+        tracing::error!(error = %e, "cannot claim runs");
+    }
     let heard = crate::store::listen(&options, &[CLAIM_CHANNEL, EVENTS_CHANNEL])?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     s.events.forward_to(events_tx);
@@ -127,6 +149,62 @@ pub(super) fn start(engine: &Engine) -> Result<(), EngineError> {
     s.tasks.spawn(run_forwarder(engine.clone(), events_rx));
     s.tasks.spawn(run_budget_refresh(engine.clone()));
     Ok(())
+}
+
+/// Keeps the leader lock, or tries for it every second while another instance holds it.
+async fn run_leadership(engine: Engine, options: PgOptions, mut lock: Option<InstanceLock>) {
+    let s = &engine.shared;
+    let c = s.cluster.as_ref().expect("cluster");
+    let mut told: Option<String> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = s.stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if lock.as_ref().is_some_and(|l| !l.is_lost()) {
+            continue;
+        }
+        let leading = lock.is_some();
+        let o = options.clone();
+        let tried = tokio::task::spawn_blocking(move || InstanceLock::try_acquire(&o)).await;
+        match tried {
+            Ok(Ok(Ok(got))) => {
+                if leading {
+                    tracing::warn!("reconnected to PostgreSQL; still the cluster leader");
+                    lock = Some(got);
+                    continue;
+                }
+                lock = Some(got);
+                told = None;
+                while let Err(e) = engine.lead().await {
+                    tracing::error!(error = %e, "cannot take the timer over; trying again");
+                    tokio::select! {
+                        biased;
+                        _ = s.stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            // While it was unreachable, another instance took the timer: two leaders must not
+            // record at once, so this one stops (its supervisor restarts it as a member).
+            Ok(Ok(Err(holder))) if leading => {
+                tracing::error!(leader = %holder, "lost the cluster's leader lock while PostgreSQL was unreachable: another instance leads now");
+                c.lost.send_replace(Some(holder));
+                break;
+            }
+            Ok(Ok(Err(holder))) => {
+                if told.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
+                    told = Some(holder);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lock"),
+            Err(e) => tracing::warn!(error = %e, "the leader lock's try failed"),
+        }
+    }
+    // Stopping: the lock goes with its connection, so another instance takes the timer.
+    drop(lock);
 }
 
 /// Runs became claimable (recorded, due, given back): every member looks.
@@ -146,11 +224,11 @@ pub(super) fn room(engine: &Engine) {
 }
 
 impl Engine {
-    /// In a cluster: this member takes the timer over (it got the leader lock). Slots the
+    /// In a cluster: this member takes the timer over (it holds the leader lock). Slots the
     /// previous leader recorded ahead and that came due more than `misfire_grace` ago go to the
     /// misfire policy; every job is put on the timer from its last recorded slot, so slots
     /// missed while nobody led are caught up by the misfire rules.
-    pub async fn lead(&self) -> Result<(), EngineError> {
+    async fn lead(&self) -> Result<(), EngineError> {
         let s = &self.shared;
         let Some(c) = &s.cluster else { return Ok(()) };
         // Set first: the timer keeps what the installs below send it from now on.
@@ -183,6 +261,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Resolves when this instance lost the cluster's leader lock for good (PostgreSQL was
+    /// unreachable and another instance took the timer meanwhile), with who holds it; never on
+    /// SQLite. The service stops then.
+    pub async fn leadership_lost(&self) -> String {
+        let Some(c) = &self.shared.cluster else {
+            return std::future::pending().await;
+        };
+        let mut rx = c.lost.subscribe();
+        loop {
+            if let Some(holder) = rx.borrow_and_update().clone() {
+                return holder;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The cluster's members (`None` on SQLite, where there is one instance).
     pub async fn members(&self) -> Result<Option<Vec<Member>>, EngineError> {
         if self.shared.cluster.is_none() {
@@ -207,7 +303,9 @@ impl Engine {
 /// At the end of a stop, once the runs here have ended: the heartbeat stops and this member
 /// leaves the cluster.
 pub(super) async fn leave(engine: &Engine) {
-    let Some(c) = &engine.shared.cluster else { return };
+    let Some(c) = &engine.shared.cluster else {
+        return;
+    };
     c.stop_member.cancel();
     let task = c.member_task.lock().unwrap().take();
     if let Some(task) = task {
@@ -340,8 +438,8 @@ async fn take_over_expired(engine: &Engine, now: DateTime<Utc>) -> Result<(), En
             super::workflow::settle_ended(engine, &e.job_id, &e.id).await;
         }
     }
-    let grace = chrono::Duration::from_std(c.settings.lease + c.settings.heartbeat)
-        .unwrap_or_default();
+    let grace =
+        chrono::Duration::from_std(c.settings.lease + c.settings.heartbeat).unwrap_or_default();
     let gone = s.store.forget_members(now - grace).await?;
     for id in &gone {
         tracing::warn!(member = %id, "cluster member stopped heartbeating: forgotten");
@@ -368,37 +466,15 @@ async fn run_claimer(engine: Engine) {
         let notified = c.claim.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let room = {
-            let st = s.state.lock().unwrap();
-            if st.cooldown.is_some() {
-                0
-            } else {
-                s.settings
-                    .max_concurrent_jobs
-                    .saturating_sub(st.running.len() + st.queue.len())
-            }
-        };
-        let now = s.clock.now();
         let mut wake = tokio::time::Instant::now() + c.settings.heartbeat;
-        let claimed = s
-            .store
-            .claim_runs(c.id.clone(), now, c.lease_from(now), room)
-            .await;
-        match claimed {
-            Ok(runs) => {
+        match claim_round(&engine).await {
+            Ok(next) => {
                 if failing {
                     tracing::info!("claiming runs again");
                     failing = false;
                 }
-                let full = runs.len() == room;
-                hand_over(&engine, runs).await;
-                // Room left: sleep until the next run nobody holds comes due.
-                if !full {
-                    if let Ok(Some(next)) = s.store.next_claimable().await {
-                        if next > now {
-                            wake = wake.min(s.clock.instant_at(next));
-                        }
-                    }
+                if let Some(next) = next {
+                    wake = wake.min(s.clock.instant_at(next));
                 }
             }
             Err(e) => {
@@ -415,6 +491,39 @@ async fn run_claimer(engine: Engine) {
             _ = tokio::time::sleep_until(wake) => {}
         }
     }
+}
+
+/// Claims what this member has room for and puts it in its dispatch queue. Returns when the
+/// next run nobody holds comes due, when there was room left (`None`: full, or nothing waits).
+async fn claim_round(engine: &Engine) -> Result<Option<DateTime<Utc>>, EngineError> {
+    let s = &engine.shared;
+    let c = s.cluster.as_ref().expect("cluster");
+    // Room: what could start now. Runs set aside here (a job at its max_parallel, a
+    // spending cap) do not count, so slots that pile up behind a hold come here as they
+    // would on one instance (and follow the misfire policy when it lifts); during a
+    // cooldown every due run is taken (and deferred) for the same reason.
+    let room = {
+        let st = s.state.lock().unwrap();
+        if st.cooldown.is_some() {
+            CLAIM_BATCH
+        } else {
+            s.settings
+                .max_concurrent_jobs
+                .saturating_sub(st.running.len() + st.queue.ready_len())
+        }
+    };
+    let now = s.clock.now();
+    let runs = s
+        .store
+        .claim_runs(c.id.clone(), now, c.lease_from(now), room)
+        .await?;
+    let full = runs.len() == room;
+    hand_over(engine, runs).await;
+    if full {
+        return Ok(None);
+    }
+    // Room left: the next run nobody holds, if it is still to come.
+    Ok(s.store.next_claimable().await?.filter(|next| *next > now))
 }
 
 /// Claimed runs into this member's dispatch queue.
@@ -511,10 +620,7 @@ fn send(engine: &Engine, from: &str, events: Vec<String>) {
         serde_json::to_string(from).expect("a string serializes"),
         events.join(",")
     );
-    engine
-        .shared
-        .store
-        .notify_detached(EVENTS_CHANNEL, payload);
+    engine.shared.store.notify_detached(EVENTS_CHANNEL, payload);
 }
 
 /// What the other members say.

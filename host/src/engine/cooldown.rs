@@ -245,11 +245,7 @@ pub(super) async fn adopt(engine: &Engine) {
 }
 
 /// [`end`]; `quiet`: the end is another member's, which announced it.
-async fn end_as(
-    engine: &Engine,
-    why: &str,
-    quiet: bool,
-) -> Result<Option<Cooldown>, EngineError> {
+async fn end_as(engine: &Engine, why: &str, quiet: bool) -> Result<Option<Cooldown>, EngineError> {
     let s = &engine.shared;
     let now = s.clock.now();
     let grace = chrono_of(s.settings.misfire_grace);

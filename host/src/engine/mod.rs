@@ -329,7 +329,7 @@ impl Engine {
         s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
         s.tasks.spawn(budget::run_budget(engine.clone()));
         s.tasks.spawn(backup::run_backups(engine.clone()));
-        cluster::start(&engine)?;
+        cluster::start(&engine).await?;
         Ok(engine)
     }
 
@@ -608,8 +608,10 @@ impl Engine {
     /// Starts a recorded run at `due` (in memory; the run is already recorded).
     /// Gives the run back if the timer has stopped.
     fn timer(&self, due: DateTime<Utc>, run: QueuedRun) -> Option<QueuedRun> {
-        if self.shared.cluster.is_some() {
-            // Recorded: whichever member has room claims it when it is due.
+        // In a cluster, whichever member has room claims a recorded run when it is due; only
+        // the leader's slots recorded ahead stay on its timer (withdrawn if it stops first, as
+        // on one instance).
+        if self.shared.cluster.is_some() && run.epoch.is_none() {
             cluster::poke(self);
             return None;
         }

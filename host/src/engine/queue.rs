@@ -139,6 +139,12 @@ impl DispatchQueue {
     }
 
     /// Runs waiting (ready or held).
+    /// Runs that may start as soon as there is room (not set aside for their job's
+    /// `max_parallel` or a spending cap).
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     pub fn len(&self) -> usize {
         self.ready.len() + self.held.values().map(VecDeque::len).sum::<usize>()
     }

@@ -1078,11 +1078,13 @@ mod tests {
                 "DROP INDEX executions_completed;
                  ALTER TABLE jobs DROP COLUMN budget;
                  ALTER TABLE jobs DROP COLUMN cost_usd_total;
-                 ALTER TABLE jobs DROP COLUMN uncosted_runs;",
+                 ALTER TABLE jobs DROP COLUMN uncosted_runs;
+                 ALTER TABLE executions DROP COLUMN owner;
+                 ALTER TABLE executions DROP COLUMN lease_until;",
             )
             .unwrap();
-            c.pragma_update(None, "user_version", super::super::SCHEMA_VERSION - 1)
-                .unwrap();
+            // v7: before the costs migration (v8) and the claim columns (v9).
+            c.pragma_update(None, "user_version", 7).unwrap();
         }
         let store = Store::open(&path).unwrap();
         let c = store.cost_counters().await.unwrap();

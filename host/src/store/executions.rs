@@ -2,9 +2,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::cluster::{Orphans, ORPHANED};
 use super::db::{params, Backend, Db, Row};
 use super::jobs::{get_job_conn, get_prompt_conn};
-use super::cluster::{Orphans, ORPHANED};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage,
@@ -742,7 +742,8 @@ fn withdraw_conn(c: &Db, runs: &[(String, String, DateTime<Utc>)]) -> Result<usi
     let mut n = 0;
     for (id, job_id, slot) in runs {
         if c.execute(
-            "DELETE FROM executions WHERE id = ?1 AND status = 'queued'",
+            // (Not one a cluster member has claimed: it runs.)
+            "DELETE FROM executions WHERE id = ?1 AND status = 'queued' AND owner IS NULL",
             [id],
         )? == 1
         {

@@ -210,7 +210,8 @@ impl StoreError {
 /// version 8 in PostgreSQL's types (`BIGINT` unix milliseconds, `DOUBLE PRECISION`, JSON kept as
 /// text so both backends read it alike; `rowid` is a real column where the store orders by it;
 /// names sort by bytes, `COLLATE "C"`, as SQLite sorts them).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE prompts (
         id          TEXT COLLATE "C" PRIMARY KEY,
         title       TEXT COLLATE "C" NOT NULL,
@@ -462,52 +463,30 @@ mod tests {
 /// The advisory lock that makes one instance the active one on a database ("cnp" in ASCII).
 const INSTANCE_LOCK: i64 = 0x63_6e_70;
 
-/// This instance is the active one on its PostgreSQL database: it holds a session advisory lock
-/// on a connection of its own. Other instances on the same database wait as standbys
-/// ([`InstanceLock::acquire`]) and take over when the holder's session ends — at once when its
-/// process dies (the server sees the socket close), after TCP keepalive when its machine does.
+/// This instance leads the cluster on its PostgreSQL database (it records the schedule's
+/// slots): it holds a session advisory lock on a connection of its own. The other instances try
+/// for it ([`InstanceLock::try_acquire`]) and one takes over when the holder's session ends — at
+/// once when its process dies (the server sees the socket close), after TCP keepalive when its
+/// machine does.
 pub struct InstanceLock {
-    options: PgOptions,
     client: tokio_postgres::Client,
 }
 
 impl InstanceLock {
-    /// Takes the lock, waiting while another instance holds it; `waiting` is told who holds it
-    /// (or why the server cannot be asked) each time a try fails, about once a second.
-    pub async fn acquire(options: &PgOptions, mut waiting: impl FnMut(&str)) -> InstanceLock {
-        loop {
-            match try_lock(options).await {
-                Ok(Ok(client)) => {
-                    return InstanceLock {
-                        options: options.clone(),
-                        client,
-                    }
-                }
-                Ok(Err(holder)) => waiting(&holder),
-                Err(e) => waiting(&format!("PostgreSQL is unreachable: {e}")),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+    /// One try, on the PostgreSQL I/O thread (so it can be called from any runtime, a paused
+    /// test clock's included): the lock, or who holds it.
+    pub fn try_acquire(options: &PgOptions) -> Result<Result<InstanceLock, String>, StoreError> {
+        let o = options.clone();
+        let trying = io().spawn(async move { try_lock(&o).await });
+        let got = futures_executor::block_on(trying)
+            .map_err(|e| StoreError::Schema(format!("PostgreSQL connection task: {e}")))??;
+        Ok(got.map(|client| InstanceLock { client }))
     }
 
-    /// Resolves when the lock is lost for good: its session ended (the server restarted, the
-    /// network failed) and, connected again, another instance holds it. While the server is
-    /// unreachable nobody can take it over, so the instance keeps its place and tries again.
-    pub async fn lost(mut self) -> String {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            if !self.client.is_closed() {
-                continue;
-            }
-            match try_lock(&self.options).await {
-                Ok(Ok(client)) => {
-                    tracing::warn!("reconnected to PostgreSQL; still the active instance");
-                    self.client = client;
-                }
-                Ok(Err(holder)) => return holder,
-                Err(e) => tracing::warn!(error = %e, "PostgreSQL is unreachable"),
-            }
-        }
+    /// Whether the lock's session ended (the server restarted, the network failed): the lock
+    /// is no longer held, and another instance may take it.
+    pub fn is_lost(&self) -> bool {
+        self.client.is_closed()
     }
 }
 
