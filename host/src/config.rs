@@ -961,6 +961,12 @@ max_execution_history = 1000
         assert_eq!(o.pool_size, 8);
         assert_eq!(o.display_url(), "postgresql://cnp:***@db:5432/cnp");
         assert!(Config::default().postgres_options().unwrap().is_none());
+        let c = parse("[database]\nlease = \"1m\"\nheartbeat = \"500ms\"\n").unwrap();
+        let e = crate::engine::EngineSettings::from_config(&c).cluster;
+        assert_eq!(
+            (e.lease, e.heartbeat),
+            (Duration::from_secs(60), Duration::from_millis(500))
+        );
         for (text, field) in [
             (
                 "[database]\nurl = \"postgresql://a@b/c\"\npath = \"/x.db\"\n",
@@ -975,6 +981,13 @@ max_execution_history = 1000
                 "database.backup",
             ),
             ("[database]\npool_size = 0\n", "database.pool_size"),
+            ("[database]\nheartbeat = \"10ms\"\n", "database.heartbeat"),
+            (
+                "[database]\nlease = \"5s\"\nheartbeat = \"3s\"\n",
+                "database.lease",
+            ),
+            ("[database]\nlease = \"2h\"\n", "database.lease"),
+            ("[database]\nlease = \"soon\"\n", "lease"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

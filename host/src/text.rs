@@ -105,6 +105,18 @@ pub fn pretty_log_line(stream: &str, line: &str) -> Option<String> {
     }
 }
 
+/// `s` cut to at most `max_bytes` bytes (on a character boundary), with `…` when cut.
+pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
+    if s.len() <= max_bytes {
+        return s.to_owned();
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,16 +162,12 @@ mod tests {
         );
         assert_eq!(pretty_log_line("stdout", "plain").as_deref(), Some("plain"));
     }
-}
 
-/// `s` cut to at most `max_bytes` bytes (on a character boundary), with `…` when cut.
-pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
-    if s.len() <= max_bytes {
-        return s.to_owned();
+    #[test]
+    fn truncate_bytes_cuts_on_a_character_boundary() {
+        assert_eq!(truncate_bytes("short", 10), "short");
+        let cut = truncate_bytes("ééééé", 6);
+        assert!(cut.len() <= 6 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cut, "é…");
     }
-    let mut end = max_bytes.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

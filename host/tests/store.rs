@@ -502,3 +502,174 @@ async fn templates_are_stored_and_remembered_by_their_jobs() {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+fn member(id: &str, at: chrono::DateTime<Utc>) -> cnp::store::Member {
+    cnp::store::Member {
+        id: id.into(),
+        host: "test".into(),
+        pid: 1,
+        api: None,
+        started_at: at,
+        heartbeat_at: at,
+        leader: false,
+        running: 0,
+        queued: 0,
+        capacity: 4,
+    }
+}
+
+/// Several instances on one PostgreSQL database (docs/cluster.md): each due run is claimed by
+/// one member, a job's runs stay with one member, only the owner starts a run, leases are
+/// renewed by heartbeats, and what a dead member held goes back or is taken over.
+#[tokio::test]
+async fn members_claim_each_run_once_under_a_lease_and_a_dead_members_runs_are_taken_over() {
+    if !common::on_postgres() {
+        eprintln!(
+            "claims need PostgreSQL: run with CNP_TEST_BACKEND=postgres (scripts/test.sh does)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cnp.db");
+    let (a, b) = (common::open_store(&path), common::open_store(&path));
+    b.set_owner("b".into());
+    for i in 0..40 {
+        a.insert_job(job(&format!("j{i}"))).await.unwrap();
+        let mut f = fire(&format!("id-j{i}"), &format!("e{i}"), t0());
+        f.trigger = Trigger::Manual;
+        f.slot = None;
+        a.insert_execution(f).await.unwrap();
+    }
+    // Not due yet: nobody claims it.
+    a.insert_execution(fire("id-j0", "later", t0() + Duration::hours(1)))
+        .await
+        .unwrap();
+    assert_eq!(a.next_claimable().await.unwrap(), Some(t0()));
+    let lease = t0() + Duration::seconds(15);
+    for m in ["a", "b"] {
+        a.join_cluster(member(m, t0())).await.unwrap();
+    }
+
+    // Two members claiming at once, 8 at a time: every run once, none twice.
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    loop {
+        let (ra, rb) = tokio::join!(
+            a.claim_runs("a".into(), t0(), lease, 8),
+            b.claim_runs("b".into(), t0(), lease, 8)
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        if ra.is_empty() && rb.is_empty() {
+            break;
+        }
+        got_a.extend(ra.into_iter().map(|r| r.id));
+        got_b.extend(rb.into_iter().map(|r| r.id));
+    }
+    let all: std::collections::HashSet<&String> = got_a.iter().chain(&got_b).collect();
+    assert_eq!(got_a.len() + got_b.len(), 40);
+    assert_eq!(all.len(), 40, "a run was claimed twice");
+    assert!(!all.contains(&"later".to_owned()));
+
+    // A job whose run b holds: its next run is not a's to claim.
+    let held_by_b = got_b[0].clone();
+    let job_of_b = a
+        .get_execution(held_by_b.clone())
+        .await
+        .unwrap()
+        .unwrap()
+        .job_id;
+    let mut next = fire(&job_of_b, "next-of-b", t0());
+    next.trigger = Trigger::Manual;
+    next.slot = None;
+    a.insert_execution(next).await.unwrap();
+    assert!(a
+        .claim_runs("a".into(), t0(), lease, 8)
+        .await
+        .unwrap()
+        .is_empty());
+    let mine = b.claim_runs("b".into(), t0(), lease, 8).await.unwrap();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+
+    // Only the owner starts a run.
+    a.set_owner("a".into());
+    assert!(!claimed(&a, held_by_b.clone()).await, "a started b's run");
+    assert!(claimed(&b, held_by_b.clone()).await);
+
+    // b's heartbeat renews its leases; then b dies: 15 s after its last one, its running run is
+    // orphaned and its claimed runs go back.
+    let later = t0() + Duration::seconds(10);
+    assert!(b
+        .heartbeat(
+            "b".into(),
+            later,
+            later + Duration::seconds(15),
+            false,
+            (1, 8),
+            None
+        )
+        .await
+        .unwrap());
+    let a_beat = t0() + Duration::seconds(20);
+    assert!(a
+        .heartbeat(
+            "a".into(),
+            a_beat,
+            a_beat + Duration::seconds(40),
+            true,
+            (0, 0),
+            None
+        )
+        .await
+        .unwrap());
+    let before_expiry = t0() + Duration::seconds(20);
+    assert!(a
+        .orphaned_runs(cnp::store::Orphans::LeaseExpired(before_expiry))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(a.release_expired_claims(before_expiry).await.unwrap(), 0);
+    let expired = t0() + Duration::seconds(26);
+    let orphans = a
+        .orphaned_runs(cnp::store::Orphans::LeaseExpired(expired))
+        .await
+        .unwrap();
+    assert_eq!(
+        orphans.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        [held_by_b.as_str()]
+    );
+    let released = a.release_expired_claims(expired).await.unwrap();
+    assert_eq!(released, got_b.len(), "b's claimed, unstarted runs go back");
+    let taken = a
+        .recover_orphans(
+            expired,
+            Default::default(),
+            cnp::store::Orphans::LeaseExpired(expired),
+        )
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    let e = a.get_execution(held_by_b).await.unwrap().unwrap();
+    assert_eq!(e.status, ExecutionStatus::Interrupted);
+    assert!(e.error.unwrap().contains("stopped renewing its lease"));
+    // a (alive) keeps what it holds; b is forgotten and its next heartbeat says so.
+    assert_eq!(
+        a.forget_members(expired - Duration::seconds(10))
+            .await
+            .unwrap(),
+        ["b"]
+    );
+    assert!(!b
+        .heartbeat("b".into(), expired, expired, false, (0, 0), None)
+        .await
+        .unwrap());
+    let members = a.members().await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].id, "a");
+    // What b held is claimable again.
+    let again = a
+        .claim_runs("a".into(), expired, expired, 100)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), got_b.len());
+    a.leave_cluster("a".into()).await.unwrap();
+    assert!(a.members().await.unwrap().is_empty());
+}

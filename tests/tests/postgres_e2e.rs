@@ -357,21 +357,61 @@ async fn a_kill_9_of_the_leader_moves_the_timer_within_5_s_and_its_runs_are_retr
 }
 
 #[tokio::test]
-async fn both_instances_reconnect_after_postgresql_is_killed_and_restarted() {
+async fn a_run_is_cancelled_from_either_instance_and_both_reconnect_after_postgresql_restarts() {
     let server = PgServer::start().expect("start PostgreSQL");
     let url = server.create_database();
     let (env_a, env_b) = (
         env_on(&url, ConfigOpts::default()),
         env_on(&url, ConfigOpts::default()),
     );
-    let ((mut a, api_a), (mut b, api_b)) = two_instances(&env_a, &env_b, &[]).await;
+    // Runs take a minute unless `fast` exists.
+    let fast = env_a.root().join("fast");
+    let fast_s = fast.display().to_string();
+    let extra = [
+        ("FAKE_CLAUDE_SLEEP_MS", "60000"),
+        ("FAKE_CLAUDE_SLEEP_UNLESS", fast_s.as_str()),
+    ];
+    let ((mut a, api_a), (mut b, api_b)) = two_instances(&env_a, &env_b, &extra).await;
     let job = create(
         &api_a,
         json!({"name": "survives", "prompt": "say hello", "schedule": {"type": "manual"}}),
     )
     .await;
+
+    // A long run, cancelled through the API of the instance that does not run it.
+    let (s, r) = api_a
+        .post(&format!("/api/jobs/{job}/execute"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let long = r["execution_id"].as_str().unwrap().to_owned();
+    wait_until("the long run to start", Duration::from_secs(20), || {
+        env_a.records().len() + env_b.records().len() == 1
+    })
+    .await;
+    let other = if env_a.records().is_empty() {
+        &api_a
+    } else {
+        &api_b
+    };
+    let (s, r) = other
+        .post(&format!("/api/executions/{long}/cancel"), json!({}))
+        .await;
+    assert!(s.is_success(), "{s} {r}");
+    let e = other
+        .wait(
+            &format!("/api/executions/{long}"),
+            "the run cancelled",
+            |e| e["completed_at"].is_string(),
+        )
+        .await;
+    assert_eq!(e["status"], "cancelled", "{e}");
+    std::fs::write(&fast, "").unwrap();
+
     api_a.run_to_completion(&job).await;
-    let before = scalar(&url, "SELECT id FROM executions");
+    let before = scalar(
+        &url,
+        "SELECT id FROM executions WHERE status = 'completed' LIMIT 1",
+    );
 
     server.kill9();
     // While the server is down the API says so instead of failing obscurely.
@@ -392,7 +432,7 @@ async fn both_instances_reconnect_after_postgresql_is_killed_and_restarted() {
         }
         api.run_to_completion(&job).await;
     }
-    assert_eq!(api_a.execution_count(&job).await, 3);
+    assert_eq!(api_a.execution_count(&job).await, 4);
     a.assert_running();
     b.assert_running();
 }

@@ -506,6 +506,10 @@ pub(super) async fn refresh(engine: &Engine) -> Result<(), EngineError> {
         let st = &mut *st;
         let b = &mut st.budgets;
         b.global_override = persisted.global_override;
+        // Scopes another instance found over a cap (and notified): not notified again here.
+        for e in persisted.exceeded {
+            b.exceeded.entry(e.scope.clone()).or_insert(e);
+        }
         b.all = Ledger::default();
         b.jobs.clear();
         b.recent.clear();
@@ -1039,6 +1043,7 @@ impl Engine {
             serde_json::to_string(&st.budgets.persisted()).expect("budget state serializes")
         };
         self.shared.store.set_state(STATE_KEY, text).await?;
+        super::cluster::budget_changed(self);
         release(self).await;
         Ok(self.budget_status().await)
     }

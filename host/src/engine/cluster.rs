@@ -29,6 +29,10 @@ use crate::store::{ClaimedRun, Heard, InstanceLock, Member, Orphans, PgOptions};
 const CLAIM_CHANNEL: &str = "cnp_claim";
 /// Members' events, as [`Envelope`]s.
 const EVENTS_CHANNEL: &str = "cnp_events";
+/// A run to cancel (its execution id), for the member running it.
+const CANCEL_CHANNEL: &str = "cnp_cancel";
+/// The global budget was set or reset: members read it again.
+const BUDGET_CHANNEL: &str = "cnp_budget";
 /// Most runs claimed at once during a cooldown.
 const CLAIM_BATCH: usize = 10_000;
 /// PostgreSQL refuses notification payloads from 8000 bytes.
@@ -122,27 +126,39 @@ pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
         .postgres()
         .expect("a cluster runs on PostgreSQL")
         .clone();
+    tracing::info!(member = %c.id, "cluster member on the PostgreSQL database");
     // The first try here, so a lone instance leads before `Engine::start` returns.
-    let lock = match InstanceLock::try_acquire(&options)? {
+    let (lock, holder) = match InstanceLock::try_acquire(&options)? {
         Ok(lock) => {
             engine.lead().await?;
-            Some(lock)
+            (Some(lock), None)
         }
         Err(holder) => {
             tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
-            None
+            (None, Some(holder))
         }
     };
-    s.tasks
-        .spawn(run_leadership(engine.clone(), options.clone(), lock));
+    s.tasks.spawn(run_leadership(
+        engine.clone(),
+        options.clone(),
+        lock,
+        holder,
+    ));
     // What is due already goes into the dispatch queue now, as on one instance at start-up.
     if let Err(e) = claim_round(engine).await {
         tracing::error!(error = %e, "cannot claim runs");
     }
-    let heard = crate::store::listen(&options, &[CLAIM_CHANNEL, EVENTS_CHANNEL])?;
+    let heard = crate::store::listen(
+        &options,
+        &[
+            CLAIM_CHANNEL,
+            EVENTS_CHANNEL,
+            CANCEL_CHANNEL,
+            BUDGET_CHANNEL,
+        ],
+    )?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     s.events.forward_to(events_tx);
-    tracing::info!(member = %c.id, "cluster member on the PostgreSQL database");
     *c.member_task.lock().unwrap() = Some(tokio::spawn(run_member(engine.clone())));
     s.tasks.spawn(run_claimer(engine.clone()));
     s.tasks.spawn(run_listener(engine.clone(), heard));
@@ -152,10 +168,15 @@ pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
 }
 
 /// Keeps the leader lock, or tries for it every second while another instance holds it.
-async fn run_leadership(engine: Engine, options: PgOptions, mut lock: Option<InstanceLock>) {
+/// (`told`: the leader this instance last named in the log.)
+async fn run_leadership(
+    engine: Engine,
+    options: PgOptions,
+    mut lock: Option<InstanceLock>,
+    mut told: Option<String>,
+) {
     let s = &engine.shared;
     let c = s.cluster.as_ref().expect("cluster");
-    let mut told: Option<String> = None;
     loop {
         tokio::select! {
             biased;
@@ -213,6 +234,26 @@ pub(super) fn poke(engine: &Engine) {
     if let Some(c) = &s.cluster {
         c.claim.notify_one();
         s.store.notify_detached(CLAIM_CHANNEL, String::new());
+    }
+}
+
+/// In a cluster: asks every member to cancel `execution_id` if it runs it. `false` on one
+/// instance.
+pub(super) fn cancel_elsewhere(engine: &Engine, execution_id: &str) -> bool {
+    let s = &engine.shared;
+    if s.cluster.is_none() {
+        return false;
+    }
+    s.store
+        .notify_detached(CANCEL_CHANNEL, execution_id.to_owned());
+    true
+}
+
+/// In a cluster: the global budget changed here; the other members read it again.
+pub(super) fn budget_changed(engine: &Engine) {
+    let s = &engine.shared;
+    if s.cluster.is_some() {
+        s.store.notify_detached(BUDGET_CHANNEL, String::new());
     }
 }
 
@@ -641,6 +682,14 @@ async fn run_listener(engine: Engine, mut heard: mpsc::UnboundedReceiver<Heard>)
             }
             Heard::Notification { channel, payload } => match channel.as_str() {
                 CLAIM_CHANNEL => c.claim.notify_one(),
+                BUDGET_CHANNEL => c.budget_refresh.notify_one(),
+                CANCEL_CHANNEL => {
+                    let st = s.state.lock().unwrap();
+                    if let Some(r) = st.running.get(&payload) {
+                        tracing::info!(execution = %payload, "cancelled from another cluster member");
+                        r.cancel.cancel();
+                    }
+                }
                 EVENTS_CHANNEL => match serde_json::from_str::<Envelope>(&payload) {
                     Ok(env) if env.from == c.id => {}
                     Ok(env) => {

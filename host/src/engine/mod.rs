@@ -958,6 +958,11 @@ impl Engine {
                 }
             }
         }
+        // In a cluster, a run going on another member is cancelled there.
+        if exec.status == ExecutionStatus::Running && cluster::cancel_elsewhere(self, execution_id)
+        {
+            return Ok(true);
+        }
         let now = self.shared.clock.now();
         let changed = self
             .shared

@@ -150,9 +150,9 @@ impl Store {
                     SELECT e.id FROM executions e JOIN jobs j ON j.id = e.job_id
                     WHERE e.status IN ('queued', 'deferred') AND e.owner IS NULL
                       AND COALESCE(e.scheduled_for, e.queued_at) <= ?2
-                      AND NOT EXISTS (
-                        SELECT 1 FROM executions o
-                        WHERE o.owner IS NOT NULL AND o.owner <> ?1 AND o.job_id = e.job_id
+                      AND e.job_id NOT IN (
+                        SELECT o.job_id FROM executions o
+                        WHERE o.owner IS NOT NULL AND o.owner <> ?1
                           AND o.status IN ('queued', 'deferred', 'running'))
                     ORDER BY j.priority DESC, COALESCE(e.scheduled_for, e.queued_at), e.rowid
                     LIMIT ?4
