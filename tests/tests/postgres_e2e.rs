@@ -436,3 +436,77 @@ async fn a_run_is_cancelled_from_either_instance_and_both_reconnect_after_postgr
     a.assert_running();
     b.assert_running();
 }
+
+#[tokio::test]
+async fn a_usage_limit_on_one_instance_holds_runs_on_both_and_clearing_it_anywhere_ends_it() {
+    let server = PgServer::start().expect("start PostgreSQL");
+    let url = server.create_database();
+    let (env_a, env_b) = (
+        env_on(&url, ConfigOpts::default()),
+        env_on(&url, ConfigOpts::default()),
+    );
+    // The first CLI invocation anywhere hits the usage limit (reset in an hour); later ones pass.
+    let state = env_a.root().join("fake-state");
+    let state_s = state.display().to_string();
+    let reset = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .timestamp()
+        .to_string();
+    let extra = [
+        ("FAKE_CLAUDE_SCENARIOS", "usage-limit,ok"),
+        ("FAKE_CLAUDE_STATE_DIR", state_s.as_str()),
+        ("FAKE_CLAUDE_RESET_EPOCH", reset.as_str()),
+    ];
+    let ((a, api_a), (b, api_b)) = two_instances(&env_a, &env_b, &extra).await;
+    let job = create(
+        &api_a,
+        json!({"name": "limited", "prompt": "hello", "schedule": {"type": "manual"}}),
+    )
+    .await;
+    let (s, r) = api_a
+        .post(&format!("/api/jobs/{job}/execute"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let run = r["execution_id"].as_str().unwrap().to_owned();
+
+    // Both instances hold runs back, whichever one's run hit the limit.
+    for api in [&api_a, &api_b] {
+        let c = api
+            .wait("/api/cooldown", "the cooldown on both instances", |c| {
+                c["cooldown"].is_object()
+            })
+            .await;
+        assert!(c["cooldown"]["until"].is_string(), "{c}");
+    }
+    let other = api_b
+        .post(&format!("/api/jobs/{job}/execute"), json!({}))
+        .await
+        .1["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env_a.records().len() + env_b.records().len(),
+        1,
+        "nothing ran during the cooldown"
+    );
+
+    // Cleared through one instance: it ends on both, and both runs complete.
+    let (s, r) = api_b.post("/api/cooldown/clear", json!({})).await;
+    assert!(s.is_success(), "{s} {r}");
+    for api in [&api_a, &api_b] {
+        api.wait("/api/cooldown", "the cooldown over on both", |c| {
+            c["cooldown"].is_null()
+        })
+        .await;
+    }
+    for id in [&run, &other] {
+        let e = api_a
+            .wait(&format!("/api/executions/{id}"), "the run completed", |e| {
+                e["status"] == "completed"
+            })
+            .await;
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+    drop((a, b));
+}

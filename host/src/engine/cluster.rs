@@ -127,6 +127,18 @@ pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
         .expect("a cluster runs on PostgreSQL")
         .clone();
     tracing::info!(member = %c.id, "cluster member on the PostgreSQL database");
+    // Listening and forwarding first: nothing said from now on is missed.
+    let heard = crate::store::listen(
+        &options,
+        &[
+            CLAIM_CHANNEL,
+            EVENTS_CHANNEL,
+            CANCEL_CHANNEL,
+            BUDGET_CHANNEL,
+        ],
+    )?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    s.events.forward_to(events_tx);
     // The first try here, so a lone instance leads before `Engine::start` returns.
     let (lock, holder) = match InstanceLock::try_acquire(&options)? {
         Ok(lock) => {
@@ -148,17 +160,6 @@ pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
     if let Err(e) = claim_round(engine).await {
         tracing::error!(error = %e, "cannot claim runs");
     }
-    let heard = crate::store::listen(
-        &options,
-        &[
-            CLAIM_CHANNEL,
-            EVENTS_CHANNEL,
-            CANCEL_CHANNEL,
-            BUDGET_CHANNEL,
-        ],
-    )?;
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    s.events.forward_to(events_tx);
     *c.member_task.lock().unwrap() = Some(tokio::spawn(run_member(engine.clone())));
     s.tasks.spawn(run_claimer(engine.clone()));
     s.tasks.spawn(run_listener(engine.clone(), heard));
