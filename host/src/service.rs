@@ -121,6 +121,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         max_concurrent_jobs = status.max_concurrent_jobs,
         "cnp is running"
     );
+    // Under systemd (`Type=notify`, `cnp service install`): ready now, and the watchdog pinged
+    // while the runtime is alive. Nothing happens without NOTIFY_SOCKET.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let watchdog = start_watchdog();
 
     // PostgreSQL: every instance runs jobs; the one holding the leader lock also records the
     // schedule's slots (the engine tries for it). If it loses the lock for good, it stops.
@@ -132,6 +136,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tracing::error!(leader = %holder, "stopping: another instance holds the cluster's timer now (a supervisor restarts this one as a member)");
     }
     stop_watching.cancel();
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("shutting down: no new runs start");
     engine.shutdown(config.job_engine.shutdown_grace).await;
     // Notifications of the last runs go out (bounded: a dead server does not hold the stop).
@@ -152,6 +160,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(holder) => anyhow::bail!("another instance ({holder}) took over the cluster's timer"),
         None => Ok(()),
     }
+}
+
+/// When systemd asks for watchdog pings (`WatchdogSec=`), pings at half its interval from the
+/// runtime: a wedged runtime stops pinging and systemd restarts the service.
+fn start_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    // As sd_watchdog_enabled(3): WATCHDOG_USEC set, and WATCHDOG_PID, when set, this process.
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    if usec == 0 {
+        return None;
+    }
+    let every = std::time::Duration::from_micros(usec / 2);
+    tracing::debug!(every = ?every, "systemd watchdog enabled");
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
 }
 
 /// The configured database: PostgreSQL when `[database] url` is set, else the SQLite file.

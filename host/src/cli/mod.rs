@@ -14,6 +14,7 @@ mod interactive;
 mod job;
 mod output;
 mod prompt;
+mod service;
 mod status;
 mod template;
 mod watch;
@@ -137,6 +138,11 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the manual page, cnp(1), in roff (`cnp man > /usr/local/share/man/man1/cnp.1`).
+    Man,
+    /// cnp as a systemd service: install, uninstall, status (docs/operations.md).
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
 }
 
 impl Command {
@@ -294,6 +300,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{DEFAULT_CONFIG_TOML}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service(cmd) => service::run(cli.config.as_deref(), cmd),
         Command::Backup(args) => backup::backup(
             cli.config.as_deref(),
             client::Overrides {
@@ -716,6 +727,59 @@ fn init_logging(config: &Config) {
         .with_writer(std::io::stderr);
     match config.logging.format {
         LogFormat::Json => builder.json().init(),
+        // Under systemd, stderr goes to the journal, which keeps its own timestamps and reads a
+        // `<N>` prefix as the line's priority.
+        LogFormat::Text if to_journal() => builder
+            .with_ansi(false)
+            .event_format(Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// Whether stderr is the journal's stream (`JOURNAL_STREAM` names its device and inode).
+fn to_journal() -> bool {
+    let Ok(v) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.split_once(':') else {
+        return false;
+    };
+    // (The proc link resolves to the stream itself, a socket or a pipe.)
+    let Ok(st) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    use std::os::unix::fs::MetadataExt;
+    dev.parse::<u64>().ok() == Some(st.dev()) && ino.parse::<u64>().ok() == Some(st.ino())
+}
+
+/// Text log lines for the journal: the level as a syslog priority prefix (`<3>` error … `<7>`
+/// debug), no timestamp of cnp's own.
+struct Journald<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
     }
 }

@@ -256,7 +256,8 @@ level = {}
         p
     }
 
-    fn command(&self) -> Command {
+    /// `cnp` with this test's environment (fake CLI record, cwd), no arguments yet.
+    pub fn command(&self) -> Command {
         let mut c = Command::new(cnp_bin());
         for k in SCRUBBED_ENV {
             c.env_remove(k);
