@@ -244,3 +244,40 @@ async fn the_grafana_dashboard_queries_only_metrics_cnp_exports() {
     );
     drop(cnp);
 }
+
+/// The CI example in examples/ci parses and runs `cnp job execute --wait` with the API's URL and
+/// token from the environment, which the CLI reads.
+#[test]
+fn the_ci_example_runs_a_job_with_wait_against_the_api_from_its_secrets() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/ci/github-actions-review.yml");
+    let doc: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let steps = doc["jobs"]["review"]["steps"].as_sequence().unwrap();
+    let run = steps
+        .iter()
+        .find(|s| {
+            s["run"]
+                .as_str()
+                .is_some_and(|r| r.contains("cnp job execute"))
+        })
+        .expect("a step that runs cnp job execute");
+    assert!(run["run"].as_str().unwrap().contains("--wait"));
+    for var in ["CNP_API_URL", "CNP_API_TOKEN"] {
+        assert!(run["env"][var].as_str().is_some(), "{var} missing");
+    }
+    // The CLI takes both from the environment.
+    let env = Env::new(ConfigOpts::default());
+    let out = env
+        .command()
+        .env("CNP_API_URL", "http://127.0.0.1:9")
+        .env("CNP_API_TOKEN", "t")
+        .args(["job", "execute", "PR review", "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "nothing listens at port 9: {out:?}"
+    );
+}
