@@ -55,6 +55,9 @@ pub struct JobSpec {
     /// [`JobSpec::normalized`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<PluginRef>,
+    /// A webhook that runs the job (stored as `execution.webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::model::WebhookConfig>,
 }
 
 impl JobSpec {
@@ -63,6 +66,9 @@ impl JobSpec {
     pub fn normalized(mut self) -> JobSpec {
         if !self.conditions.is_empty() {
             self.execution.conditions = std::mem::take(&mut self.conditions);
+        }
+        if self.webhook.is_some() {
+            self.execution.webhook = self.webhook.take();
         }
         self
     }
@@ -364,6 +370,22 @@ impl JobSpec {
 
     fn validate_execution(&self) -> Result<(), SpecError> {
         let e = &self.execution;
+        if let Some(w) = self.webhook.as_ref().or(e.webhook.as_ref()) {
+            let secret = w.secret.trim();
+            if !(secret.starts_with("${") && secret.ends_with('}') && secret.len() > 3) {
+                return Err(err(
+                    "webhook.secret",
+                    "give the secret as `${VAR}`, read from cnp's environment (it is not \
+                     written in files or stored)",
+                ));
+            }
+            if w.max_payload_bytes.is_some_and(|n| n == 0 || n > 16 << 20) {
+                return Err(err(
+                    "webhook.max_payload_bytes",
+                    "must be from 1 to 16777216 (16 MiB)",
+                ));
+            }
+        }
         if e.timeout_seconds == Some(0) {
             return Err(err("execution.timeout_seconds", "must be at least 1"));
         }

@@ -243,6 +243,38 @@ pub struct ExecutionOptions {
     /// Condition-hook plugins asked, in order, just before each run: the first that says skip
     /// or defer decides. (Manifests give them as a top-level `conditions:` list.)
     pub conditions: Vec<PluginRef>,
+    /// The job's webhook trigger (manifests give it as a top-level `webhook:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A job's webhook trigger (docs/operations.md#webhooks): `POST /api/hooks/<job name or id>`,
+/// signed with `secret`, runs the job; the prompt sees the request's JSON as `{{ payload }}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The HMAC-SHA256 key, as `${VAR}`: read from cnp's environment when a request comes (never
+    /// written in a file or stored).
+    pub secret: String,
+    /// How requests are signed.
+    #[serde(default)]
+    pub signature: WebhookSignature,
+    /// Larger bodies are refused with 413 (default 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_payload_bytes: Option<u64>,
+}
+
+/// How webhook requests are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookSignature {
+    /// GitHub's: `X-Hub-Signature-256: sha256=<hex HMAC of the body>`, the delivery id in
+    /// `X-GitHub-Delivery`.
+    #[default]
+    Github,
+    /// `X-Signature: sha256=<hex HMAC of "<X-Timestamp>.<body>">` with `X-Timestamp` (unix
+    /// seconds) within 5 minutes of cnp's clock; an optional `X-Delivery-Id`.
+    Generic,
 }
 
 /// Spending caps over rolling windows: a job's `budget:` and the config's `[budget]`. Costs are
@@ -712,6 +744,8 @@ pub enum Trigger {
     Retry,
     /// Started by the end of its upstream runs (`depends_on`).
     Dependency,
+    /// Started by a signed request to its webhook (`POST /api/hooks/…`).
+    Webhook,
 }
 
 impl Trigger {
@@ -723,6 +757,7 @@ impl Trigger {
             Trigger::Delayed => "delayed",
             Trigger::Retry => "retry",
             Trigger::Dependency => "dependency",
+            Trigger::Webhook => "webhook",
         }
     }
 
@@ -734,6 +769,7 @@ impl Trigger {
             "delayed" => Trigger::Delayed,
             "retry" => Trigger::Retry,
             "dependency" => Trigger::Dependency,
+            "webhook" => Trigger::Webhook,
             _ => return None,
         })
     }

@@ -783,6 +783,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         depends_on: job.depends_on.clone(),
         budget: job.budget.clone(),
         conditions: Vec::new(),
+        webhook: None,
     }
 }
 

@@ -110,6 +110,38 @@ pub fn render_prompt(
     Ok(out)
 }
 
+/// Longest string of a webhook payload a prompt sees (longer ones are cut, marked `…`).
+pub const MAX_PAYLOAD_STRING: usize = 16 * 1024;
+
+/// Renders a webhook run's prompt: `{{ payload.head_commit.message }}` and the like, over the
+/// request's JSON (each string cut to [`MAX_PAYLOAD_STRING`] bytes; the result at most the
+/// prompt limit). An undefined field is an error naming it, as for upstream results.
+pub fn render_payload_prompt(
+    template: &str,
+    payload: &serde_json::Value,
+) -> Result<String, String> {
+    fn cap(v: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value as J;
+        match v {
+            J::String(s) => J::String(crate::text::truncate_bytes(s, MAX_PAYLOAD_STRING)),
+            J::Array(a) => J::Array(a.iter().map(cap).collect()),
+            J::Object(o) => J::Object(o.iter().map(|(k, v)| (k.clone(), cap(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    let ctx = minijinja::context! { payload => Value::from_serialize(cap(payload)) };
+    let out = env()
+        .render_str(template, ctx)
+        .map_err(|e| format!("the prompt template: {}", describe(&e)))?;
+    if out.len() > MAX_RENDERED_PROMPT {
+        return Err(format!(
+            "the rendered prompt is {} bytes, more than the {MAX_RENDERED_PROMPT} allowed",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// A job name as a template identifier.
 pub fn identifier(name: &str) -> String {
     name.chars()

@@ -95,7 +95,10 @@ impl ApiToken {
 /// own login.
 pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    if path == HEALTH_PATH || super::dashboard::is_dashboard_path(path) {
+    if path == HEALTH_PATH
+        || path.starts_with(super::HOOKS_PREFIX)
+        || super::dashboard::is_dashboard_path(path)
+    {
         return next.run(req).await;
     }
     let header_token = req

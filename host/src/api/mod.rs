@@ -16,6 +16,7 @@ mod costs;
 mod dashboard;
 mod error;
 mod executions;
+mod hooks;
 mod jobs;
 mod notifications;
 mod openapi;
@@ -49,6 +50,9 @@ use crate::service::SharedManifestStatus;
 
 /// Liveness: the one route without auth.
 pub const HEALTH_PATH: &str = "/api/jobs/health";
+/// Webhook deliveries (`hooks.rs`): no token, a signature.
+pub const HOOKS_PREFIX: &str = "/api/hooks/";
+const HOOKS_PREFIX_ROUTE: &str = "/api/hooks/{job}";
 /// The WebSocket route (also takes `?token=`).
 pub const WS_PATH: &str = "/api/ws";
 /// Environment variable that overrides `[api] bind`.
@@ -73,6 +77,8 @@ struct Inner {
     dashboard: DashboardSettings,
     /// Cancelled when the service stops: WebSocket streams close.
     stop: CancellationToken,
+    /// Webhook deliveries seen and counted (`hooks.rs`).
+    webhooks: hooks::Webhooks,
 }
 
 impl ApiState {
@@ -94,12 +100,17 @@ impl ApiState {
                 metrics_enabled: true,
                 dashboard: DashboardSettings::default(),
                 stop: CancellationToken::new(),
+                webhooks: Default::default(),
             }),
         }
     }
 
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    pub(crate) fn webhooks(&self) -> &hooks::Webhooks {
+        &self.inner.webhooks
     }
 
     fn token(&self) -> &ApiToken {
@@ -205,6 +216,11 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::create).get(jobs::list))
         .route("/api/jobs/stats", get(system::stats))
+        // Signed by the job's own secret instead of the token; its own body limit.
+        .route(
+            HOOKS_PREFIX_ROUTE,
+            post(hooks::receive).layer(DefaultBodyLimit::max(hooks::ROUTE_BODY_LIMIT)),
+        )
         .route("/api/jobs/stats/daily", get(system::daily))
         .route("/api/costs", get(costs::report))
         .route(HEALTH_PATH, get(system::health))

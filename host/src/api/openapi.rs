@@ -6,8 +6,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    backup, budget, cooldown, costs, error, executions, jobs, notifications, prompts, system,
-    templates, workflows, ws,
+    backup, budget, cooldown, costs, error, executions, hooks, jobs, notifications, prompts,
+    system, templates, workflows, ws,
 };
 
 #[derive(OpenApi)]
@@ -20,7 +20,7 @@ use super::{
     ),
     paths(
         jobs::create, jobs::list, jobs::show, jobs::update, jobs::delete, jobs::execute,
-        jobs::pause, jobs::resume, jobs::executions,
+        jobs::pause, jobs::resume, jobs::executions, hooks::receive,
         executions::list, executions::show, executions::cancel, executions::logs,
         notifications::of_execution, notifications::recent,
         prompts::list, prompts::create, prompts::show, prompts::update, prompts::delete,

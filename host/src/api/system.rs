@@ -372,6 +372,13 @@ pub async fn metrics_prometheus(State(st): State<ApiState>) -> Result<Response, 
         u8::from(w.failing)
     );
     text.push_str(&backup_text(&st.engine().backup_status()));
+    let hooks = st.webhooks();
+    let _ = writeln!(
+        text,
+        "# HELP cnp_webhook_requests_total Webhook deliveries (POST /api/hooks/…) since the start: accepted (a run recorded) or refused (bad signature, stale, replayed, too large, unknown hook).\n# TYPE cnp_webhook_requests_total counter\ncnp_webhook_requests_total{{result=\"accepted\"}} {}\ncnp_webhook_requests_total{{result=\"refused\"}} {}",
+        hooks.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        hooks.refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -484,6 +484,7 @@ pub fn blank_spec(name: &str) -> JobSpec {
         depends_on: Default::default(),
         budget: None,
         conditions: Vec::new(),
+        webhook: None,
     }
 }
 

@@ -80,7 +80,8 @@ pub(super) async fn check_conditions(
         job: job_info(engine, job),
         trigger: match trigger {
             Trigger::Schedule | Trigger::Catchup => ConditionTrigger02::Schedule,
-            Trigger::Manual => ConditionTrigger02::Manual,
+            // A webhook's run was asked for from outside, as a manual one is.
+            Trigger::Manual | Trigger::Webhook => ConditionTrigger02::Manual,
             Trigger::Dependency => ConditionTrigger02::Dependency,
             Trigger::Delayed => ConditionTrigger02::Delayed,
             Trigger::Retry => ConditionTrigger02::Retry,

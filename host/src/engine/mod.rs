@@ -885,7 +885,29 @@ impl Engine {
         self.run_at(id, Some(delay)).await
     }
 
+    /// Runs a job now for its webhook, with the prompt its payload rendered (it is the prompt of
+    /// this run and of its retries). Returns the execution id.
+    pub async fn run_webhook(&self, id: &str, prompt: String) -> Result<String, EngineError> {
+        self.queue_run(id, None, Trigger::Webhook, Some(prompt))
+            .await
+    }
+
     async fn run_at(&self, id: &str, delay: Option<Duration>) -> Result<String, EngineError> {
+        let trigger = if delay.is_some() {
+            Trigger::Delayed
+        } else {
+            Trigger::Manual
+        };
+        self.queue_run(id, delay, trigger, None).await
+    }
+
+    async fn queue_run(
+        &self,
+        id: &str,
+        delay: Option<Duration>,
+        trigger: Trigger,
+        prompt: Option<String>,
+    ) -> Result<String, EngineError> {
         if self.shared.stop.is_cancelled() {
             return Err(EngineError::ShuttingDown);
         }
@@ -896,16 +918,12 @@ impl Engine {
             id: uuid::Uuid::now_v7().to_string(),
             job_id: job.id.clone(),
             status: ExecutionStatus::Queued,
-            trigger: if delay.is_some() {
-                Trigger::Delayed
-            } else {
-                Trigger::Manual
-            },
+            trigger,
             slot: None,
             scheduled_for: Some(due.unwrap_or(now)),
             queued_at: now,
             retry_count: 0,
-            prompt: None,
+            prompt,
             error: None,
         };
         let exec_id = exec.id.clone();

@@ -292,27 +292,28 @@ impl Store {
         let owner = self.owner().to_owned();
         self.write(move |c| {
             atomic(c, |c| {
-                let found: Option<(String, String, RunPlace, Option<String>)> = c
-                    .query_opt(
-                        "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
-                                upstream_ids
+                type Found = (String, String, RunPlace, Option<String>, Option<String>);
+                let found: Option<Found> = c.query_opt(
+                    "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
+                                upstream_ids, prompt
                          FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')
                            AND (owner IS NULL OR owner = ?2)",
-                        params![id, owner],
-                        |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                RunPlace {
-                                    first_attempt_id: r.get(2)?,
-                                    workflow_run_id: r.get(3)?,
-                                    upstream_ids: Vec::new(),
-                                },
-                                r.get(4)?,
-                            ))
-                        },
-                    )?;
-                let Some((job_id, trigger, mut place, upstream_ids)) = found else {
+                    params![id, owner],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            RunPlace {
+                                first_attempt_id: r.get(2)?,
+                                workflow_run_id: r.get(3)?,
+                                upstream_ids: Vec::new(),
+                            },
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )?;
+                let Some((job_id, trigger, mut place, upstream_ids, given)) = found else {
                     return Ok(Claim::NotPending);
                 };
                 if let Some(u) = upstream_ids {
@@ -322,9 +323,12 @@ impl Store {
                 let Some(job) = get_job_conn(c, &job_id)? else {
                     return Ok(Claim::NotPending);
                 };
-                let prompt = match (&job.prompt, &job.prompt_id) {
-                    (Some(p), _) => p.clone(),
-                    (None, Some(pid)) => match get_prompt_conn(c, pid)? {
+                // A prompt recorded with the run (a webhook's, rendered with its payload) is
+                // the one it runs; otherwise the job's current one.
+                let prompt = match (given, &job.prompt, &job.prompt_id) {
+                    (Some(p), _, _) => p,
+                    (None, Some(p), _) => p.clone(),
+                    (None, None, Some(pid)) => match get_prompt_conn(c, pid)? {
                         Some(p) => p.content,
                         None => {
                             return Ok(Claim::PromptMissing {
@@ -332,7 +336,7 @@ impl Store {
                             })
                         }
                     },
-                    (None, None) => {
+                    (None, None, None) => {
                         return Ok(Claim::PromptMissing { message: "the job has no prompt".into() })
                     }
                 };

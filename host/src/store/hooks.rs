@@ -57,12 +57,16 @@ pub(super) fn insert_retry_conn(
 ) -> Result<bool, StoreError> {
     // PostgreSQL types the SELECT's parameters by the columns they are inserted into.
     let n = c.execute(
+        // A webhook's run is retried with the prompt its payload rendered (the one it ran).
         "INSERT INTO executions
             (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
-             first_attempt_id, workflow_run_id, upstream_ids)
-         SELECT ?2, job_id, 'queued', 'retry', slot, ?3, ?4, retry_count + 1,
-                COALESCE(first_attempt_id, id), workflow_run_id, upstream_ids
-         FROM executions WHERE id = ?1
+             first_attempt_id, workflow_run_id, upstream_ids, prompt)
+         SELECT ?2, e.job_id, 'queued', 'retry', e.slot, ?3, ?4, e.retry_count + 1,
+                COALESCE(e.first_attempt_id, e.id), e.workflow_run_id, e.upstream_ids,
+                CASE WHEN f.trigger = 'webhook' THEN e.prompt END
+         FROM executions e
+         JOIN executions f ON f.id = COALESCE(e.first_attempt_id, e.id)
+         WHERE e.id = ?1
          ON CONFLICT DO NOTHING",
         params![failed_id, r.id, to_ms(r.at), to_ms(r.now)],
     )?;
