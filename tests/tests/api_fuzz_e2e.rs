@@ -199,7 +199,9 @@ fn random_bodies_and_queries_never_break_the_api() {
         .collect();
     let fill = |path: &str, real: bool, id: &str| {
         let id = if real { job_id.as_str() } else { id };
-        path.replace("{id}", id).replace("{name}", id)
+        path.replace("{id}", id)
+            .replace("{name}", id)
+            .replace("{job}", id)
     };
 
     let mut runner = TestRunner::new(config(CASES_BODIES));

@@ -50,9 +50,8 @@ use crate::service::SharedManifestStatus;
 
 /// Liveness: the one route without auth.
 pub const HEALTH_PATH: &str = "/api/jobs/health";
-/// Webhook deliveries (`hooks.rs`): no token, a signature.
+/// Webhook deliveries (`hooks.rs`, `/api/hooks/{job}`): no token, a signature.
 pub const HOOKS_PREFIX: &str = "/api/hooks/";
-const HOOKS_PREFIX_ROUTE: &str = "/api/hooks/{job}";
 /// The WebSocket route (also takes `?token=`).
 pub const WS_PATH: &str = "/api/ws";
 /// Environment variable that overrides `[api] bind`.
@@ -218,7 +217,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/jobs/stats", get(system::stats))
         // Signed by the job's own secret instead of the token; its own body limit.
         .route(
-            HOOKS_PREFIX_ROUTE,
+            "/api/hooks/{job}",
             post(hooks::receive).layer(DefaultBodyLimit::max(hooks::ROUTE_BODY_LIMIT)),
         )
         .route("/api/jobs/stats/daily", get(system::daily))
