@@ -294,10 +294,13 @@ impl Store {
             atomic(c, |c| {
                 type Found = (String, String, RunPlace, Option<String>, Option<String>);
                 let found: Option<Found> = c.query_opt(
-                    "SELECT job_id, trigger, COALESCE(first_attempt_id, id), workflow_run_id,
-                                upstream_ids, prompt
-                         FROM executions WHERE id = ?1 AND status IN ('queued', 'deferred')
-                           AND (owner IS NULL OR owner = ?2)",
+                    "SELECT e.job_id, e.trigger, COALESCE(e.first_attempt_id, e.id),
+                            e.workflow_run_id, e.upstream_ids,
+                            CASE WHEN f.trigger = 'webhook' THEN e.prompt END
+                         FROM executions e
+                         LEFT JOIN executions f ON f.id = COALESCE(e.first_attempt_id, e.id)
+                         WHERE e.id = ?1 AND e.status IN ('queued', 'deferred')
+                           AND (e.owner IS NULL OR e.owner = ?2)",
                     params![id, owner],
                     |r| {
                         Ok((
@@ -323,8 +326,8 @@ impl Store {
                 let Some(job) = get_job_conn(c, &job_id)? else {
                     return Ok(Claim::NotPending);
                 };
-                // A prompt recorded with the run (a webhook's, rendered with its payload) is
-                // the one it runs; otherwise the job's current one.
+                // A webhook's run (and its retries) runs the prompt its payload rendered,
+                // recorded with it; any other run the job's current one.
                 let prompt = match (given, &job.prompt, &job.prompt_id) {
                     (Some(p), _, _) => p,
                     (None, Some(p), _) => p.clone(),

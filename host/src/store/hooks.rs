@@ -58,6 +58,7 @@ pub(super) fn insert_retry_conn(
     // PostgreSQL types the SELECT's parameters by the columns they are inserted into.
     let n = c.execute(
         // A webhook's run is retried with the prompt its payload rendered (the one it ran).
+        // (LEFT JOIN: retention may have pruned the first attempt of a long chain.)
         "INSERT INTO executions
             (id, job_id, status, trigger, slot, scheduled_for, queued_at, retry_count,
              first_attempt_id, workflow_run_id, upstream_ids, prompt)
@@ -65,7 +66,7 @@ pub(super) fn insert_retry_conn(
                 COALESCE(e.first_attempt_id, e.id), e.workflow_run_id, e.upstream_ids,
                 CASE WHEN f.trigger = 'webhook' THEN e.prompt END
          FROM executions e
-         JOIN executions f ON f.id = COALESCE(e.first_attempt_id, e.id)
+         LEFT JOIN executions f ON f.id = COALESCE(e.first_attempt_id, e.id)
          WHERE e.id = ?1
          ON CONFLICT DO NOTHING",
         params![failed_id, r.id, to_ms(r.at), to_ms(r.now)],
