@@ -98,6 +98,11 @@ pub fn render_prompt(
         upstreams => upstreams,
         workflow => minijinja::context! { id => pass_id },
     };
+    render_limited(template, ctx)
+}
+
+/// A prompt template rendered with `ctx`, at most [`MAX_RENDERED_PROMPT`] bytes.
+fn render_limited(template: &str, ctx: Value) -> Result<String, String> {
     let out = env()
         .render_str(template, ctx)
         .map_err(|e| format!("the prompt template: {}", describe(&e)))?;
@@ -130,16 +135,7 @@ pub fn render_payload_prompt(
         }
     }
     let ctx = minijinja::context! { payload => Value::from_serialize(cap(payload)) };
-    let out = env()
-        .render_str(template, ctx)
-        .map_err(|e| format!("the prompt template: {}", describe(&e)))?;
-    if out.len() > MAX_RENDERED_PROMPT {
-        return Err(format!(
-            "the rendered prompt is {} bytes, more than the {MAX_RENDERED_PROMPT} allowed",
-            out.len()
-        ));
-    }
-    Ok(out)
+    render_limited(template, ctx)
 }
 
 /// A job name as a template identifier.

@@ -144,7 +144,7 @@ pub async fn receive(
             .ok()
             .flatten()
             .map(|p| p.content)
-            .ok_or_else(|| not_found())?,
+            .ok_or_else(not_found)?,
         (None, None) => return Err(not_found()),
     };
     let prompt = crate::workflow::render_payload_prompt(&template, &payload)

@@ -460,20 +460,8 @@ fn check_scope(
 /// At start-up: the config's caps, the operator's override and the scopes over a cap, and the
 /// costs of the last 30 days.
 pub(super) async fn restore(engine: &Engine, configured: Budget) -> Result<(), EngineError> {
-    let s = &engine.shared;
-    let persisted = match s.store.get_state(STATE_KEY).await? {
-        None => Persisted::default(),
-        Some(text) => serde_json::from_str::<Persisted>(&text).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "the stored budget state cannot be read: the [budget] caps apply, and caps over their limit notify again");
-            Persisted::default()
-        }),
-    };
-    let now = s.clock.now();
-    let ledger = s
-        .store
-        .cost_ledger(now - chrono::Duration::milliseconds(MONTH_MS + HOUR_MS))
-        .await?;
-    let mut st = s.state.lock().unwrap();
+    let (persisted, ledger) = stored(engine).await?;
+    let mut st = engine.shared.state.lock().unwrap();
     let b = &mut st.budgets;
     b.configured = configured;
     b.global_override = persisted.global_override;
@@ -492,15 +480,7 @@ pub(super) async fn restore(engine: &Engine, configured: Budget) -> Result<(), E
 /// again from the database.
 pub(super) async fn refresh(engine: &Engine) -> Result<(), EngineError> {
     let s = &engine.shared;
-    let persisted = match s.store.get_state(STATE_KEY).await? {
-        None => Persisted::default(),
-        Some(text) => serde_json::from_str::<Persisted>(&text).unwrap_or_default(),
-    };
-    let now = s.clock.now();
-    let ledger = s
-        .store
-        .cost_ledger(now - chrono::Duration::milliseconds(MONTH_MS + HOUR_MS))
-        .await?;
+    let (persisted, ledger) = stored(engine).await?;
     {
         let mut st = s.state.lock().unwrap();
         let st = &mut *st;
@@ -522,6 +502,24 @@ pub(super) async fn refresh(engine: &Engine) -> Result<(), EngineError> {
     s.budget_changed.notify_one();
     s.dispatch.notify_one();
     Ok(())
+}
+
+/// The budget state as stored, and the costs of the runs that ended in the last 30 days.
+async fn stored(engine: &Engine) -> Result<(Persisted, Vec<crate::store::CostEntry>), EngineError> {
+    let s = &engine.shared;
+    let persisted = match s.store.get_state(STATE_KEY).await? {
+        None => Persisted::default(),
+        Some(text) => serde_json::from_str::<Persisted>(&text).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the stored budget state cannot be read: the [budget] caps apply, and caps over their limit notify again");
+            Persisted::default()
+        }),
+    };
+    let now = s.clock.now();
+    let ledger = s
+        .store
+        .cost_ledger(now - chrono::Duration::milliseconds(MONTH_MS + HOUR_MS))
+        .await?;
+    Ok((persisted, ledger))
 }
 
 fn persist(engine: &Engine) {

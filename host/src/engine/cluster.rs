@@ -117,8 +117,39 @@ struct Envelope {
     events: Vec<Event>,
 }
 
-/// Starts the member's tasks; takes the timer at once if no other instance has it.
-pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
+/// The leader lock's first try, before start-up recovery: the instance that gets it leads from
+/// the start (it recovers and schedules as one instance does).
+pub(super) struct FirstTry {
+    lock: Option<InstanceLock>,
+    /// Who holds the lock, when another instance does.
+    holder: Option<String>,
+}
+
+pub(super) fn first_try(engine: &Engine) -> Result<FirstTry, EngineError> {
+    let s = &engine.shared;
+    let (Some(c), Some(options)) = (&s.cluster, s.store.postgres()) else {
+        return Ok(FirstTry {
+            lock: None,
+            holder: None,
+        });
+    };
+    Ok(match InstanceLock::try_acquire(options)? {
+        Ok(lock) => {
+            c.leader.send_replace(true);
+            FirstTry {
+                lock: Some(lock),
+                holder: None,
+            }
+        }
+        Err(holder) => FirstTry {
+            lock: None,
+            holder: Some(holder),
+        },
+    })
+}
+
+/// Starts the member's tasks (after start-up recovery).
+pub(super) async fn start(engine: &Engine, first: FirstTry) -> Result<(), EngineError> {
     let s = &engine.shared;
     let Some(c) = &s.cluster else { return Ok(()) };
     let options = s
@@ -139,22 +170,19 @@ pub(super) async fn start(engine: &Engine) -> Result<(), EngineError> {
     )?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     s.events.forward_to(events_tx);
-    // The first try here, so a lone instance leads before `Engine::start` returns.
-    let (lock, holder) = match InstanceLock::try_acquire(&options)? {
-        Ok(lock) => {
-            engine.lead().await?;
-            (Some(lock), None)
-        }
-        Err(holder) => {
-            tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
-            (None, Some(holder))
-        }
-    };
+    match &first.holder {
+        None => tracing::info!(
+            member = %c.id,
+            jobs = engine.status().jobs,
+            "cluster leader: this instance records the schedule's slots"
+        ),
+        Some(holder) => member_of(holder),
+    }
     s.tasks.spawn(run_leadership(
         engine.clone(),
         options.clone(),
-        lock,
-        holder,
+        first.lock,
+        first.holder,
     ));
     // What is due already goes into the dispatch queue now, as on one instance at start-up.
     if let Err(e) = claim_round(engine).await {
@@ -217,7 +245,7 @@ async fn run_leadership(
             }
             Ok(Ok(Err(holder))) => {
                 if told.as_deref() != Some(holder.as_str()) {
-                    tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
+                    member_of(&holder);
                     told = Some(holder);
                 }
             }
@@ -227,6 +255,11 @@ async fn run_leadership(
     }
     // Stopping: the lock goes with its connection, so another instance takes the timer.
     drop(lock);
+}
+
+/// Says in the log that `holder` leads and this instance is a member.
+fn member_of(holder: &str) {
+    tracing::info!(leader = %holder, "cluster member: another instance holds the timer; this one runs jobs and takes the timer over if the leader stops");
 }
 
 /// Runs became claimable (recorded, due, given back): every member looks.
@@ -284,15 +317,7 @@ impl Engine {
                 "runs the previous leader recorded ahead of slots that came due since: left to the misfire policy"
             );
         }
-        let engine = self.clone();
-        let jobs = s
-            .store
-            .for_each_job_scheduling(move |j| {
-                if let Err(e) = engine.install(&j.as_def(), j.last_slot, false) {
-                    tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
-                }
-            })
-            .await?;
+        let jobs = self.install_all().await?;
         // The members' table says so at once.
         c.beat_now.notify_one();
         tracing::info!(
@@ -585,9 +610,7 @@ async fn hand_over(engine: &Engine, runs: Vec<ClaimedRun>) {
             // Made on another member a moment ago (its event is on the way).
             None => match s.store.job_scheduling(r.job_id.clone()).await {
                 Ok(Some(j)) => {
-                    if let Err(e) = engine.install(&j.as_def(), j.last_slot, false) {
-                        tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
-                    }
+                    engine.install_stored(&j);
                     j.priority
                 }
                 // Deleted: the dispatch queue records the run skipped.
@@ -749,16 +772,7 @@ async fn refresh_job(engine: &Engine, job_id: &str) -> Result<(), EngineError> {
 /// After the listening connection was lost: jobs, the cooldown and the budgets as stored.
 async fn resync(engine: &Engine) {
     let s = &engine.shared;
-    let engine2 = engine.clone();
-    let r = s
-        .store
-        .for_each_job_scheduling(move |j| {
-            if let Err(e) = engine2.install(&j.as_def(), j.last_slot, false) {
-                tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
-            }
-        })
-        .await;
-    if let Err(e) = r {
+    if let Err(e) = engine.install_all().await {
         tracing::error!(error = %e, "cannot read the jobs again");
     }
     if let Err(e) = super::workflow::load(engine).await {

@@ -320,6 +320,8 @@ impl Engine {
             cluster,
         });
         let engine = Engine { shared };
+        // On PostgreSQL: the leader lock first, so a lone instance starts as one instance does.
+        let first = cluster::first_try(&engine)?;
         engine.recover().await?;
         let s = &engine.shared;
         s.tasks.spawn(timer::run_timer(engine.clone(), timer_rx));
@@ -329,7 +331,7 @@ impl Engine {
         s.tasks.spawn(cooldown::run_cooldown(engine.clone()));
         s.tasks.spawn(budget::run_budget(engine.clone()));
         s.tasks.spawn(backup::run_backups(engine.clone()));
-        cluster::start(&engine).await?;
+        cluster::start(&engine, first).await?;
         Ok(engine)
     }
 
@@ -373,10 +375,11 @@ impl Engine {
         // Runs recorded ahead of a slot that came due while cnp was down are withdrawn: the
         // misfire policy decides those slots (below, as the timer finds them late).
         let grace = chrono::Duration::from_std(s.settings.misfire_grace).unwrap_or_default();
-        // (In a cluster the leader does it when it takes the timer: [`Engine::lead`].)
-        let withdrawn = match s.cluster {
-            None => s.store.withdraw_missed_ahead(now - grace).await?,
-            Some(_) => 0,
+        // (In a cluster only the leader; one that takes the timer later does it then:
+        // [`Engine::lead`].)
+        let withdrawn = match &s.cluster {
+            Some(c) if !c.is_leader() => 0,
+            _ => s.store.withdraw_missed_ahead(now - grace).await?,
         };
         if withdrawn > 0 {
             tracing::info!(
@@ -384,17 +387,7 @@ impl Engine {
                 "runs recorded ahead of slots that came due while cnp was down: left to the misfire policy"
             );
         }
-        // Streamed: only the scheduling columns, one row at a time (100,000 full `Job` values
-        // would cost ~100 MiB at once).
-        let engine = self.clone();
-        let loaded = s
-            .store
-            .for_each_job_scheduling(move |j| {
-                if let Err(e) = engine.install(&j.as_def(), j.last_slot, false) {
-                    tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
-                }
-            })
-            .await?;
+        let loaded = self.install_all().await?;
         // In a cluster, members claim pending runs as they come due.
         let pending = match s.cluster {
             None => s.store.pending_executions().await?,
@@ -527,6 +520,26 @@ impl Engine {
             if r.job_id == job_id {
                 r.cancel.cancel();
             }
+        }
+    }
+
+    /// Every stored job in memory and, when active, on the timer, from its last recorded slot.
+    /// Streamed: only the scheduling columns, one row at a time (100,000 full `Job` values would
+    /// cost ~100 MiB at once). Returns how many jobs there were.
+    async fn install_all(&self) -> Result<usize, EngineError> {
+        let engine = self.clone();
+        Ok(self
+            .shared
+            .store
+            .for_each_job_scheduling(move |j| engine.install_stored(&j))
+            .await?)
+    }
+
+    /// [`Engine::install`] of a job as stored; an invalid schedule is logged (the job is not
+    /// scheduled).
+    fn install_stored(&self, j: &JobScheduling) {
+        if let Err(e) = self.install(&j.as_def(), j.last_slot, false) {
+            tracing::error!(job = %j.id, error = %e, "job not scheduled: its schedule is invalid");
         }
     }
 
