@@ -13,13 +13,18 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "==> building the WebAssembly plugins (plugins/, incl. the hostile fixtures)"
 scripts/build-plugins.sh
-echo "==> test tools: aiosmtpd (a real SMTP server for the notification tests)"
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+# From PyPI: aiosmtpd (a real SMTP server for the notification tests); schemathesis and
+# openapi-spec-validator (the OpenAPI document checked from outside, tests/tests/openapi_e2e.rs).
+echo "==> test tools: aiosmtpd, schemathesis, openapi-spec-validator"
+pip_install() {
     # Plain, then per-user, then past an "externally managed" system Python (PEP 668).
-    python3 -m pip install --quiet aiosmtpd 2>/dev/null \
-        || python3 -m pip install --quiet --user aiosmtpd 2>/dev/null \
-        || python3 -m pip install --quiet --user --break-system-packages aiosmtpd
-fi
+    python3 -m pip install --quiet "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --user "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --user --break-system-packages "$@"
+}
+python3 -c 'import aiosmtpd' 2>/dev/null || pip_install aiosmtpd
+python3 -c 'import schemathesis' 2>/dev/null || pip_install 'schemathesis>=4.1,<5'
+python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_install 'openapi-spec-validator>=0.7,<1'
 # Debian packages the tests need: faketime (the shifted-clock passes below), and chromium with
 # chromium-driver (the dashboard's browser tests). `apt-get update` once, only if one is missing.
 missing=()

@@ -41,6 +41,19 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VarValue(pub String);
 
+impl utoipa::PartialSchema for VarValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        serde_json::from_value(serde_json::json!({
+            "description": "A variable's value: text (numbers and booleans are taken as their text)",
+            "type": ["string", "number", "boolean"],
+            "examples": ["main", 7],
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for VarValue {}
+
 impl Serialize for VarValue {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
@@ -91,7 +104,6 @@ pub struct VarDef {
     pub description: Option<String>,
     /// Used when the job does not give the variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
     pub default: Option<VarValue>,
     /// Whether a job must give it: default `true` without a `default`, `false` with one. An
     /// optional variable without a default is the empty string.
@@ -108,6 +120,11 @@ impl VarDef {
 /// A template definition: the file shape (`templates/<name>.yaml`) and the API's body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "repo-review", "description": "Nightly review of a repository",
+    "vars": {"repo": {"description": "The checkout to review"}, "hour": {"default": "2"}},
+    "job": {"prompt": "Review the changes in {{ repo }} since yesterday.",
+            "schedule": {"type": "cron", "expression": "0 {{ hour }} * * *"},
+            "execution": {"working_directory": "{{ repo }}"}}}))]
 pub struct TemplateDef {
     /// Default: the file's stem (files) or the path's name (`PUT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,11 +146,13 @@ pub struct TemplateBody {
 }
 
 /// A stored template.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobTemplate {
     pub name: String,
     pub description: Option<String>,
     pub vars: BTreeMap<String, VarDef>,
+    /// The job: any job field but `name`; string values may use `{{ var }}`.
+    #[schema(value_type = Object)]
     pub job: Value,
     /// The template file that defines it, or `None` for templates made through the API.
     pub source: Option<String>,

@@ -13,10 +13,21 @@ use crate::model::{
     PRIORITY_MIN,
 };
 
-/// A job definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A job definition: a manifest's entry, and the body of `POST /api/jobs` and `PUT /api/jobs/{id}`
+/// (docs/manifests.md has every field).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "nightly-review",
+    "prompt": "Review the changes merged today and list risky ones.",
+    "schedule": {"type": "cron", "expression": "0 2 * * *", "timezone": "Europe/Berlin"},
+    "priority": 7,
+    "tags": ["review"],
+    "execution": {"timeout_seconds": 1800, "working_directory": "/srv/repo"},
+    "retry": {"max_attempts": 3, "strategy": "exponential_backoff", "initial_interval": 60},
+}))]
 pub struct JobSpec {
+    /// Unique job name.
     pub name: String,
     /// A stored prompt to run (give this or `prompt`).
     #[serde(default)]
@@ -28,6 +39,7 @@ pub struct JobSpec {
     pub schedule: ScheduleSpec,
     /// 1 (least urgent) – 10 (most urgent); default 5.
     #[serde(default = "default_priority")]
+    #[schema(minimum = 1, maximum = 10)]
     pub priority: u8,
     #[serde(default)]
     pub tags: Vec<String>,
@@ -83,7 +95,7 @@ fn yes() -> bool {
 }
 
 /// The `schedule:` block.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleSpec {
     Cron {
@@ -96,6 +108,7 @@ pub enum ScheduleSpec {
     /// `every: "10m"` or `every_seconds: 600`.
     Interval {
         #[serde(default, with = "humantime_serde")]
+        #[schema(value_type = Option<String>, example = "10m")]
         every: Option<std::time::Duration>,
         #[serde(default)]
         every_seconds: Option<u64>,

@@ -18,7 +18,7 @@ pub const PRIORITY_MAX: u8 = 10;
 pub const PRIORITY_DEFAULT: u8 = 5;
 
 /// A scheduled piece of work: which prompt to send to Claude, when, and how.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct Job {
     /// Stable identifier (UUID v7 for jobs created by cnp).
@@ -71,7 +71,7 @@ pub struct Job {
 }
 
 /// Whether the scheduler considers a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// Scheduled: fires at its next slot.
@@ -83,7 +83,7 @@ pub enum JobStatus {
 }
 
 /// The shape of a job's schedule, a summary of [`Schedule`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobType {
     Cron,
@@ -94,7 +94,7 @@ pub enum JobType {
 }
 
 /// When a job fires.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// A cron expression (5 fields, 6 with seconds, or an `@daily`-style alias) evaluated in an
@@ -140,7 +140,7 @@ impl Schedule {
 }
 
 /// What to do with slots that came due while cnp was down or stalled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MisfirePolicy {
     /// Record the missed slots as skipped; run nothing.
@@ -172,7 +172,9 @@ impl MisfirePolicy {
 }
 
 /// What happens when a slot comes due while `max_parallel` runs of the job are already going.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OverlapPolicy {
     /// Keep the new run queued until a running one finishes.
@@ -183,7 +185,7 @@ pub enum OverlapPolicy {
 }
 
 /// How the Claude CLI is run for a job.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutionOptions {
     /// Kill the run after this long; `None` uses `executor.default_timeout`.
@@ -232,6 +234,7 @@ pub struct ExecutionOptions {
         deserialize_with = "seconds::opt",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(schema_with = seconds::schema)]
     pub session_timeout: Option<u64>,
     /// For a run started by its upstreams (`depends_on`): continue the Claude session of the
     /// upstream run (`--resume <its session id>`; the first upstream in `depends_on` order that
@@ -250,7 +253,7 @@ pub struct ExecutionOptions {
 
 /// A job's webhook trigger (docs/operations.md#webhooks): `POST /api/hooks/<job name or id>`,
 /// signed with `secret`, runs the job; the prompt sees the request's JSON as `{{ payload }}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The HMAC-SHA256 key, as `${VAR}`: read from cnp's environment when a request comes (never
@@ -265,7 +268,9 @@ pub struct WebhookConfig {
 }
 
 /// How webhook requests are signed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookSignature {
     /// GitHub's: `X-Hub-Signature-256: sha256=<hex HMAC of the body>`, the delivery id in
@@ -281,6 +286,7 @@ pub enum WebhookSignature {
 /// the CLI's `total_cost_usd` of runs that ended in the window (docs/budgets.md).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"daily_usd": 5.0, "monthly_usd": 100.0}))]
 pub struct Budget {
     /// The most the runs that ended in the last 24 hours may have cost, in USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,7 +324,7 @@ impl Budget {
 
 /// A git worktree per run: made from `repo` at `base` on a new branch before the run, the CLI
 /// runs in it, and afterwards its diff stat and commits are recorded and it is removed or kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorktreeSpec {
     /// The repository (a path to its checkout).
@@ -336,7 +342,9 @@ pub struct WorktreeSpec {
 }
 
 /// When a run's worktree outlives the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum KeepWorktree {
     /// Kept when the run did not complete (to look at what it did); removed after a success.
@@ -347,7 +355,7 @@ pub enum KeepWorktree {
 }
 
 /// What a run's worktree became (`executions.worktree`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
 pub struct WorktreeReport {
     pub repo: String,
     pub path: String,
@@ -366,7 +374,9 @@ pub struct WorktreeReport {
 }
 
 /// Which Claude session a job's runs use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, TS, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionMode {
     /// A new conversation every run.
@@ -385,7 +395,7 @@ impl SessionMode {
 
 /// A job's use of a plugin: its name (the `.wasm` file's stem) and the job's own configuration
 /// for it, merged over the plugin's sidecar defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginRef {
     pub plugin: String,
@@ -395,7 +405,7 @@ pub struct PluginRef {
 }
 
 /// How failed runs are retried.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
     pub max_attempts: u32,
@@ -403,9 +413,11 @@ pub struct RetryConfig {
     /// Seconds before the first retry (fixed delay, or the start of a backoff); also written
     /// `delay`, and as a duration (`90s`, `5m`).
     #[serde(default, alias = "delay", deserialize_with = "seconds::opt")]
+    #[schema(schema_with = seconds::schema)]
     pub initial_interval: Option<u64>,
     /// Upper bound on any delay, in seconds (or a duration).
     #[serde(default, deserialize_with = "seconds::opt")]
+    #[schema(schema_with = seconds::schema)]
     pub max_interval: Option<u64>,
     #[serde(default)]
     pub multiplier: Option<f64>,
@@ -447,6 +459,17 @@ mod seconds {
         Text(String),
     }
 
+    /// The schema of such a field: a whole number of seconds, a duration text, or null.
+    pub fn schema() -> utoipa::openapi::schema::Schema {
+        serde_json::from_value(serde_json::json!({
+            "type": ["integer", "string", "null"],
+            "minimum": 0,
+            "description": "Whole seconds (`90`) or a duration (`\"90s\"`, `\"1m 30s\"`)",
+            "examples": [90, "5m"],
+        }))
+        .expect("a valid schema")
+    }
+
     pub fn opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         match Option::<Secs>::deserialize(d)? {
             None => Ok(None),
@@ -473,7 +496,9 @@ mod seconds {
 }
 
 /// What becomes of a run that cnp's own stop (crash, kill -9, forced shutdown) interrupted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnInterrupt {
     /// One more attempt (if `max_attempts` allows), linked to the interrupted one.
@@ -483,7 +508,7 @@ pub enum OnInterrupt {
     Fail,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RetryStrategy {
     Fixed,
@@ -493,7 +518,7 @@ pub enum RetryStrategy {
 }
 
 /// Who hears about a job's runs (delivered by `notify::NotificationService`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationConfig {
     #[serde(default)]
@@ -517,7 +542,7 @@ fn yes() -> bool {
 }
 
 /// Per-run limits on the CLI's process tree.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourceLimits {
     pub max_memory_mb: Option<u64>,
@@ -526,7 +551,7 @@ pub struct ResourceLimits {
 
 /// How a job was made from a job template: which template, the values of its variables, and
 /// the job fields given beside the template that replace the template's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct TemplateUse {
     /// The template's name.
@@ -540,7 +565,7 @@ pub struct TemplateUse {
 }
 
 /// A stored prompt that jobs refer to by id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct Prompt {
     /// Caller-chosen slug (`code-quality-check`) or a generated id.
@@ -553,7 +578,7 @@ pub struct Prompt {
 }
 
 /// One run (one attempt) of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct JobExecution {
     pub id: String,
@@ -599,7 +624,7 @@ pub struct JobExecution {
 }
 
 /// One attempt of a run, as the run's chain lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct AttemptRef {
     pub id: String,
@@ -612,7 +637,7 @@ pub struct AttemptRef {
 
 /// An execution with where its run stands as a whole: a failed attempt whose retry is pending
 /// is not the run's end (`GET /api/executions/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[ts(export)]
 pub struct ExecutionDetail {
     #[serde(flatten)]
@@ -630,7 +655,7 @@ pub struct ExecutionDetail {
 }
 
 /// Where a run (all its attempts) stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The first attempt waits to start.
@@ -656,7 +681,7 @@ impl RunStatus {
 }
 
 /// Where an execution stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutionStatus {
     /// Recorded and waiting for a slot in the dispatch queue (or for its delayed start).
@@ -733,7 +758,7 @@ impl JobStatus {
 }
 
 /// Why an execution exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Schedule,
@@ -776,7 +801,7 @@ impl Trigger {
 }
 
 /// How a finished run ended, classified for retries and cooldown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Exit 0 and a result without `is_error`.
@@ -842,7 +867,7 @@ impl Outcome {
 }
 
 /// What a run cost the machine, from the OS.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS, utoipa::ToSchema)]
 pub struct ResourceUsage {
     pub wall_time_ms: u64,
     pub user_cpu_ms: u64,
@@ -857,7 +882,7 @@ pub struct ResourceUsage {
 }
 
 /// A line the CLI wrote, as stored and streamed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 pub struct LogLine {
     pub execution_id: String,
     pub seq: u64,
@@ -866,7 +891,7 @@ pub struct LogLine {
     pub line: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
@@ -911,7 +936,7 @@ impl DependsOn {
 }
 
 /// One edge of a workflow: the upstream job and what its run must end in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Dependency {
     /// The upstream job, by name or id.
@@ -927,7 +952,7 @@ pub struct Dependency {
 }
 
 /// Which ends of an upstream run satisfy an edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DependOn {
     /// The run completed (after its last attempt).
@@ -1037,6 +1062,46 @@ impl<'de> Deserialize<'de> for DependsOn {
     }
 }
 
+impl utoipa::PartialSchema for DependsOn {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let edges = serde_json::json!({
+            "type": "array",
+            "items": {"oneOf": [
+                {"type": "string", "description": "An upstream job's name or id (`on: success`)"},
+                {"$ref": "#/components/schemas/Dependency"},
+            ]},
+        });
+        serde_json::from_value(serde_json::json!({
+            "description": "Upstream jobs whose runs start this one: a list (all must be \
+                satisfied), `{any_of: [...]}` (the first satisfied one starts the run) or \
+                `{all_of: [...]}` (the list)",
+            "oneOf": [
+                edges,
+                {"type": "object", "properties": {"any_of": edges}, "required": ["any_of"],
+                 "additionalProperties": false},
+                {"type": "object", "properties": {"all_of": edges}, "required": ["all_of"],
+                 "additionalProperties": false},
+                {"type": "null"},
+            ],
+            "examples": [["review", {"job": "lint", "on": "failure"}]],
+        }))
+        .expect("a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for DependsOn {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("Dependency".into(), Dependency::schema()));
+        <Dependency as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// One entry of a `depends_on` list: a job name (`on: success`) or a full edge.
 struct DependencyEntry(Dependency);
 
@@ -1090,7 +1155,6 @@ pub struct PassNode {
     pub job_id: String,
     pub name: String,
     /// The latest attempt's status; `None` while the node waits for its upstreams.
-    #[schema(value_type = Option<String>)]
     pub status: Option<ExecutionStatus>,
     /// The latest attempt's execution.
     pub execution_id: Option<String>,
@@ -1109,8 +1173,6 @@ pub struct PassEdgeView {
     pub from: String,
     /// Downstream job id.
     pub to: String,
-    /// `success`, `failure`, `completed` or `always`.
-    #[schema(value_type = String)]
     pub on: DependOn,
     pub when: Option<String>,
     /// The verdict, once the upstream ended in this pass.

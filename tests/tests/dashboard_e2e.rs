@@ -1740,3 +1740,87 @@ async fn pass_pages_send_strict_headers_and_cancel_only_with_the_token() {
         .unwrap();
     assert!(edit.contains("job: down"), "the form shows the edges again");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The API reference page.
+
+/// `/ui/api` in the browser: reached from the navigation, it lists every operation of the
+/// document `/api/openapi.json` serves (its anchors are the operation ids), a schema a body
+/// links to is on the page, and the document downloads with the login session alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reference_lists_every_operation_of_the_document() {
+    let env = Env::new(ConfigOpts::default());
+    let (_cnp, base, token, browser) = setup(&env).await;
+    let doc = api(
+        &base,
+        &token,
+        reqwest::Method::GET,
+        "/api/openapi.json",
+        None,
+    )
+    .await;
+    let mut ids = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            if let Some(id) = op["operationId"].as_str() {
+                ids.push(id.to_owned());
+            }
+        }
+    }
+    assert!(ids.len() > 40, "{ids:?}");
+    browser
+        .run("api-reference", |c| async move {
+            login(&c, &base, &token).await;
+            c.find(Locator::LinkText("API"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            eventually("the reference page", || async {
+                text_of(&c, "main h1")
+                    .await
+                    .filter(|t| t.starts_with("cnp admin API"))
+            })
+            .await;
+            let shown: Value = c
+                .execute(
+                    "return Array.from(document.querySelectorAll('article.api-op'))
+                        .map(a => [a.id, a.querySelector('h3').textContent]);",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            let shown: Vec<(String, String)> = serde_json::from_value(shown).unwrap();
+            for id in &ids {
+                let (_, heading) = shown
+                    .iter()
+                    .find(|(a, _)| *a == format!("op-{id}"))
+                    .unwrap_or_else(|| panic!("operation {id} is not on the page"));
+                assert!(heading.contains(id.as_str()), "{heading}");
+            }
+            assert_eq!(shown.len(), ids.len(), "{shown:?}");
+            // The create-job body links to the JobSpec schema, which lists its fields.
+            c.find(Locator::Css("#op-createJob a[href='#schema-JobSpec']"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            let fields = text_of(&c, "#schema-JobSpec table").await.unwrap();
+            for f in ["name", "schedule", "priority", "depends_on", "webhook"] {
+                assert!(fields.contains(f), "JobSpec lacks {f}: {fields}");
+            }
+            // The document downloads with the session cookie (no token in the page).
+            let status: Value = c
+                .execute_async(
+                    "const done = arguments[0];
+                     fetch('/api/openapi.json').then(r => r.json().then(j => done([r.status, j.openapi])));",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert_eq!(status, json!([200, "3.1.0"]));
+        })
+        .await;
+}

@@ -16,6 +16,7 @@ use crate::store::StoreError;
 /// Where to write the backup.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"path": "/var/backups/cnp", "replace": false}))]
 pub struct BackupRequest {
     /// An absolute path **on the service's machine**: the file to create, or an existing folder
     /// (the file is then `<db stem>-<UTC time>-manual.db` in it).
@@ -39,7 +40,7 @@ pub struct BackupDone {
     pub created_at: DateTime<Utc>,
 }
 
-#[utoipa::path(post, path = "/api/backup", tag = "monitoring",
+#[utoipa::path(post, path = "/api/backup", operation_id = "createBackup", tag = "monitoring",
     request_body = BackupRequest,
     responses(
         (status = 200, description = "The backup is in place and verified", body = BackupDone),

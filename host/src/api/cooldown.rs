@@ -19,7 +19,7 @@ pub struct CooldownView {
     pub cooldown: Option<Cooldown>,
 }
 
-#[utoipa::path(get, path = "/api/cooldown", tag = "monitoring",
+#[utoipa::path(get, path = "/api/cooldown", operation_id = "getCooldown", tag = "monitoring",
     responses((status = 200, description = "The Claude usage-limit cooldown in force (`cooldown` null when none)", body = CooldownView)))]
 pub async fn show(State(st): State<ApiState>) -> Json<CooldownView> {
     let cooldown = st.engine().cooldown();
@@ -39,7 +39,7 @@ pub struct Cleared {
     pub cooldown: Option<Cooldown>,
 }
 
-#[utoipa::path(post, path = "/api/cooldown/clear", tag = "monitoring",
+#[utoipa::path(post, path = "/api/cooldown/clear", operation_id = "clearCooldown", tag = "monitoring",
     responses((status = 200, description = "The cooldown ended now: deferred runs are released in priority order (`cleared` false when there was none)", body = Cleared)))]
 pub async fn clear(State(st): State<ApiState>) -> Result<Json<Cleared>, ApiError> {
     let before = st.engine().cooldown();

@@ -116,7 +116,7 @@ fn instant(field: &str, s: &str, tz: Tz, end_of_day: bool) -> Result<DateTime<Ut
     ))
 }
 
-#[utoipa::path(get, path = "/api/costs", tag = "costs",
+#[utoipa::path(get, path = "/api/costs", operation_id = "getCostReport", tag = "costs",
     params(
         ("days" = Option<u32>, Query, description = "Window length in days, 1–366 (default 30): back from `until` (default now), or on from `since`. Not with both `since` and `until`."),
         ("since" = Option<String>, Query, description = "Window start (inclusive): RFC 3339, or a date `YYYY-MM-DD` (its start in `tz`)"),

@@ -27,6 +27,8 @@ pub struct ApiError {
 
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "invalid", "field": "schedule.expression",
+    "message": "invalid cron expression `61 * * * *`: minute 61 is out of range (0–59)"}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }

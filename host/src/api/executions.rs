@@ -42,7 +42,7 @@ pub(super) async fn page(
     })
 }
 
-#[utoipa::path(get, path = "/api/executions", tag = "executions",
+#[utoipa::path(get, path = "/api/executions", operation_id = "listExecutions", tag = "executions",
     params(
         ("job_id" = Option<String>, Query, description = "Only this job's (id or name)"),
         ("status" = Option<String>, Query, description = "Execution status"),
@@ -50,7 +50,7 @@ pub(super) async fn page(
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
     responses(
-        (status = 200, description = "A page of executions, newest first", body = Object),
+        (status = 200, description = "A page of executions, newest first", body = Page<JobExecution>),
         (status = 404, description = "`job_id` names no job", body = super::ErrorBody),
     ))]
 pub async fn list(
@@ -72,10 +72,10 @@ pub async fn list(
     page(&st, filter).await.map(Json)
 }
 
-#[utoipa::path(get, path = "/api/executions/{id}", tag = "executions",
+#[utoipa::path(get, path = "/api/executions/{id}", operation_id = "getExecution", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
-        (status = 200, description = "The execution, with its run's attempts: `attempt` of `max_attempts`, `next_attempt` (the retry recorded after it), `attempts` (first to latest) and `run_status` (`queued`, `retry_pending`, `running` or `finished`: a failed attempt whose retry is pending is not the run's end)", body = Object),
+        (status = 200, description = "The execution, with its run's attempts: `attempt` of `max_attempts`, `next_attempt` (the retry recorded after it), `attempts` (first to latest) and `run_status` (`queued`, `retry_pending`, `running` or `finished`: a failed attempt whose retry is pending is not the run's end)", body = ExecutionDetail),
         (status = 404, description = "No such execution", body = super::ErrorBody),
     ))]
 pub async fn show(
@@ -85,7 +85,7 @@ pub async fn show(
     Ok(Json(st.engine().execution_detail(&id).await?))
 }
 
-#[utoipa::path(post, path = "/api/executions/{id}/cancel", tag = "executions",
+#[utoipa::path(post, path = "/api/executions/{id}/cancel", operation_id = "cancelExecution", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
         (status = 200, description = "Whether it was stopped (a running CLI is killed: TERM, grace, KILL; recorded `cancelled`)", body = CancelResponse),
@@ -99,14 +99,14 @@ pub async fn cancel(
     Ok(Json(CancelResponse { cancelled }))
 }
 
-#[utoipa::path(get, path = "/api/executions/{id}/logs", tag = "executions",
+#[utoipa::path(get, path = "/api/executions/{id}/logs", operation_id = "getExecutionLogs", tag = "executions",
     params(
         ("id" = String, Path, description = "Execution id"),
         ("after_seq" = Option<u64>, Query, description = "Only lines with a larger `seq`"),
         ("limit" = Option<u32>, Query, description = "1–1000, default 1000"),
     ),
     responses(
-        (status = 200, description = "Log lines in `seq` order; `total` counts all the run's stored lines (page on with `after_seq`)", body = Object),
+        (status = 200, description = "Log lines in `seq` order; `total` counts all the run's stored lines (page on with `after_seq`)", body = Page<LogLine>),
         (status = 404, description = "No such execution", body = super::ErrorBody),
     ))]
 pub async fn logs(

@@ -63,7 +63,7 @@ pub struct HookAccepted {
     pub execution_url: String,
 }
 
-#[utoipa::path(post, path = "/api/hooks/{job}", tag = "jobs", security(()),
+#[utoipa::path(post, path = "/api/hooks/{job}", operation_id = "receiveWebhook", tag = "jobs", security(()),
     params(("job" = String, Path, description = "Job name or id; the job must have a `webhook`")),
     request_body(content = Object, description = "The JSON payload, signed (see docs/operations.md#webhooks)"),
     responses(

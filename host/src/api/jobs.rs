@@ -17,6 +17,7 @@ use crate::store::{ExecutionFilter, JobFilter};
 /// Body of `POST /api/jobs/{id}/execute` (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"delay_seconds": 600}))]
 pub struct ExecuteRequest {
     /// Start after this many seconds instead of now.
     pub delay_seconds: Option<u64>,
@@ -31,10 +32,10 @@ pub struct ExecuteResponse {
 /// The longest delay a delayed run may ask for (a year).
 const MAX_DELAY_SECONDS: u64 = 366 * 24 * 3600;
 
-#[utoipa::path(post, path = "/api/jobs", tag = "jobs",
-    request_body(content = Object, description = "A job definition (the manifest shape, `JobSpec`)"),
+#[utoipa::path(post, path = "/api/jobs", operation_id = "createJob", tag = "jobs",
+    request_body(content = JobSpec, description = "A job definition (the manifest shape)"),
     responses(
-        (status = 201, description = "The created job", body = Object),
+        (status = 201, description = "The created job", body = Job),
         (status = 409, description = "A job with that name exists", body = super::ErrorBody),
         (status = 422, description = "Invalid definition; `field` names the offending field", body = super::ErrorBody),
     ))]
@@ -46,14 +47,14 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(job.redacted())))
 }
 
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+#[utoipa::path(get, path = "/api/jobs", operation_id = "listJobs", tag = "jobs",
     params(
         ("status" = Option<String>, Query, description = "active | paused | disabled"),
         ("tag" = Option<String>, Query, description = "Only jobs with this tag"),
         ("limit" = Option<u32>, Query, description = "1–1000, default 50"),
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
-    responses((status = 200, description = "A page of jobs, by name", body = Object)))]
+    responses((status = 200, description = "A page of jobs, by name", body = Page<Job>)))]
 pub async fn list(
     State(st): State<ApiState>,
     Query(q): Query<ListParams>,
@@ -77,10 +78,10 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, path = "/api/jobs/{id}", operation_id = "getJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
     responses(
-        (status = 200, description = "The job", body = Object),
+        (status = 200, description = "The job", body = Job),
         (status = 404, description = "No such job", body = super::ErrorBody),
     ))]
 pub async fn show(
@@ -90,11 +91,11 @@ pub async fn show(
     Ok(Json(st.engine().job(&id).await?.redacted()))
 }
 
-#[utoipa::path(put, path = "/api/jobs/{id}", tag = "jobs",
+#[utoipa::path(put, path = "/api/jobs/{id}", operation_id = "updateJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
-    request_body(content = Object, description = "The job's full new definition (`JobSpec`)"),
+    request_body(content = JobSpec, description = "The job's full new definition"),
     responses(
-        (status = 200, description = "The updated job (id, statistics and history kept)", body = Object),
+        (status = 200, description = "The updated job (id, statistics and history kept)", body = Job),
         (status = 404, description = "No such job", body = super::ErrorBody),
         (status = 409, description = "Name taken, or the job belongs to a manifest file", body = super::ErrorBody),
         (status = 422, description = "Invalid definition", body = super::ErrorBody),
@@ -116,7 +117,7 @@ pub async fn update(
     ))
 }
 
-#[utoipa::path(delete, path = "/api/jobs/{id}", tag = "jobs",
+#[utoipa::path(delete, path = "/api/jobs/{id}", operation_id = "deleteJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
     responses(
         (status = 204, description = "Deleted, with its history; its running runs are cancelled"),
@@ -145,7 +146,7 @@ fn refuse_manifest_owned(job: &Job, what: &str) -> Result<(), ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/execute", tag = "jobs",
+#[utoipa::path(post, path = "/api/jobs/{id}/execute", operation_id = "executeJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
     request_body(content = ExecuteRequest, description = "Optional: `{\"delay_seconds\": N}`"),
     responses(
@@ -172,10 +173,10 @@ pub async fn execute(
     Ok((StatusCode::ACCEPTED, Json(ExecuteResponse { execution_id })))
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/pause", tag = "jobs",
+#[utoipa::path(post, path = "/api/jobs/{id}/pause", operation_id = "pauseJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
     responses(
-        (status = 200, description = "The paused job", body = Object),
+        (status = 200, description = "The paused job", body = Job),
         (status = 404, description = "No such job", body = super::ErrorBody),
     ))]
 pub async fn pause(
@@ -185,10 +186,10 @@ pub async fn pause(
     Ok(Json(st.engine().pause_job(&id).await?.redacted()))
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/resume", tag = "jobs",
+#[utoipa::path(post, path = "/api/jobs/{id}/resume", operation_id = "resumeJob", tag = "jobs",
     params(("id" = String, Path, description = "Job id or name")),
     responses(
-        (status = 200, description = "The resumed (active) job", body = Object),
+        (status = 200, description = "The resumed (active) job", body = Job),
         (status = 404, description = "No such job", body = super::ErrorBody),
     ))]
 pub async fn resume(
@@ -198,7 +199,7 @@ pub async fn resume(
     Ok(Json(st.engine().resume_job(&id).await?.redacted()))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/executions", tag = "jobs",
+#[utoipa::path(get, path = "/api/jobs/{id}/executions", operation_id = "listJobExecutions", tag = "jobs",
     params(
         ("id" = String, Path, description = "Job id or name"),
         ("status" = Option<String>, Query, description = "Execution status"),
@@ -206,7 +207,7 @@ pub async fn resume(
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
     responses(
-        (status = 200, description = "A page of the job's executions, newest first", body = Object),
+        (status = 200, description = "A page of the job's executions, newest first", body = Page<JobExecution>),
         (status = 404, description = "No such job", body = super::ErrorBody),
     ))]
 pub async fn executions(

@@ -7,12 +7,12 @@ use super::error::ApiError;
 use super::{ApiState, ListParams, Page};
 use crate::notify::Delivery;
 
-#[utoipa::path(get, path = "/api/executions/{id}/notifications", tag = "executions",
+#[utoipa::path(get, path = "/api/executions/{id}/notifications", operation_id = "listExecutionNotifications", tag = "executions",
     params(("id" = String, Path, description = "Execution id")),
     responses(
         (status = 200, description = "The execution's notification deliveries, oldest first: \
             `event`, `channel`, `status` (sent, failed, rate_limited, dropped), `attempts`, \
-            `detail` (receipt or error), `created_at`, `delivered_at`", body = Object),
+            `detail` (receipt or error), `created_at`, `delivered_at`", body = Page<Delivery>),
         (status = 404, description = "No such execution", body = super::ErrorBody),
     ))]
 pub async fn of_execution(
@@ -33,11 +33,11 @@ pub async fn of_execution(
     }))
 }
 
-#[utoipa::path(get, path = "/api/notifications", tag = "monitoring",
+#[utoipa::path(get, path = "/api/notifications", operation_id = "listNotifications", tag = "monitoring",
     params(("limit" = Option<u32>, Query, description = "1–1000, default 50")),
     responses(
         (status = 200, description = "The most recent notification deliveries, newest first \
-            (all channels and events, also those about no execution)", body = Object),
+            (all channels and events, also those about no execution)", body = Page<Delivery>),
     ))]
 pub async fn recent(
     State(st): State<ApiState>,

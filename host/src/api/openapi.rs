@@ -39,7 +39,7 @@ use super::{
         crate::store::CostReport, crate::store::CostWindow, crate::store::CostJobRef,
         crate::store::CostByJob, crate::store::CostByDay,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     tags(
         (name = "jobs", description = "Job definitions, runs on demand, pause and resume"),
         (name = "executions", description = "Runs: history, detail, cancel, logs"),
@@ -70,6 +70,91 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers every operation of a kind can give, added where an operation does not list
+/// them itself: 401/403 where the token is needed; 400 (a malformed path, query or JSON body)
+/// where there are parameters or a body; 422 (a value out of range, a field of the wrong
+/// shape) where there is a query or a body; 413 where there is a body; 503 (shutting down, or
+/// the database cannot be written) on operations that change something.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut Document) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
+            ];
+            for (op, writes) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let open = op.security.as_ref().is_some_and(|reqs| {
+                    reqs.iter()
+                        .all(|r| serde_json::to_value(r).is_ok_and(|v| v == serde_json::json!({})))
+                });
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let query = params
+                    .iter()
+                    .any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let body = op.request_body.is_some();
+                let mut add = |code: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description));
+                };
+                if !open {
+                    add(
+                        "401",
+                        "No token, or a wrong one (`WWW-Authenticate: Bearer`)",
+                    );
+                    add(
+                        "403",
+                        "A dashboard session cookie from another origin, or a write without its CSRF header",
+                    );
+                }
+                if !params.is_empty() || body {
+                    add(
+                        "400",
+                        "A malformed request: a path or query that does not decode, or a body that is not JSON",
+                    );
+                }
+                if query || body {
+                    add(
+                        "422",
+                        "A value of the wrong shape or out of range; `field` names it",
+                    );
+                }
+                if body {
+                    add("413", "The body is larger than `api.max_body_bytes`");
+                }
+                if writes {
+                    add(
+                        "503",
+                        "The service is shutting down, or the database cannot be written now (nothing was changed)",
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The document.
 pub fn openapi() -> Document {
     let mut doc = ApiDoc::openapi();
@@ -77,7 +162,7 @@ pub fn openapi() -> Document {
     doc
 }
 
-#[utoipa::path(get, path = "/api/openapi.json", tag = "monitoring",
+#[utoipa::path(get, path = "/api/openapi.json", operation_id = "getOpenApi", tag = "monitoring",
     responses((status = 200, description = "This OpenAPI document", body = Object)))]
 pub async fn serve() -> Json<Document> {
     Json(openapi())

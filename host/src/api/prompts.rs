@@ -11,8 +11,11 @@ use super::{ApiState, ListParams, Page};
 use crate::model::Prompt;
 
 /// Body of `POST /api/prompts` and `PUT /api/prompts/{id}`.
+/// A prompt to store: `id` (optional; made from the title when absent) is how jobs refer to it.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "code-quality-check", "title": "Code quality check",
+    "content": "Review the diff of the last day for bugs and risky changes.", "tags": ["review"]}))]
 pub struct PromptInput {
     /// Letters, digits, `-`, `_`, `.`; at most 100. On create: default a slug of the title.
     /// On update: must match the path when given.
@@ -70,12 +73,12 @@ fn slug(title: &str) -> String {
     s.chars().take(80).collect()
 }
 
-#[utoipa::path(get, path = "/api/prompts", tag = "prompts",
+#[utoipa::path(get, path = "/api/prompts", operation_id = "listPrompts", tag = "prompts",
     params(
         ("limit" = Option<u32>, Query, description = "1–1000, default 50"),
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
-    responses((status = 200, description = "A page of prompts, by id", body = Object)))]
+    responses((status = 200, description = "A page of prompts, by id", body = Page<Prompt>)))]
 pub async fn list(
     State(st): State<ApiState>,
     Query(q): Query<ListParams>,
@@ -85,10 +88,10 @@ pub async fn list(
     Ok(Json(Page::of(all, limit, offset, |p| p)))
 }
 
-#[utoipa::path(post, path = "/api/prompts", tag = "prompts",
+#[utoipa::path(post, path = "/api/prompts", operation_id = "createPrompt", tag = "prompts",
     request_body = PromptInput,
     responses(
-        (status = 201, description = "The created prompt", body = Object),
+        (status = 201, description = "The created prompt", body = Prompt),
         (status = 409, description = "A prompt with that id exists", body = super::ErrorBody),
         (status = 422, description = "Invalid prompt", body = super::ErrorBody),
     ))]
@@ -138,10 +141,10 @@ pub(super) async fn create_prompt(st: &ApiState, input: PromptInput) -> Result<P
     Ok(store.upsert_prompt(prompt).await?)
 }
 
-#[utoipa::path(get, path = "/api/prompts/{id}", tag = "prompts",
+#[utoipa::path(get, path = "/api/prompts/{id}", operation_id = "getPrompt", tag = "prompts",
     params(("id" = String, Path, description = "Prompt id")),
     responses(
-        (status = 200, description = "The prompt", body = Object),
+        (status = 200, description = "The prompt", body = Prompt),
         (status = 404, description = "No such prompt", body = super::ErrorBody),
     ))]
 pub async fn show(
@@ -154,11 +157,11 @@ pub async fn show(
     }
 }
 
-#[utoipa::path(put, path = "/api/prompts/{id}", tag = "prompts",
+#[utoipa::path(put, path = "/api/prompts/{id}", operation_id = "updatePrompt", tag = "prompts",
     params(("id" = String, Path, description = "Prompt id")),
     request_body = PromptInput,
     responses(
-        (status = 200, description = "The updated prompt (jobs using it run the new text)", body = Object),
+        (status = 200, description = "The updated prompt (jobs using it run the new text)", body = Prompt),
         (status = 404, description = "No such prompt", body = super::ErrorBody),
         (status = 422, description = "Invalid prompt", body = super::ErrorBody),
     ))]
@@ -197,7 +200,7 @@ pub(super) async fn update_prompt(
     Ok(store.upsert_prompt(prompt).await?)
 }
 
-#[utoipa::path(delete, path = "/api/prompts/{id}", tag = "prompts",
+#[utoipa::path(delete, path = "/api/prompts/{id}", operation_id = "deletePrompt", tag = "prompts",
     params(("id" = String, Path, description = "Prompt id")),
     responses(
         (status = 204, description = "Deleted"),

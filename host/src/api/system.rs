@@ -74,7 +74,7 @@ impl From<EngineStatus> for QueueStats {
     }
 }
 
-#[utoipa::path(get, path = "/api/jobs/stats", tag = "monitoring",
+#[utoipa::path(get, path = "/api/jobs/stats", operation_id = "getStats", tag = "monitoring",
     responses((status = 200, description = "Job and execution statistics", body = Stats)))]
 pub async fn stats(State(st): State<ApiState>) -> Result<Json<Stats>, ApiError> {
     let store = st.engine().store();
@@ -182,7 +182,7 @@ pub(super) async fn cluster_status(st: &ApiState) -> Option<ClusterStatus> {
     })
 }
 
-#[utoipa::path(get, path = "/api/jobs/health", tag = "monitoring", security(()),
+#[utoipa::path(get, path = "/api/jobs/health", operation_id = "getHealth", tag = "monitoring", security(()),
     responses(
         (status = 200, description = "Alive, database answering (no token needed)", body = Health),
         (status = 503, description = "The database does not answer, or cannot be written (`status: degraded`)", body = Health),
@@ -344,7 +344,7 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-#[utoipa::path(get, path = "/api/jobs/metrics", tag = "monitoring",
+#[utoipa::path(get, path = "/api/jobs/metrics", operation_id = "getMetrics", tag = "monitoring",
     responses(
         (status = 200, description = "Performance metrics", body = Metrics),
         (status = 404, description = "Metrics are turned off (`[job_engine] metrics_enabled = false`)"),
@@ -353,7 +353,7 @@ pub async fn metrics_json(State(st): State<ApiState>) -> Result<Json<Metrics>, A
     collect(&st).await.map(Json)
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "monitoring",
+#[utoipa::path(get, path = "/metrics", operation_id = "getPrometheusMetrics", tag = "monitoring",
     responses(
         (status = 200, description = "The same facts in the Prometheus text exposition format 0.0.4", content_type = "text/plain"),
         (status = 404, description = "Metrics are turned off (`[job_engine] metrics_enabled = false`)"),
@@ -567,7 +567,7 @@ pub struct PluginList {
     pub errors: Vec<PluginLoadError>,
 }
 
-#[utoipa::path(get, path = "/api/plugins", tag = "plugins",
+#[utoipa::path(get, path = "/api/plugins", operation_id = "listPlugins", tag = "plugins",
     responses((status = 200, description = "Loaded plugins and files that failed to load (empty when plugins are disabled)", body = PluginList)))]
 pub async fn plugins(State(st): State<ApiState>) -> Json<PluginList> {
     let (items, errors) = st
@@ -604,7 +604,7 @@ pub struct PluginSummary {
     pub errors: usize,
 }
 
-#[utoipa::path(get, path = "/api/status", tag = "monitoring",
+#[utoipa::path(get, path = "/api/status", operation_id = "getStatus", tag = "monitoring",
     responses((status = 200, description = "Engine, manifest folder, plugins, cooldown", body = ServiceStatus)))]
 pub async fn status(State(st): State<ApiState>) -> Json<ServiceStatus> {
     let plugins = st.plugins().map_or(
@@ -647,7 +647,7 @@ pub struct DailyStats {
     pub jobs: Vec<crate::store::JobCost>,
 }
 
-#[utoipa::path(get, path = "/api/jobs/stats/daily", tag = "monitoring",
+#[utoipa::path(get, path = "/api/jobs/stats/daily", operation_id = "getDailyStats", tag = "monitoring",
     params(("days" = Option<u32>, Query, description = "1–366, default 30")),
     responses(
         (status = 200, description = "Runs per UTC day by outcome, duration p50/p95 and cost; cost per job", body = DailyStats),

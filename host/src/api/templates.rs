@@ -18,7 +18,6 @@ use crate::service::templates as svc;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TemplateView {
     #[serde(flatten)]
-    #[schema(value_type = Object)]
     pub template: JobTemplate,
     /// The jobs made from it, by name.
     pub jobs: Vec<String>,
@@ -30,16 +29,15 @@ pub struct TemplateView {
 /// Body of `POST /api/templates/{name}/instantiate`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "review-api", "vars": {"repo": "/srv/api"}, "overrides": {"priority": 8}}))]
 pub struct InstantiateRequest {
     /// The new job's name.
     pub name: String,
     /// Variable values (strings; numbers and booleans are taken as their text).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub vars: BTreeMap<String, VarValue>,
     /// Top-level job fields that replace the template's (`priority`, `schedule`, …).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub overrides: BTreeMap<String, serde_json::Value>,
 }
 
@@ -67,12 +65,12 @@ async fn view(st: &ApiState, template: JobTemplate) -> Result<TemplateView, ApiE
     })
 }
 
-#[utoipa::path(get, path = "/api/templates", tag = "templates",
+#[utoipa::path(get, path = "/api/templates", operation_id = "listTemplates", tag = "templates",
     params(
         ("limit" = Option<u32>, Query, description = "1–1000, default 50"),
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
-    responses((status = 200, description = "A page of templates, by name, each with the jobs made from it", body = Object)))]
+    responses((status = 200, description = "A page of templates, by name, each with the jobs made from it", body = Page<TemplateView>)))]
 pub async fn list(
     State(st): State<ApiState>,
     Query(q): Query<ListParams>,
@@ -87,10 +85,10 @@ pub async fn list(
     })))
 }
 
-#[utoipa::path(post, path = "/api/templates", tag = "templates",
+#[utoipa::path(post, path = "/api/templates", operation_id = "createTemplate", tag = "templates",
     request_body = TemplateDef,
     responses(
-        (status = 201, description = "The created template", body = Object),
+        (status = 201, description = "The created template", body = TemplateView),
         (status = 409, description = "A template with that name exists", body = super::ErrorBody),
         (status = 422, description = "Invalid template; `field` names the offending field", body = super::ErrorBody),
     ))]
@@ -102,10 +100,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view(&st, t).await?)))
 }
 
-#[utoipa::path(get, path = "/api/templates/{name}", tag = "templates",
+#[utoipa::path(get, path = "/api/templates/{name}", operation_id = "getTemplate", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
     responses(
-        (status = 200, description = "The template", body = Object),
+        (status = 200, description = "The template", body = TemplateView),
         (status = 404, description = "No such template", body = super::ErrorBody),
     ))]
 pub async fn show(
@@ -118,11 +116,11 @@ pub async fn show(
     }
 }
 
-#[utoipa::path(put, path = "/api/templates/{name}", tag = "templates",
+#[utoipa::path(put, path = "/api/templates/{name}", operation_id = "updateTemplate", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
     request_body = TemplateDef,
     responses(
-        (status = 200, description = "The updated template; `rerendered` lists the jobs made from it that changed", body = Object),
+        (status = 200, description = "The updated template; `rerendered` lists the jobs made from it that changed", body = TemplateView),
         (status = 404, description = "No such template", body = super::ErrorBody),
         (status = 409, description = "The template belongs to a template file", body = super::ErrorBody),
         (status = 422, description = "Invalid template, or a job made from it would not render with it (nothing changed)", body = super::ErrorBody),
@@ -138,7 +136,7 @@ pub async fn update(
     Ok(Json(v))
 }
 
-#[utoipa::path(delete, path = "/api/templates/{name}", tag = "templates",
+#[utoipa::path(delete, path = "/api/templates/{name}", operation_id = "deleteTemplate", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
     responses(
         (status = 204, description = "Deleted"),
@@ -153,11 +151,11 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/templates/{name}/instantiate", tag = "templates",
+#[utoipa::path(post, path = "/api/templates/{name}/instantiate", operation_id = "instantiateTemplate", tag = "templates",
     params(("name" = String, Path, description = "Template name")),
     request_body = InstantiateRequest,
     responses(
-        (status = 201, description = "The job made from the template (re-rendered when the template changes)", body = Object),
+        (status = 201, description = "The job made from the template (re-rendered when the template changes)", body = Job),
         (status = 404, description = "No such template", body = super::ErrorBody),
         (status = 409, description = "A job with that name exists", body = super::ErrorBody),
         (status = 422, description = "A missing or unknown variable (`field`: `vars.<name>`), or the rendered job is invalid", body = super::ErrorBody),

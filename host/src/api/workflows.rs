@@ -18,14 +18,14 @@ pub struct CancelPassResponse {
     pub cancelled_runs: usize,
 }
 
-#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+#[utoipa::path(get, path = "/api/workflows", operation_id = "listWorkflows", tag = "workflows",
     params(
         ("job_id" = Option<String>, Query, description = "Only passes this job (id or name) began or ran in"),
         ("limit" = Option<u32>, Query, description = "1–1000, default 50"),
         ("offset" = Option<u32>, Query, description = "Default 0"),
     ),
     responses(
-        (status = 200, description = "A page of passes, newest first: `id`, `root_job_id`, `root_job_name`, `root_execution_id`, `created_at`, `cancelled_at`, `runs` (count of runs by status)", body = Object),
+        (status = 200, description = "A page of passes, newest first: `id`, `root_job_id`, `root_job_name`, `root_execution_id`, `created_at`, `cancelled_at`, `runs` (count of runs by status)", body = Page<WorkflowRun>),
         (status = 404, description = "`job_id` names no job", body = super::ErrorBody),
     ))]
 pub async fn list(
@@ -50,7 +50,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows",
+#[utoipa::path(get, path = "/api/workflows/{id}", operation_id = "getWorkflow", tag = "workflows",
     params(("id" = String, Path, description = "Pass id (its first run's execution id)")),
     responses(
         (status = 200, description = "The pass as a graph: its jobs with their runs' status, its edges with their verdicts", body = WorkflowPass),
@@ -63,7 +63,7 @@ pub async fn show(
     Ok(Json(st.engine().workflow_pass(&id).await?))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows",
+#[utoipa::path(post, path = "/api/workflows/{id}/cancel", operation_id = "cancelWorkflow", tag = "workflows",
     params(("id" = String, Path, description = "Pass id")),
     responses(
         (status = 200, description = "Nothing more of the pass starts; its queued and running runs are cancelled (the jobs it had not reached yet are recorded skipped)", body = CancelPassResponse),

@@ -164,7 +164,7 @@ fn status_message(ev: &Event) -> Option<WsMessage> {
     }
 }
 
-#[utoipa::path(get, path = "/api/ws", tag = "monitoring",
+#[utoipa::path(get, path = "/api/ws", operation_id = "openWebSocket", tag = "monitoring",
     params(
         ("job_id" = Option<String>, Query, description = "Only this job's events (id or name)"),
         ("execution_id" = Option<String>, Query, description = "One execution: backlog, then live lines; closed after its final status"),

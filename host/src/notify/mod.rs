@@ -201,7 +201,7 @@ impl DeliveryStatus {
 }
 
 /// A stored delivery outcome (`notification_deliveries`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Delivery {
     pub id: i64,
     pub execution_id: Option<String>,

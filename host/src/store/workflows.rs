@@ -51,7 +51,7 @@ pub struct Settled {
 }
 
 /// A pass, as listed.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct WorkflowRun {
     pub id: String,
     pub root_job_id: Option<String>,

@@ -18,6 +18,7 @@ mod jobs;
 mod login;
 mod misc;
 mod prompts;
+mod reference;
 mod runs;
 mod view;
 mod workflows;
@@ -72,6 +73,7 @@ pub(super) fn routes(state: &ApiState) -> Router<ApiState> {
         .route("/ui/cooldown/clear", post(misc::clear_cooldown))
         .route("/ui/plugins", get(misc::plugins))
         .route("/ui/stats", get(misc::stats))
+        .route("/ui/api", get(reference::page))
         .route("/ui/prompts", get(prompts::list))
         .route("/ui/prompts/new", get(prompts::new).post(prompts::create))
         .route("/ui/prompts/{id}", get(prompts::edit).post(prompts::update))
@@ -343,7 +345,8 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
         "prompts.html",
         "prompt_form.html",
         "workflows.html",
-        "workflow.html"
+        "workflow.html",
+        "api.html"
     );
     env
 });
