@@ -1,12 +1,13 @@
 //! Turns the world features into cfgs the crate can test in one place:
 //! `cnp_world = "<feature>"` and `cnp_one_world` when exactly one is enabled,
 //! `cnp_world_conflict` when several are, `cnp_world_none` when none is; `cnp_wit_0_2` for a
-//! condition hook built against `cnp:plugin@0.2.0` (feature `wit-0-2`).
+//! condition hook built against `cnp:plugin@0.2.0` (feature `wit-0-2`). The `executor` world
+//! exists only in `cnp:plugin@0.3.0`, so it needs no version feature.
 
-const WORLDS: [&str; 3] = ["retry-strategy", "notifier", "condition-hook"];
+const WORLDS: [&str; 4] = ["retry-strategy", "notifier", "condition-hook", "executor"];
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(cnp_world, values(\"retry-strategy\", \"notifier\", \"condition-hook\"))");
+    println!("cargo::rustc-check-cfg=cfg(cnp_world, values(\"retry-strategy\", \"notifier\", \"condition-hook\", \"executor\"))");
     println!("cargo::rustc-check-cfg=cfg(cnp_one_world)");
     println!("cargo::rustc-check-cfg=cfg(cnp_world_conflict)");
     println!("cargo::rustc-check-cfg=cfg(cnp_world_none)");

@@ -15,3 +15,6 @@ pub const fn assert_plugin<T: crate::Notifier>() {}
 /// Fails to compile, naming the trait, unless `T` implements the world's trait.
 #[cfg(cnp_world = "condition-hook")]
 pub const fn assert_plugin<T: crate::ConditionHook>() {}
+/// Fails to compile, naming the trait, unless `T` implements the world's trait.
+#[cfg(cnp_world = "executor")]
+pub const fn assert_plugin<T: crate::Executor>() {}

@@ -72,6 +72,43 @@ pub mod exports {
     }
 }
 
+/// `cnp:plugin@0.3.0`'s executor. Resolved together with 0.1 (its `types`, `log`, `clock`) and
+/// 0.2 (which 0.3's other worlds include); as for 0.2's condition hook, the version-suffixed
+/// modules are aliased to the paths the rest of the crate uses, and the 0.3 interfaces get
+/// unsuffixed paths too (`cnp::plugin::output`, `exports::cnp::plugin::execute`).
+#[cfg(all(not(doc), cnp_world = "executor"))]
+pub mod v0_3 {
+    wit_bindgen::generate!({
+        world: "cnp:plugin/executor@0.3.0",
+        path: ["../wit", "../wit/v0.2", "../wit/v0.3"],
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "__cnp_export_executor",
+        default_bindings_module: "::cnp_plugin_sdk::bindings::v0_3",
+        runtime_path: "::cnp_plugin_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+#[cfg(all(not(doc), cnp_world = "executor"))]
+pub mod cnp {
+    pub mod plugin {
+        pub use crate::bindings::v0_3::cnp::plugin0_1_0::{clock, log, types};
+        pub use crate::bindings::v0_3::cnp::plugin0_3_0::output;
+    }
+}
+
+#[cfg(all(not(doc), cnp_world = "executor"))]
+pub use v0_3::wasi;
+
+#[cfg(all(not(doc), cnp_world = "executor"))]
+pub mod exports {
+    pub mod cnp {
+        pub mod plugin {
+            pub use crate::bindings::v0_3::exports::cnp::plugin0_3_0::execute;
+        }
+    }
+}
+
 #[cfg(doc)]
 wit_bindgen::generate!({
     inline: "

@@ -150,7 +150,10 @@ impl Verdict {
 
     /// Not now: evaluate again at `until`, for this reason.
     pub fn defer_until(until: Timestamp, reason: impl Into<String>) -> Self {
-        Verdict::DeferUntil { until, reason: reason.into() }
+        Verdict::DeferUntil {
+            until,
+            reason: reason.into(),
+        }
     }
 }
 

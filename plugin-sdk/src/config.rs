@@ -58,20 +58,32 @@ mod tests {
     #[test]
     fn empty_text_null_and_empty_object_give_the_default() {
         for text in ["", "  \n", "null", "{}", " { } "] {
-            assert_eq!(parse::<Config>(text).unwrap(), Config::default(), "{text:?}");
+            assert_eq!(
+                parse::<Config>(text).unwrap(),
+                Config::default(),
+                "{text:?}"
+            );
         }
     }
 
     #[test]
     fn fields_parse() {
         let c: Config = parse(r#"{"base_ms": 5, "name": "x"}"#).unwrap();
-        assert_eq!(c, Config { base_ms: 5, name: Some("x".into()) });
+        assert_eq!(
+            c,
+            Config {
+                base_ms: 5,
+                name: Some("x".into())
+            }
+        );
     }
 
     #[test]
     fn errors_name_the_field_and_position() {
         let e = parse::<Config>(r#"{"base_ms": "x"}"#).unwrap_err();
-        let PluginError::InvalidConfig(m) = e else { panic!("{e:?}") };
+        let PluginError::InvalidConfig(m) = e else {
+            panic!("{e:?}")
+        };
         assert!(m.contains("`base_ms`") && m.contains("line 1"), "{m}");
 
         let e = parse::<Config>(r#"{"bse_ms": 1}"#).unwrap_err();

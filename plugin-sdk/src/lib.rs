@@ -1,16 +1,17 @@
 //! Write [cnp](https://example.invalid/cnp) plugins in Rust: retry strategies, notification
-//! channels and condition hooks, compiled to WebAssembly components (`wasm32-wasip2`) that the
+//! channels, condition hooks and executors, compiled to WebAssembly components (`wasm32-wasip2`) that the
 //! cnp scheduler loads from its plugins folder.
 //!
 //! A plugin is a `cdylib` crate that depends on this crate alone, with exactly **one** of its
-//! features enabled; the feature picks the WIT world (`cnp:plugin@0.1.0`) the component targets
-//! and the trait to implement:
+//! features enabled; the feature picks the WIT world (`cnp:plugin@0.1.0`, or `@0.3.0` for an
+//! executor) the component targets and the trait to implement:
 //!
 //! | feature          | trait               | exported interface     |
 //! |------------------|---------------------|------------------------|
 //! | `retry-strategy` | [`RetryStrategy`]   | `cnp:plugin/retry`     |
 //! | `notifier`       | [`Notifier`]        | `cnp:plugin/notify`    |
 //! | `condition-hook` | [`ConditionHook`]   | `cnp:plugin/condition` |
+//! | `executor`       | [`Executor`]        | `cnp:plugin/execute@0.3.0` |
 //!
 //! Implement the trait on a unit struct and register it with [`register_plugin!`]:
 //!
@@ -44,10 +45,11 @@
 //!   the field and position. The `validate-config` export is that parse followed by your trait's
 //!   `validate`.
 //! * **Host services.** [`log`] writes structured records into the host's log, [`clock`] reads
-//!   the scheduler's clock and converts instants to civil time, and (with the `notifier`
-//!   feature) `http` makes blocking outgoing HTTP requests.
+//!   the scheduler's clock and converts instants to civil time, (with the `notifier` and
+//!   `executor` features) `http` makes blocking outgoing HTTP requests, and (with `executor`)
+//!   `output` writes lines to the run's live log.
 //! * **The sandbox.** Each call runs on a fresh instance: nothing survives between calls. There is
-//!   no filesystem, no environment, no sockets; a notifier's HTTP reaches only the hosts its
+//!   no filesystem, no environment, no sockets; HTTP (notifiers, executors) reaches only the hosts its
 //!   sidecar file grants. Calls have time and memory limits; a panic, a trap, a timeout or an
 //!   error makes cnp fall back to its built-in behaviour and record why.
 //!
@@ -67,14 +69,14 @@ extern crate self as cnp_plugin_sdk;
 #[cfg(all(not(doc), cnp_world_conflict))]
 compile_error!(
     "cnp-plugin-sdk: enable exactly ONE of the features `retry-strategy`, `notifier`, \
-     `condition-hook` (a plugin targets one world). If this is a workspace of several plugins, \
+     `condition-hook`, `executor` (a plugin targets one world). If this is a workspace of several plugins, \
      cargo has unified their features: build each plugin on its own with `cargo build -p <name>`."
 );
 
 #[cfg(all(not(doc), cnp_world_none))]
 compile_error!(
-    "cnp-plugin-sdk: enable one of the features `retry-strategy`, `notifier` or \
-     `condition-hook`, e.g. `cnp-plugin-sdk = { path = \"...\", features = [\"notifier\"] }`."
+    "cnp-plugin-sdk: enable one of the features `retry-strategy`, `notifier`, \
+     `condition-hook` or `executor`, e.g. `cnp-plugin-sdk = { path = \"...\", features = [\"notifier\"] }`."
 );
 
 #[doc(hidden)]
@@ -89,10 +91,14 @@ pub mod log;
 
 #[cfg(any(doc, cnp_world = "condition-hook"))]
 mod condition;
-#[cfg(any(doc, cnp_world = "notifier"))]
+#[cfg(any(doc, cnp_world = "executor"))]
+mod executor;
+#[cfg(any(doc, cnp_world = "notifier", cnp_world = "executor"))]
 pub mod http;
 #[cfg(any(doc, cnp_world = "notifier"))]
 mod notify;
+#[cfg(any(doc, cnp_world = "executor"))]
+pub mod output;
 #[cfg(any(doc, cnp_world = "retry-strategy"))]
 mod retry;
 
@@ -106,6 +112,8 @@ pub use types::{ExecutionInfo, JobInfo, LocalTime, OutcomeKind, PluginError, Tim
 pub use condition::{ConditionHook, RunContext, Trigger, Verdict};
 #[cfg(any(doc, cnp_wit_0_2))]
 pub use condition::{RunStatus, UpstreamRun};
+#[cfg(any(doc, cnp_world = "executor"))]
+pub use executor::{Executor, Outcome, RunRequest, RunResult, TokenPrices, TokenUsage};
 #[cfg(any(doc, cnp_world = "notifier"))]
 pub use notify::{Event, EventKind, Notifier};
 #[cfg(any(doc, cnp_world = "retry-strategy"))]

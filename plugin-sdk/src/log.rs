@@ -42,8 +42,10 @@ impl From<Level> for wit::Level {
 
 /// Writes one record at `level` with key/value `fields` (values are formatted with `Display`).
 pub fn log(level: Level, message: impl AsRef<str>, fields: &[(&str, &dyn Display)]) {
-    let fields: Vec<(String, String)> =
-        fields.iter().map(|(key, value)| ((*key).to_owned(), value.to_string())).collect();
+    let fields: Vec<(String, String)> = fields
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.to_string()))
+        .collect();
     wit::log(level.into(), message.as_ref(), &fields);
 }
 

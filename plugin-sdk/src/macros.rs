@@ -8,6 +8,7 @@
 /// | `retry-strategy` | [`RetryStrategy`](crate::RetryStrategy)   | `retry-strategy` |
 /// | `notifier`       | [`Notifier`](crate::Notifier)             | `notifier`       |
 /// | `condition-hook` | [`ConditionHook`](crate::ConditionHook)   | `condition-hook` |
+/// | `executor`       | [`Executor`](crate::Executor)             | `executor` (0.3) |
 ///
 /// ```ignore
 /// struct BusinessHours;
@@ -58,5 +59,14 @@ macro_rules! __cnp_export_world {
 macro_rules! __cnp_export_world {
     ($export:ident) => {
         $crate::bindings::v0_2::__cnp_export_condition_hook!($export with_types_in $crate::bindings::v0_2);
+    };
+}
+
+#[cfg(all(not(doc), cnp_world = "executor"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cnp_export_world {
+    ($export:ident) => {
+        $crate::bindings::v0_3::__cnp_export_executor!($export with_types_in $crate::bindings::v0_3);
     };
 }

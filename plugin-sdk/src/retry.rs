@@ -1,7 +1,7 @@
 //! Retry strategies (world `retry-strategy`, exported interface `cnp:plugin/retry`).
 
-use crate::bindings::exports::cnp::plugin::retry as wit;
 use crate::bindings::cnp::plugin::types as wit_types;
+use crate::bindings::exports::cnp::plugin::retry as wit;
 use crate::{config, ExecutionInfo, JobInfo, PluginError, Timestamp};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -65,9 +65,9 @@ impl RetryDecision {
 impl From<RetryDecision> for wit::RetryDecision {
     fn from(decision: RetryDecision) -> Self {
         match decision {
-            RetryDecision::RetryAfter(delay) => {
-                wit::RetryDecision::RetryAfterMs(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
-            }
+            RetryDecision::RetryAfter(delay) => wit::RetryDecision::RetryAfterMs(
+                u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            ),
             RetryDecision::RetryAt(at) => wit::RetryDecision::RetryAt(at),
             RetryDecision::GiveUp(reason) => wit::RetryDecision::GiveUp(reason),
         }

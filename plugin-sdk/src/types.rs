@@ -126,7 +126,9 @@ impl PluginError {
     /// The error's message, whatever its kind.
     pub fn message(&self) -> &str {
         match self {
-            PluginError::InvalidConfig(m) | PluginError::Unavailable(m) | PluginError::Failed(m) => m,
+            PluginError::InvalidConfig(m)
+            | PluginError::Unavailable(m)
+            | PluginError::Failed(m) => m,
         }
     }
 }
@@ -186,7 +188,13 @@ mod from_wit {
 
     impl From<wit::JobInfo> for JobInfo {
         fn from(j: wit::JobInfo) -> Self {
-            JobInfo { id: j.id, name: j.name, tags: j.tags, priority: j.priority, timezone: j.timezone }
+            JobInfo {
+                id: j.id,
+                name: j.name,
+                tags: j.tags,
+                priority: j.priority,
+                timezone: j.timezone,
+            }
         }
     }
 
