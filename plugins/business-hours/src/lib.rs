@@ -94,7 +94,9 @@ struct Window {
 impl Window {
     fn from_config(config: &Config) -> Result<Window, PluginError> {
         if config.days.is_empty() {
-            return Err(PluginError::invalid_config("`days` must name at least one weekday"));
+            return Err(PluginError::invalid_config(
+                "`days` must name at least one weekday",
+            ));
         }
         let mut weekdays = [false; 8];
         for day in &config.days {
@@ -108,8 +110,17 @@ impl Window {
                 config.start, config.end
             )));
         }
-        let holidays = config.holidays.iter().map(|d| parse_date(d)).collect::<Result<_, _>>()?;
-        Ok(Window { weekdays, start, end, holidays })
+        let holidays = config
+            .holidays
+            .iter()
+            .map(|d| parse_date(d))
+            .collect::<Result<_, _>>()?;
+        Ok(Window {
+            weekdays,
+            start,
+            end,
+            holidays,
+        })
     }
 
     fn is_business_day(&self, weekday: u8, date: (i32, u8, u8)) -> bool {
@@ -118,7 +129,8 @@ impl Window {
 
     fn is_open(&self, t: &LocalTime) -> bool {
         let minute = t.minute_of_day();
-        self.is_business_day(t.weekday, (t.year, t.month, t.day)) && (self.start..self.end).contains(&minute)
+        self.is_business_day(t.weekday, (t.year, t.month, t.day))
+            && (self.start..self.end).contains(&minute)
     }
 
     /// Minutes from `t`'s minute to the next opening, or `None` if none comes within a year.
@@ -144,7 +156,8 @@ impl ConditionHook for BusinessHours {
     fn validate(config: &Config) -> Result<(), PluginError> {
         Window::from_config(config)?;
         if let Some(zone) = &config.timezone {
-            clock::to_local(clock::now(), zone).map_err(|e| PluginError::invalid_config(e.message()))?;
+            clock::to_local(clock::now(), zone)
+                .map_err(|e| PluginError::invalid_config(e.message()))?;
         }
         Ok(())
     }
@@ -165,9 +178,16 @@ impl ConditionHook for BusinessHours {
             return Ok(Verdict::Run);
         }
         let hours = format!("{}–{} {zone}", config.start, config.end);
-        let at = format!("{} {:02}:{:02}", local.date_string(), local.hour, local.minute);
+        let at = format!(
+            "{} {:02}:{:02}",
+            local.date_string(),
+            local.hour,
+            local.minute
+        );
         let Some(minutes) = window.minutes_until_open(&local) else {
-            return Ok(Verdict::skip(format!("outside business hours ({hours}; it is {at}) and no business day in the next year")));
+            return Ok(Verdict::skip(format!(
+                "outside business hours ({hours}; it is {at}) and no business day in the next year"
+            )));
         };
         Ok(match config.outside {
             Outside::Skip => Verdict::skip(format!("outside business hours ({hours}; it is {at})")),
@@ -188,7 +208,10 @@ fn parse_hhmm(field: &str, text: &str) -> Result<u32, PluginError> {
     if !(1..=2).contains(&h_text.len()) || m_text.len() != 2 {
         return Err(bad());
     }
-    let (h, m): (u32, u32) = (h_text.parse().map_err(|_| bad())?, m_text.parse().map_err(|_| bad())?);
+    let (h, m): (u32, u32) = (
+        h_text.parse().map_err(|_| bad())?,
+        m_text.parse().map_err(|_| bad())?,
+    );
     if m > 59 || h > 24 || (h == 24 && m != 0) {
         return Err(bad());
     }
@@ -197,11 +220,16 @@ fn parse_hhmm(field: &str, text: &str) -> Result<u32, PluginError> {
 
 /// `YYYY-MM-DD` as (year, month, day).
 fn parse_date(text: &str) -> Result<(i32, u8, u8), PluginError> {
-    let bad = || PluginError::invalid_config(format!("`holidays`: expected YYYY-MM-DD, got {text:?}"));
+    let bad =
+        || PluginError::invalid_config(format!("`holidays`: expected YYYY-MM-DD, got {text:?}"));
     let mut parts = text.splitn(3, '-');
     let mut next = || parts.next().ok_or_else(bad);
     let (y, m, d) = (next()?, next()?, next()?);
-    let date = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    let date = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
     if !(1..=12).contains(&date.1) || date.2 == 0 || date.2 > days_in_month(date.0, date.1) {
         return Err(bad());
     }
@@ -233,7 +261,16 @@ mod tests {
 
     /// 2026-03-06 is a Friday.
     fn at(day: u8, weekday: u8, hour: u8, minute: u8) -> LocalTime {
-        LocalTime { year: 2026, month: 3, day, hour, minute, second: 0, weekday, utc_offset_seconds: 0 }
+        LocalTime {
+            year: 2026,
+            month: 3,
+            day,
+            hour,
+            minute,
+            second: 0,
+            weekday,
+            utc_offset_seconds: 0,
+        }
     }
 
     fn window(json: &str) -> Window {
@@ -254,13 +291,27 @@ mod tests {
     #[test]
     fn the_next_opening_skips_weekends_and_holidays() {
         let w = window("{}");
-        assert_eq!(w.minutes_until_open(&at(6, 5, 8, 30)), Some(30), "later today");
+        assert_eq!(
+            w.minutes_until_open(&at(6, 5, 8, 30)),
+            Some(30),
+            "later today"
+        );
         // Friday 18:00 -> Monday 09:00: 6 h + 2 days + 9 h.
-        assert_eq!(w.minutes_until_open(&at(6, 5, 18, 0)), Some(6 * 60 + 2 * 1440 + 9 * 60));
+        assert_eq!(
+            w.minutes_until_open(&at(6, 5, 18, 0)),
+            Some(6 * 60 + 2 * 1440 + 9 * 60)
+        );
         let w = window(r#"{"holidays": ["2026-03-09"]}"#);
-        assert_eq!(w.minutes_until_open(&at(6, 5, 18, 0)), Some(6 * 60 + 3 * 1440 + 9 * 60), "Monday is a holiday");
+        assert_eq!(
+            w.minutes_until_open(&at(6, 5, 18, 0)),
+            Some(6 * 60 + 3 * 1440 + 9 * 60),
+            "Monday is a holiday"
+        );
         let w = window(r#"{"days": ["sunday"], "start": "10:30", "end": "24:00"}"#);
-        assert_eq!(w.minutes_until_open(&at(6, 5, 10, 0)), Some(14 * 60 + 1440 + 10 * 60 + 30));
+        assert_eq!(
+            w.minutes_until_open(&at(6, 5, 10, 0)),
+            Some(14 * 60 + 1440 + 10 * 60 + 30)
+        );
     }
 
     #[test]
@@ -282,7 +333,10 @@ mod tests {
             r#"{"outside": "later"}"#,
         ] {
             let parsed = cnp_plugin_sdk::config::parse::<Config>(json);
-            assert!(parsed.and_then(|c| Window::from_config(&c)).is_err(), "{json}");
+            assert!(
+                parsed.and_then(|c| Window::from_config(&c)).is_err(),
+                "{json}"
+            );
         }
     }
 }

@@ -29,7 +29,11 @@ struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { base_ms: 1_000, cap_ms: 600_000, usage_limit_margin_ms: 30_000 }
+        Config {
+            base_ms: 1_000,
+            cap_ms: 600_000,
+            usage_limit_margin_ms: 30_000,
+        }
     }
 }
 
@@ -51,12 +55,21 @@ impl RetryStrategy for DecorrelatedJitter {
         Ok(())
     }
 
-    fn next_retry(config: Config, job: JobInfo, failed: ExecutionInfo) -> Result<RetryDecision, PluginError> {
+    fn next_retry(
+        config: Config,
+        job: JobInfo,
+        failed: ExecutionInfo,
+    ) -> Result<RetryDecision, PluginError> {
         Self::validate(&config)?;
         let decision = decide(&config, &job, &failed, clock::now());
         log::debug(
             "retry decided",
-            &[("job", &job.name), ("attempt", &failed.attempt), ("outcome", &failed.outcome), ("decision", &format!("{decision:?}"))],
+            &[
+                ("job", &job.name),
+                ("attempt", &failed.attempt),
+                ("outcome", &failed.outcome),
+                ("decision", &format!("{decision:?}")),
+            ],
         );
         Ok(decision)
     }
@@ -93,7 +106,12 @@ fn decide(config: &Config, job: &JobInfo, failed: &ExecutionInfo, now: i64) -> R
         };
     }
     let seed = seed(&job.id, failed.scheduled_at);
-    RetryDecision::after_ms(delay_ms(seed, failed.attempt, config.base_ms, config.cap_ms))
+    RetryDecision::after_ms(delay_ms(
+        seed,
+        failed.attempt,
+        config.base_ms,
+        config.cap_ms,
+    ))
 }
 
 /// The delay after failed attempt `attempt` (1-based): the decorrelated-jitter chain run
@@ -103,7 +121,11 @@ fn delay_ms(seed: u64, attempt: u32, base: u64, cap: u64) -> u64 {
     let mut sleep = base;
     for _ in 0..attempt.max(1) {
         let high = sleep.saturating_mul(3).min(cap);
-        sleep = if high <= base { base.min(cap) } else { base + rng.next() % (high - base + 1) };
+        sleep = if high <= base {
+            base.min(cap)
+        } else {
+            base + rng.next() % (high - base + 1)
+        };
     }
     sleep
 }
@@ -111,9 +133,12 @@ fn delay_ms(seed: u64, attempt: u32, base: u64, cap: u64) -> u64 {
 /// FNV-1a over the job id and the slot, so each job and slot has its own chain.
 fn seed(job_id: &str, scheduled_at: Option<i64>) -> u64 {
     let slot = scheduled_at.map_or([0xff; 8], i64::to_le_bytes);
-    job_id.bytes().chain(slot).fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    job_id
+        .bytes()
+        .chain(slot)
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
 }
 
 /// SplitMix64: a tiny, well-mixed generator; plenty for jitter.
@@ -134,7 +159,13 @@ mod tests {
     use super::*;
 
     fn job() -> JobInfo {
-        JobInfo { id: "job-1".into(), name: "nightly".into(), tags: vec![], priority: 5, timezone: "UTC".into() }
+        JobInfo {
+            id: "job-1".into(),
+            name: "nightly".into(),
+            tags: vec![],
+            priority: 5,
+            timezone: "UTC".into(),
+        }
     }
 
     fn failed(outcome: OutcomeKind, attempt: u32) -> ExecutionInfo {
@@ -158,7 +189,10 @@ mod tests {
         for s in 0..200u64 {
             for attempt in 1..12 {
                 let d = delay_ms(s, attempt, 1_000, 60_000);
-                assert!((1_000..=60_000).contains(&d), "seed {s} attempt {attempt}: {d}");
+                assert!(
+                    (1_000..=60_000).contains(&d),
+                    "seed {s} attempt {attempt}: {d}"
+                );
                 assert_eq!(d, delay_ms(s, attempt, 1_000, 60_000));
             }
         }
@@ -170,7 +204,12 @@ mod tests {
         let fifth: Vec<u64> = (0..100).map(|s| delay_ms(s, 5, 1_000, 600_000)).collect();
         let mean = |v: &[u64]| v.iter().sum::<u64>() / v.len() as u64;
         assert!(first.iter().all(|d| *d <= 3_000));
-        assert!(mean(&fifth) > mean(&first) * 3, "{} vs {}", mean(&fifth), mean(&first));
+        assert!(
+            mean(&fifth) > mean(&first) * 3,
+            "{} vs {}",
+            mean(&fifth),
+            mean(&first)
+        );
         assert_ne!(seed("job-1", Some(1)), seed("job-1", Some(2)));
         assert_ne!(seed("job-1", Some(1)), seed("job-2", Some(1)));
     }
@@ -179,10 +218,19 @@ mod tests {
     fn hopeless_outcomes_and_the_last_attempt_give_up() {
         let c = Config::default();
         for outcome in [OutcomeKind::AuthError, OutcomeKind::CliNotFound] {
-            assert!(matches!(decide(&c, &job(), &failed(outcome, 1), 0), RetryDecision::GiveUp(_)));
+            assert!(matches!(
+                decide(&c, &job(), &failed(outcome, 1), 0),
+                RetryDecision::GiveUp(_)
+            ));
         }
-        assert!(matches!(decide(&c, &job(), &failed(OutcomeKind::Failure, 5), 0), RetryDecision::GiveUp(_)));
-        assert!(matches!(decide(&c, &job(), &failed(OutcomeKind::Failure, 4), 0), RetryDecision::RetryAfter(_)));
+        assert!(matches!(
+            decide(&c, &job(), &failed(OutcomeKind::Failure, 5), 0),
+            RetryDecision::GiveUp(_)
+        ));
+        assert!(matches!(
+            decide(&c, &job(), &failed(OutcomeKind::Failure, 4), 0),
+            RetryDecision::RetryAfter(_)
+        ));
     }
 
     #[test]
@@ -191,8 +239,15 @@ mod tests {
         let mut f = failed(OutcomeKind::UsageLimit, 1);
         f.usage_limit_reset = Some(5_000_000);
         assert_eq!(decide(&c, &job(), &f, 1_000), RetryDecision::at(5_030_000));
-        assert_eq!(decide(&c, &job(), &f, 9_000_000), RetryDecision::at(9_030_000), "a past reset counts from now");
+        assert_eq!(
+            decide(&c, &job(), &f, 9_000_000),
+            RetryDecision::at(9_030_000),
+            "a past reset counts from now"
+        );
         f.usage_limit_reset = None;
-        assert_eq!(decide(&c, &job(), &f, 1_000), RetryDecision::after_ms(600_000));
+        assert_eq!(
+            decide(&c, &job(), &f, 1_000),
+            RetryDecision::after_ms(600_000)
+        );
     }
 }

@@ -146,7 +146,10 @@ mod tests {
         ]);
         assert_eq!(decide(&c, &ctx), Verdict::Run);
         let c = config(r#"{"skip_if_contains": ["NO-CHANGES"], "only_direct": false}"#);
-        assert_eq!(decide(&c, &ctx), Verdict::skip("upstream `lint` said `NO-CHANGES`"));
+        assert_eq!(
+            decide(&c, &ctx),
+            Verdict::skip("upstream `lint` said `NO-CHANGES`")
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ impl Notifier for WebhookNotifier {
         Url::parse(&config.url).map_err(|e| PluginError::invalid_config(format!("`url`: {e}")))?;
         for name in config.headers.keys() {
             if name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length") {
-                return Err(PluginError::invalid_config(format!("header `{name}` is set by cnp, not the plugin")));
+                return Err(PluginError::invalid_config(format!(
+                    "header `{name}` is set by cnp, not the plugin"
+                )));
             }
         }
         Ok(())
@@ -68,7 +70,12 @@ impl Notifier for WebhookNotifier {
         if !configured("content-type") {
             headers.push(("content-type", content_type));
         }
-        headers.extend(format_headers.iter().filter(|(k, _)| !configured(k)).map(|(k, v)| (*k, v.as_str())));
+        headers.extend(
+            format_headers
+                .iter()
+                .filter(|(k, _)| !configured(k))
+                .map(|(k, v)| (*k, v.as_str())),
+        );
         headers.extend(config.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
 
         let response = http::post(&config.url, &headers, &body)?;
@@ -76,9 +83,14 @@ impl Notifier for WebhookNotifier {
         if response.is_success() {
             return Ok(receipt);
         }
-        let host = Url::parse(&config.url).map(|u| u.authority().to_owned()).unwrap_or_default();
+        let host = Url::parse(&config.url)
+            .map(|u| u.authority().to_owned())
+            .unwrap_or_default();
         let detail: String = response.text().chars().take(ERROR_BODY_CHARS).collect();
-        Err(PluginError::unavailable(format!("{receipt} from {host}: {}", detail.trim())))
+        Err(PluginError::unavailable(format!(
+            "{receipt} from {host}: {}",
+            detail.trim()
+        )))
     }
 }
 
@@ -89,11 +101,23 @@ fn render(format: Format, event: &Event) -> (&'static str, Vec<u8>, Vec<(&'stati
     let text = text(event);
     match format {
         Format::Slack => ("application/json", to_vec(&json!({ "text": text })), vec![]),
-        Format::Discord => ("application/json", to_vec(&json!({ "content": text })), vec![]),
-        Format::Json => ("application/json", serde_json::to_vec(event).expect("events serialize"), vec![]),
+        Format::Discord => (
+            "application/json",
+            to_vec(&json!({ "content": text })),
+            vec![],
+        ),
+        Format::Json => (
+            "application/json",
+            serde_json::to_vec(event).expect("events serialize"),
+            vec![],
+        ),
         Format::Ntfy => {
             let title = match &event.job {
-                Some(job) => format!("cnp: {} {}", job.name, event.kind.as_str().replace('_', " ")),
+                Some(job) => format!(
+                    "cnp: {} {}",
+                    job.name,
+                    event.kind.as_str().replace('_', " ")
+                ),
                 None => format!("cnp: {}", event.kind.as_str().replace('_', " ")),
             };
             let mut headers = vec![("title", title)];
@@ -118,7 +142,10 @@ fn text(event: &Event) -> String {
 }
 
 fn is_bad_news(kind: EventKind) -> bool {
-    matches!(kind, EventKind::RunFailed | EventKind::PluginFailure | EventKind::CooldownEntered)
+    matches!(
+        kind,
+        EventKind::RunFailed | EventKind::PluginFailure | EventKind::CooldownEntered
+    )
 }
 
 fn to_vec(value: &serde_json::Value) -> Vec<u8> {
@@ -135,7 +162,13 @@ mod tests {
             kind: EventKind::RunFailed,
             summary: "nightly failed after 3 attempts".into(),
             at: 1_700_000_000_000,
-            job: Some(JobInfo { id: "j1".into(), name: "nightly".into(), tags: vec![], priority: 5, timezone: "UTC".into() }),
+            job: Some(JobInfo {
+                id: "j1".into(),
+                name: "nightly".into(),
+                tags: vec![],
+                priority: 5,
+                timezone: "UTC".into(),
+            }),
             execution: None,
         }
     }
@@ -146,8 +179,14 @@ mod tests {
 
     #[test]
     fn each_format_shapes_the_body() {
-        assert_eq!(json_body(Format::Slack), json!({"text": "nightly failed after 3 attempts"}));
-        assert_eq!(json_body(Format::Discord), json!({"content": "nightly failed after 3 attempts"}));
+        assert_eq!(
+            json_body(Format::Slack),
+            json!({"text": "nightly failed after 3 attempts"})
+        );
+        assert_eq!(
+            json_body(Format::Discord),
+            json!({"content": "nightly failed after 3 attempts"})
+        );
         let full = json_body(Format::Json);
         assert_eq!(full["kind"], "run_failed");
         assert_eq!(full["job"]["name"], "nightly");
@@ -161,12 +200,21 @@ mod tests {
 
     #[test]
     fn validation_wants_an_http_url_and_no_reserved_headers() {
-        let ok = Config { url: "https://hooks.slack.com/services/x".into(), ..Config::default() };
+        let ok = Config {
+            url: "https://hooks.slack.com/services/x".into(),
+            ..Config::default()
+        };
         assert!(WebhookNotifier::validate(&ok).is_ok());
         assert!(WebhookNotifier::validate(&Config::default()).is_err());
-        let ftp = Config { url: "ftp://example.com/".into(), ..Config::default() };
+        let ftp = Config {
+            url: "ftp://example.com/".into(),
+            ..Config::default()
+        };
         assert!(WebhookNotifier::validate(&ftp).is_err());
-        let mut host = Config { url: "https://a.example/".into(), ..Config::default() };
+        let mut host = Config {
+            url: "https://a.example/".into(),
+            ..Config::default()
+        };
         host.headers.insert("Host".into(), "b.example".into());
         assert!(WebhookNotifier::validate(&host).is_err());
     }
