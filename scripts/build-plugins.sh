@@ -4,7 +4,8 @@
 #
 # Usage: scripts/build-plugins.sh [--out DIR]
 #   --out DIR   also copy each plugin (not the hostile fixtures) to DIR/<package-name>.wasm
-#               (for example ~/.config/cnp/plugins), the name cnp knows the plugin by.
+#               (for example ~/.config/cnp/plugins), the name cnp knows the plugin by, with its
+#               example sidecar <package-name>.toml when it has one and DIR has none yet.
 #
 # Two routes:
 #   1. A rustup toolchain with the wasm32-wasip2 target installed (a developer's machine after
@@ -25,7 +26,7 @@ out_dir=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) out_dir="${2:?--out needs a directory}"; shift 2 ;;
-        -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "build-plugins: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -102,6 +103,11 @@ for member in "${members[@]}"; do
     if [[ -n "$out_dir" && "$dir" != fixtures/* ]]; then
         mkdir -p "$out_dir"
         cp "$wasm" "$out_dir/$pkg.wasm"
+        # An example sidecar (<dir>/<package-name>.toml) goes along, unless one is there already.
+        sidecar="$plugins/$dir/$pkg.toml"
+        if [[ -f "$sidecar" && ! -e "$out_dir/$pkg.toml" ]]; then
+            cp "$sidecar" "$out_dir/$pkg.toml"
+        fi
     fi
 done
 [[ -n "$out_dir" ]] && echo "Copied the plugins (not the fixtures) to $out_dir as <package-name>.wasm"
