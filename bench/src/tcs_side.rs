@@ -54,6 +54,7 @@ impl Ctx {
             limits: None,
             timeout: Duration::from_secs(900),
             cancel: Default::default(),
+            plugin: None,
         });
         Ctx {
             program: spec.program,

@@ -70,6 +70,10 @@ pub struct JobSpec {
     /// A webhook that runs the job (stored as `execution.webhook`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::model::WebhookConfig>,
+    /// An executor plugin that does the work instead of the Claude CLI (stored as
+    /// `execution.executor`): `{plugin: <name>, config: {...}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executor: Option<PluginRef>,
 }
 
 impl JobSpec {
@@ -81,6 +85,9 @@ impl JobSpec {
         }
         if self.webhook.is_some() {
             self.execution.webhook = self.webhook.take();
+        }
+        if self.executor.is_some() {
+            self.execution.executor = self.executor.take();
         }
         self
     }
@@ -313,6 +320,23 @@ impl JobSpec {
         for (i, c) in conditions.enumerate() {
             validate_plugin_ref(&format!("conditions[{i}]"), c)?;
         }
+        let executor = match (&self.executor, &self.execution.executor) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "executor",
+                    "give the executor once (`executor:` or `execution.executor`)",
+                ))
+            }
+            (Some(e), None) => Some(("executor", e)),
+            (None, Some(e)) => Some(("execution.executor", e)),
+            (None, None) => None,
+        };
+        if let Some((field, e)) = executor {
+            validate_plugin_ref(field, e)?;
+            if let Some(config) = &e.config {
+                refuse_written_secrets(&format!("{field}.config"), config)?;
+            }
+        }
         if let Some(r) = &self.retry {
             validate_retry(r)?;
         }
@@ -535,6 +559,39 @@ fn validate_retry(r: &RetryConfig) -> Result<(), SpecError> {
         ));
     }
     Ok(())
+}
+
+/// A secret-named value (`api_key`, `token`, `password`, ...) written out in an executor's
+/// configuration is refused: it must be a `${VAR}` reference, filled in from cnp's environment
+/// at each call and so never stored, listed or shown.
+fn refuse_written_secrets(field: &str, v: &serde_json::Value) -> Result<(), SpecError> {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, val) in m {
+                let f = format!("{field}.{k}");
+                match val {
+                    serde_json::Value::String(s)
+                        if crate::redact::is_secret_key(k)
+                            && s != crate::redact::MARK
+                            && !s.contains("${") =>
+                    {
+                        return Err(err(
+                            &f,
+                            "give the secret as `${VAR}`, read from cnp's environment at each \
+                             call (a secret written here would be stored with the job)",
+                        ))
+                    }
+                    _ => refuse_written_secrets(&f, val)?,
+                }
+            }
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, item)| refuse_written_secrets(&format!("{field}[{i}]"), item)),
+        _ => Ok(()),
+    }
 }
 
 fn validate_plugin_ref(field: &str, r: &PluginRef) -> Result<(), SpecError> {

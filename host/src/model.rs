@@ -249,6 +249,11 @@ pub struct ExecutionOptions {
     /// The job's webhook trigger (manifests give it as a top-level `webhook:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookConfig>,
+    /// An executor plugin that does the job's work instead of the Claude CLI, with the job's
+    /// configuration for it (manifests give it as a top-level `executor:`); `None`: the CLI.
+    /// `${VAR}` in its configuration is filled in from cnp's environment at each call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executor: Option<PluginRef>,
 }
 
 /// A job's webhook trigger (docs/operations.md#webhooks): `POST /api/hooks/<job name or id>`,

@@ -42,10 +42,18 @@ impl Scrub {
     /// The secrets among an environment's values (values shorter than 4 characters are not
     /// treated as secrets: replacing them would mangle ordinary text).
     pub fn of_environment<'a>(env: impl IntoIterator<Item = (&'a String, &'a String)>) -> Scrub {
-        let mut secrets: Vec<String> = env
+        Scrub::of_values(
+            env.into_iter()
+                .filter(|(k, _)| is_secret_key(k))
+                .map(|(_, v)| v.clone()),
+        )
+    }
+
+    /// These values (those shorter than 4 characters are left out, as above).
+    pub fn of_values(values: impl IntoIterator<Item = String>) -> Scrub {
+        let mut secrets: Vec<String> = values
             .into_iter()
-            .filter(|(k, v)| is_secret_key(k) && v.chars().count() >= 4)
-            .map(|(_, v)| v.clone())
+            .filter(|v| v.chars().count() >= 4)
             .collect();
         // Longest first: a secret that contains another is replaced whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -167,7 +175,12 @@ impl Job {
         {
             redact_value(c);
         }
-        for c in &mut self.execution_options.conditions {
+        for c in self
+            .execution_options
+            .conditions
+            .iter_mut()
+            .chain(&mut self.execution_options.executor)
+        {
             if let Some(cfg) = &mut c.config {
                 redact_value(cfg);
             }
@@ -212,6 +225,18 @@ impl JobSpec {
             let prev = old_conditions.iter().find(|o| o.plugin == c.plugin);
             if let (Some(cfg), Some(Some(old))) = (&mut c.config, prev.map(|p| &p.config)) {
                 restore_value(cfg, old);
+            }
+        }
+        let old_executor = stored.execution_options.executor.as_ref();
+        let executor = match &mut self.executor {
+            Some(e) => Some(e),
+            None => self.execution.executor.as_mut(),
+        };
+        if let (Some(new), Some(old)) = (executor, old_executor) {
+            if let (Some(cfg), Some(prev), true) =
+                (&mut new.config, &old.config, new.plugin == old.plugin)
+            {
+                restore_value(cfg, prev);
             }
         }
         for (k, v) in self.execution.environment.iter_mut() {

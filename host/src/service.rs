@@ -65,8 +65,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     check_cli(&settings.command);
     // Also prepares cgroup v2 delegation, which must happen before the first child exists.
     tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
-    let runner: Arc<dyn Runner> = Arc::new(ClaudeRunner::new(settings));
     let plugins = start_plugins(&config).await;
+    // Jobs with an `executor:` plugin run in it; every other job runs the Claude CLI.
+    let (max_output, max_line) = (settings.max_output_bytes, settings.max_line_bytes);
+    let runner: Arc<dyn Runner> = Arc::new(crate::executor::Dispatch::new(
+        Arc::new(ClaudeRunner::new(settings)),
+        plugins.clone(),
+        max_output,
+        max_line,
+    ));
     let events = EventBus::default();
     let notifications = start_notifications(&config, &store, plugins.clone(), &events)?;
     let engine = Engine::start_with_notifications(
@@ -784,6 +791,7 @@ pub fn spec_of(job: &Job) -> JobSpec {
         budget: job.budget.clone(),
         conditions: Vec::new(),
         webhook: None,
+        executor: None,
     }
 }
 

@@ -117,6 +117,7 @@ fn request(env: &[(&str, &str)]) -> RunRequest {
         limits: None,
         timeout: Duration::from_secs(60),
         cancel: CancellationToken::new(),
+        plugin: None,
     }
 }
 

@@ -485,6 +485,7 @@ pub fn blank_spec(name: &str) -> JobSpec {
         budget: None,
         conditions: Vec::new(),
         webhook: None,
+        executor: None,
     }
 }
 

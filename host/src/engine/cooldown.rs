@@ -470,6 +470,7 @@ async fn probe(engine: &Engine) {
         limits: None,
         timeout: cfg.probe_timeout,
         cancel: s.kill.child_token(),
+        plugin: None,
     };
     let report = s.runner.run(request, Arc::new(ProbeObserver)).await;
     let now = s.clock.now();

@@ -359,6 +359,9 @@ pub(super) fn warn_unknown_plugins(engine: &Engine, job: &Job) {
     if let Some(p) = job.retry_config.as_ref().and_then(|r| r.plugin.as_deref()) {
         uses.push((p, PluginKind::RetryStrategy));
     }
+    if let Some(e) = &job.execution_options.executor {
+        uses.push((e.plugin.as_str(), PluginKind::Executor));
+    }
     if let Some(n) = &job.notification_config {
         for c in &n.channels {
             if c.get("type").and_then(|t| t.as_str()) == Some("plugin") {

@@ -513,6 +513,16 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             }
         }
     };
+    // `executor:`: a plugin does the run instead of the CLI.
+    let plugin =
+        job.execution_options
+            .executor
+            .clone()
+            .map(|executor| crate::executor::PluginCall {
+                executor,
+                job: hooks::job_info(engine, &job),
+                attempt: run.retry_count + 1,
+            });
     let request = RunRequest {
         execution_id: run.execution_id.clone(),
         prompt: prompt.clone(),
@@ -520,6 +530,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
         limits: job.resource_limits.clone(),
         timeout,
         cancel: kill.clone(),
+        plugin,
     };
     let mut report = run_cli(engine, request.clone(), &observer, &kill).await;
     if (resumed_own || resumed_upstream)

@@ -5,8 +5,11 @@
 //! - [`output`]: understands the CLI's `stream-json` output and classifies the run's [`Outcome`].
 //! - [`ClaudeRunner`]: builds the command line from the config and the job's options and ties the two
 //!   together. The engine only sees the [`Runner`] trait, so tests and benchmarks can swap runners.
+//! - [`Dispatch`]: the runner the service uses — a job with an `executor:` plugin is run by that
+//!   WebAssembly plugin ([`plugin`]), every other job by the CLI runner.
 
 pub mod output;
+mod plugin;
 pub mod process;
 pub mod worktree;
 
@@ -33,6 +36,9 @@ pub struct RunRequest {
     pub timeout: Duration,
     /// Stops the run (TERM, grace, KILL) when cancelled: user cancel or shutdown.
     pub cancel: CancellationToken,
+    /// For a job with an executor plugin: the plugin does the run (see [`Dispatch`]), not the
+    /// CLI.
+    pub plugin: Option<PluginCall>,
 }
 
 /// What the engine learns while a run goes on. Implementations must be cheap and must not block:
@@ -87,6 +93,7 @@ pub struct ExecutorSettings {
     pub default_working_directory: Option<PathBuf>,
 }
 
+pub use plugin::{Dispatch, PluginCall};
 pub use runner::ClaudeRunner;
 
 mod runner;

@@ -356,6 +356,7 @@ mod tests {
             limits: None,
             timeout: std::time::Duration::from_secs(5),
             cancel: Default::default(),
+            plugin: None,
         };
         let spec = runner.process_spec(&request);
         assert_eq!(

@@ -32,11 +32,15 @@ pub use bindings::condition_0_2::{
     RunContext as ConditionContext, RunStatus as UpstreamStatus, Trigger as ConditionTrigger02,
     UpstreamRun as UpstreamRunInfo,
 };
+pub use bindings::execute::{
+    Outcome as ExecutorOutcome, RunRequest as ExecutorRequest, RunResult as ExecutorResult,
+    TokenUsage as ExecutorTokenUsage, UsageLimit as ExecutorUsageLimit,
+};
 pub use bindings::notify::{Event as NotifyEvent, EventKind};
 pub use bindings::retry::RetryDecision;
 pub use bindings::types::{ExecutionInfo, JobInfo, OutcomeKind, PluginError};
 pub use registry::Sidecar;
-pub use sandbox::HostRule;
+pub use sandbox::{HostRule, LineSink};
 
 use crate::clock::Clock;
 use crate::config::PluginsConfig;
@@ -53,6 +57,8 @@ pub enum PluginKind {
     RetryStrategy,
     Notifier,
     ConditionHook,
+    /// Does a job's work instead of the Claude CLI (`cnp:plugin@0.3.0`).
+    Executor,
 }
 
 impl PluginKind {
@@ -61,6 +67,7 @@ impl PluginKind {
             PluginKind::RetryStrategy => "retry-strategy",
             PluginKind::Notifier => "notifier",
             PluginKind::ConditionHook => "condition-hook",
+            PluginKind::Executor => "executor",
         }
     }
 
@@ -70,6 +77,7 @@ impl PluginKind {
             PluginKind::RetryStrategy => "retry",
             PluginKind::Notifier => "notify",
             PluginKind::ConditionHook => "condition",
+            PluginKind::Executor => "execute",
         }
     }
 
@@ -78,6 +86,7 @@ impl PluginKind {
             "retry" => Some(PluginKind::RetryStrategy),
             "notify" => Some(PluginKind::Notifier),
             "condition" => Some(PluginKind::ConditionHook),
+            "execute" => Some(PluginKind::Executor),
             _ => None,
         }
     }
@@ -165,6 +174,7 @@ enum Exports {
     Notify(bindings::notify::GuestIndices),
     Condition(bindings::condition::GuestIndices),
     Condition02(bindings::condition_0_2::GuestIndices),
+    Execute(bindings::execute::GuestIndices),
 }
 
 /// A plugin as listings show it.
@@ -299,6 +309,8 @@ struct Call {
     instance: Instance,
     output: CapturedOutput,
     started: Instant,
+    /// The call's time limit when not the sidecar's.
+    timeout: Option<Duration>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     _in_flight: InFlight,
 }
@@ -341,6 +353,7 @@ impl PluginHost {
         bindings::log::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
         bindings::clock::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
         bindings::types::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
+        bindings::output::add_to_linker::<_, Data>(&mut linker, |s| s).map_err(wasm_err)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(PluginHost {
             inner: Arc::new(Inner {
@@ -442,6 +455,10 @@ impl PluginHost {
                     g.call_validate_config(&mut call.store, &config).await
                 }
                 Exports::Condition02(ix) => {
+                    let g = ix.load(&mut call.store, &call.instance)?;
+                    g.call_validate_config(&mut call.store, &config).await
+                }
+                Exports::Execute(ix) => {
                     let g = ix.load(&mut call.store, &call.instance)?;
                     g.call_validate_config(&mut call.store, &config).await
                 }
@@ -569,8 +586,78 @@ impl PluginHost {
         self.finish(call, r)
     }
 
-    /// A fresh store and instance of plugin `name` (which must be of `kind`).
+    /// Runs executor plugin `name` for one run, within `timeout` (the job's). Its configuration
+    /// is the sidecar's merged with the job's, `${VAR}` references filled in from cnp's
+    /// environment now (the plugin sees the values; nothing else does: they are never stored,
+    /// and every value filled in is replaced by `<redacted>` in the lines and the result text
+    /// it gives back). Lines it emits go to `lines`. The caller stops the run (cancel) by
+    /// dropping the future: the instance goes with it.
+    pub async fn execute(
+        &self,
+        name: &str,
+        job_config: Option<&serde_json::Value>,
+        request: &ExecutorRequest,
+        timeout: Duration,
+        lines: LineSink,
+    ) -> Result<ExecutorResult, PluginFailure> {
+        let plugin = self.get(name).ok_or_else(|| PluginFailure::NotLoaded {
+            name: name.to_owned(),
+            reason: self.load_error_of(name),
+        })?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&plugin.sidecar.merged_config(job_config))
+                .unwrap_or_else(|_| serde_json::Value::Object(Default::default()));
+        let mut secrets = Vec::new();
+        fill_in_env(&mut config, "config", &mut secrets).map_err(|message| {
+            PluginFailure::Error {
+                name: name.to_owned(),
+                message,
+            }
+        })?;
+        let scrub = Arc::new(crate::redact::Scrub::of_values(secrets));
+        let sink: LineSink = if scrub.is_empty() {
+            lines
+        } else {
+            let scrub = scrub.clone();
+            Arc::new(move |stderr, line| lines(stderr, &scrub.text(line)))
+        };
+        let mut call = self
+            .begin_with(name, PluginKind::Executor, Some(timeout), Some(sink))
+            .await?;
+        let plugin = call.plugin.clone();
+        let Exports::Execute(ix) = &plugin.exports else {
+            unreachable!("kind checked by begin")
+        };
+        let config = config.to_string();
+        let fut = async {
+            let g = ix.load(&mut call.store, &call.instance)?;
+            g.call_run(&mut call.store, &config, request).await
+        };
+        let r = run_within(timeout, fut).await;
+        let mut result = self.finish(call, r)?;
+        if let Some(t) = &mut result.result_text {
+            if let std::borrow::Cow::Owned(clean) = scrub.text(t) {
+                *t = clean;
+            }
+        }
+        Ok(result)
+    }
+
+    /// A fresh store and instance of plugin `name` (which must be of `kind`), under its
+    /// sidecar's time limit.
     async fn begin(&self, name: &str, kind: PluginKind) -> Result<Call, PluginFailure> {
+        self.begin_with(name, kind, None, None).await
+    }
+
+    /// [`begin`](Self::begin) with a time limit of the caller's (an executor's: the job's
+    /// timeout) and a sink for `emit-line`.
+    async fn begin_with(
+        &self,
+        name: &str,
+        kind: PluginKind,
+        timeout: Option<Duration>,
+        lines: Option<LineSink>,
+    ) -> Result<Call, PluginFailure> {
         let plugin = self.get(name).ok_or_else(|| PluginFailure::NotLoaded {
             name: name.to_owned(),
             reason: self.load_error_of(name),
@@ -597,11 +684,13 @@ impl PluginHost {
             clock: self.inner.clock.clone(),
             memory_bytes: plugin.sidecar.memory_bytes,
             allowed_hosts: plugin.sidecar.allowed_hosts.clone(),
+            max_response_bytes: plugin.sidecar.max_response_bytes,
             output: output.clone(),
+            lines,
         });
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|s| &mut s.limits);
-        let deadline = started + plugin.sidecar.timeout;
+        let deadline = started + timeout.unwrap_or(plugin.sidecar.timeout);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -613,7 +702,7 @@ impl PluginHost {
         let instance = match plugin.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
             Err(e) => {
-                let failure = classify(&plugin, e, &store, &output);
+                let failure = classify(&plugin, e, &store, &output, timeout);
                 self.count(&plugin.name, started, Some(&failure));
                 return Err(failure);
             }
@@ -624,6 +713,7 @@ impl PluginHost {
             instance,
             output,
             started,
+            timeout,
             _permit: permit,
             _in_flight: in_flight,
         })
@@ -642,7 +732,7 @@ impl PluginHost {
                 name: plugin.name.clone(),
                 message: describe_plugin_error(&e),
             }),
-            Err(e) => Err(classify(plugin, e, &call.store, &call.output)),
+            Err(e) => Err(classify(plugin, e, &call.store, &call.output, call.timeout)),
         };
         log_output(plugin, &call.output, &call.store);
         self.count(&plugin.name, call.started, r.as_ref().err());
@@ -686,6 +776,37 @@ impl PluginHost {
             .values()
             .find(|e| e.path.file_stem().and_then(|s| s.to_str()) == Some(name))
             .map(|e| e.message.clone())
+    }
+}
+
+/// Fills in `${VAR}` references in every string of an executor's configuration from cnp's
+/// environment, collecting the values filled in (`secrets`). An unset variable is an error
+/// naming the key.
+fn fill_in_env(
+    v: &mut serde_json::Value,
+    key: &str,
+    secrets: &mut Vec<String>,
+) -> Result<(), String> {
+    match v {
+        serde_json::Value::String(s) if s.contains('$') => {
+            let filled = std::cell::RefCell::new(Vec::new());
+            let lookup = |name: &str| {
+                let value = std::env::var(name).ok();
+                filled.borrow_mut().extend(value.clone());
+                value
+            };
+            *s = crate::text::expand_env(s, &lookup).map_err(|e| format!("{key}: {e}"))?;
+            secrets.extend(filled.into_inner());
+            Ok(())
+        }
+        serde_json::Value::Array(items) => items
+            .iter_mut()
+            .enumerate()
+            .try_for_each(|(i, item)| fill_in_env(item, &format!("{key}[{i}]"), secrets)),
+        serde_json::Value::Object(map) => map
+            .iter_mut()
+            .try_for_each(|(k, item)| fill_in_env(item, &format!("{key}.{k}"), secrets)),
+        _ => Ok(()),
     }
 }
 
@@ -754,7 +875,15 @@ async fn run_with_timeout<T>(
     plugin: &Plugin,
     fut: impl std::future::Future<Output = wasmtime::Result<T>>,
 ) -> wasmtime::Result<T> {
-    let limit = plugin.sidecar.timeout + Duration::from_millis(50);
+    run_within(plugin.sidecar.timeout, fut).await
+}
+
+/// [`run_with_timeout`] with the call's own limit.
+async fn run_within<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    let limit = limit + Duration::from_millis(50);
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(wasmtime::Error::msg(TIMEOUT_MARK)),
@@ -766,6 +895,7 @@ fn classify(
     e: wasmtime::Error,
     store: &Store<PluginState>,
     output: &CapturedOutput,
+    timeout: Option<Duration>,
 ) -> PluginFailure {
     let name = plugin.name.clone();
     let text = format!("{e:#}");
@@ -777,7 +907,7 @@ fn classify(
     {
         return PluginFailure::Timeout {
             name,
-            after: plugin.sidecar.timeout,
+            after: timeout.unwrap_or(plugin.sidecar.timeout),
         };
     }
     if text.contains("forcing trap when growing memory")

@@ -32,7 +32,12 @@ pub struct Sidecar {
     pub allowed_hosts_text: Vec<String>,
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// The largest HTTP response body a call may read (`[limits] max_response_bytes`).
+    pub max_response_bytes: usize,
 }
+
+/// An HTTP response body larger than this fails the read, unless the sidecar says otherwise.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +64,7 @@ struct Grants {
 struct Limits {
     timeout_ms: Option<u64>,
     memory_mb: Option<u64>,
+    max_response_bytes: Option<u64>,
 }
 
 impl Sidecar {
@@ -195,6 +201,9 @@ impl PluginHost {
             PluginKind::ConditionHook => {
                 bindings::condition::GuestIndices::new(&pre).map(Exports::Condition)
             }
+            PluginKind::Executor => {
+                bindings::execute::GuestIndices::new(&pre).map(Exports::Execute)
+            }
         }
         .map_err(|e| format!("{e:#}"))?;
         let size_bytes = std::fs::metadata(wasm).map(|m| m.len()).unwrap_or(0);
@@ -234,12 +243,11 @@ impl PluginHost {
             Some("retry-strategy") => Some(PluginKind::RetryStrategy),
             Some("notifier") => Some(PluginKind::Notifier),
             Some("condition-hook") => Some(PluginKind::ConditionHook),
-            Some(k) => {
-                return Err(format!(
-                    "{}: kind: `{k}` is not one of retry-strategy, notifier, condition-hook",
-                    path.display()
-                ))
-            }
+            Some("executor") => Some(PluginKind::Executor),
+            Some(k) => return Err(format!(
+                "{}: kind: `{k}` is not one of retry-strategy, notifier, condition-hook, executor",
+                path.display()
+            )),
         };
         let mut rules = Vec::new();
         for h in &file.grants.allowed_hosts {
@@ -275,6 +283,16 @@ impl PluginHost {
             Some(mb) => mb,
             None => s.memory_limit_mb,
         };
+        let max_response_bytes = match file.limits.max_response_bytes {
+            Some(0) => {
+                return Err(format!(
+                    "{}: limits.max_response_bytes: must be at least 1",
+                    path.display()
+                ))
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => DEFAULT_MAX_RESPONSE_BYTES,
+        };
         let config = match serde_json::to_value(&file.config) {
             Ok(serde_json::Value::Object(m)) => m,
             _ => serde_json::Map::new(),
@@ -286,6 +304,7 @@ impl PluginHost {
                 allowed_hosts_text: file.grants.allowed_hosts,
                 timeout,
                 memory_bytes: (memory_mb as usize) << 20,
+                max_response_bytes,
             },
             kind,
         ))
@@ -461,16 +480,19 @@ fn detect_kind(
         };
         let supported: &[&'static str] = match kind {
             PluginKind::ConditionHook => &CONDITION_VERSIONS,
+            PluginKind::Executor => std::slice::from_ref(&bindings::EXECUTE_VERSION),
             _ => std::slice::from_ref(&bindings::WIT_VERSION_TEXT),
         };
         let Some(v) = supported.iter().find(|v| **v == version) else {
-            let also = if kind == PluginKind::ConditionHook {
-                format!(" (condition hooks: also {WIT_PACKAGE}@0.2.0)")
-            } else {
-                String::new()
+            let supports = match kind {
+                PluginKind::ConditionHook => {
+                    format!("{WIT_PACKAGE}@{base} (condition hooks: also {WIT_PACKAGE}@0.2.0)")
+                }
+                PluginKind::Executor => format!("{WIT_PACKAGE}@{}", bindings::EXECUTE_VERSION),
+                _ => format!("{WIT_PACKAGE}@{base}"),
             };
             return Err(format!(
-                "built against {WIT_PACKAGE}@{version}, but this cnp supports {WIT_PACKAGE}@{base}{also}: \
+                "built against {WIT_PACKAGE}@{version}, but this cnp supports {supports}: \
                  rebuild the plugin with the matching cnp-plugin-sdk"
             ));
         };
@@ -479,7 +501,7 @@ fn detect_kind(
     match found.as_slice() {
         [k] => Ok(*k),
         [] => Err(format!(
-            "exports none of {WIT_PACKAGE}/retry, /notify or /condition: not a cnp plugin \
+            "exports none of {WIT_PACKAGE}/retry, /notify, /condition or /execute: not a cnp plugin \
              (build it with cnp-plugin-sdk and `register_plugin!`)"
         )),
         _ => Err(format!(

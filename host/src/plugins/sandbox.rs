@@ -15,7 +15,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
-use super::bindings::{clock, log, types};
+use super::bindings::{clock, log, output, types};
 use crate::clock::Clock;
 
 /// Log records one call may write through the `log` import; the rest are counted and dropped.
@@ -34,7 +34,12 @@ pub(crate) struct PluginState {
     clock: Clock,
     logs_written: u32,
     pub(crate) logs_dropped: u32,
+    /// Where an executor's `emit-line` goes (`None` for the other kinds, whose worlds lack it).
+    lines: Option<LineSink>,
 }
+
+/// Takes an executor's log lines (`true`: its stderr channel).
+pub type LineSink = Arc<dyn Fn(bool, &str) + Send + Sync>;
 
 /// Everything a call's sandbox is built from.
 pub(crate) struct SandboxSpec {
@@ -42,7 +47,10 @@ pub(crate) struct SandboxSpec {
     pub clock: Clock,
     pub memory_bytes: usize,
     pub allowed_hosts: Arc<[HostRule]>,
+    /// Larger HTTP response bodies fail the read with `HTTP-response-body-size`.
+    pub max_response_bytes: usize,
     pub output: CapturedOutput,
+    pub lines: Option<LineSink>,
 }
 
 impl PluginState {
@@ -72,11 +80,13 @@ impl PluginState {
                 plugin: spec.plugin.clone(),
                 allowed: spec.allowed_hosts,
                 denied: Arc::new(Mutex::new(Vec::new())),
+                max_response_bytes: spec.max_response_bytes,
             },
             plugin: spec.plugin,
             clock: spec.clock,
             logs_written: 0,
             logs_dropped: 0,
+            lines: spec.lines,
         }
     }
 
@@ -134,6 +144,14 @@ impl log::Host for PluginState {
             log::Level::Error => {
                 tracing::error!(target: "cnp::plugin", plugin, fields, "{message}")
             }
+        }
+    }
+}
+
+impl output::Host for PluginState {
+    fn emit_line(&mut self, channel: output::Channel, line: String) {
+        if let Some(sink) = &self.lines {
+            sink(channel == output::Channel::Stderr, &line);
         }
     }
 }
@@ -403,6 +421,7 @@ struct HttpGate {
     plugin: Arc<str>,
     allowed: Arc<[HostRule]>,
     denied: Arc<Mutex<Vec<String>>>,
+    max_response_bytes: usize,
 }
 
 impl HttpGate {
@@ -456,10 +475,25 @@ impl WasiHttpHooks for HttpGate {
             self.denied.lock().unwrap().push(what);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let max = self.max_response_bytes;
         Box::new(async move {
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            // A body past the plugin's limit fails the read (the guest sees
+            // `HTTP-response-body-size`); what the connection reported stays as it was.
+            let capped = move |body| {
+                http_body_util::Limited::new(body, max)
+                    .map_err(move |e: Box<dyn std::error::Error + Send + Sync>| {
+                        match e.downcast::<wasmtime_wasi_http::Error>() {
+                            Ok(inner) => *inner,
+                            Err(_) => {
+                                wasmtime_wasi_http::Error::HttpResponseBodySize(Some(max as u64))
+                            }
+                        }
+                    })
+                    .boxed_unsync()
+            };
             Ok((
-                res.map(BodyExt::boxed_unsync),
+                res.map(capped),
                 Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
             ))
         })
@@ -474,6 +508,7 @@ mod tests {
         HttpGate {
             plugin: "t".into(),
             allowed: rules.iter().map(|r| HostRule::parse(r).unwrap()).collect(),
+            max_response_bytes: 1 << 20,
             denied: Arc::default(),
         }
     }
