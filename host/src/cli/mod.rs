@@ -366,7 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => tracing::info!("no config file: using the embedded defaults"),
             }
             if let Some(t) = &telemetry {
-                tracing::info!(url = t.url(), "telemetry: run traces are sent over OTLP");
+                tracing::info!(url = %t.url(), "telemetry: run traces are sent over OTLP");
             }
             // Signal handlers first, before anything starts (see `shutdown_signal`).
             let signals = {
