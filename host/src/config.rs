@@ -27,7 +27,11 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub manifests: ManifestsConfig,
     pub plugins: PluginsConfig,
+    /// `[logging]`; `[log]` is accepted as another name for it (not both in one file).
+    #[serde(alias = "log")]
     pub logging: LoggingConfig,
+    /// `[telemetry]`: OpenTelemetry traces of runs over OTLP/HTTP (off unless `otlp_endpoint`).
+    pub telemetry: TelemetryConfig,
     pub api: ApiConfig,
     pub dashboard: DashboardConfig,
     pub retry: RetryDefaults,
@@ -299,6 +303,79 @@ pub struct LoggingConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `[telemetry]`: each run's trace (queue wait, condition hooks, the CLI process, the retry
+/// decision, notification deliveries) exported as OpenTelemetry spans over OTLP/HTTP
+/// (`host/src/telemetry.rs`, docs/operations.md "Traces"). Without `otlp_endpoint` nothing is
+/// set up: no exporter, no tracing layer, no spans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`; spans are POSTed to
+    /// `<otlp_endpoint>/v1/traces` (a URL already ending in `/v1/traces` is used as it is).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// `http/protobuf` (the default) or `http/json`.
+    pub protocol: OtlpProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "cnp".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The URL spans are sent to: `<otlp_endpoint>/v1/traces`, checked (`http`/`https`, a
+    /// host). `Ok(None)`: no endpoint, no traces. The error is the message for
+    /// `telemetry.otlp_endpoint`.
+    pub fn traces_url(&self) -> Result<Option<String>, String> {
+        let Some(raw) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let base = raw.trim();
+        if base.is_empty() {
+            return Err("is empty (leave the key out to send no traces)".into());
+        }
+        let uri: http::Uri = base
+            .parse()
+            .map_err(|e| format!("`{base}` is not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => {
+                return Err(format!(
+                    "`{base}` must start with http:// or https:// (OTLP over HTTP, e.g. http://127.0.0.1:4318)"
+                ))
+            }
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(format!("`{base}` names no host"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("`{base}`: a query string is not allowed"));
+        }
+        let base = base.trim_end_matches('/');
+        Ok(Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        }))
+    }
 }
 
 /// `[retry]`: the retry policy of jobs whose definition has no `retry` (the manifest's `retry`
@@ -738,6 +815,12 @@ impl Config {
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "is empty".into()));
         }
+        if let Err(message) = self.telemetry.traces_url() {
+            return Err(invalid("telemetry.otlp_endpoint", message));
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name", "is empty".into()));
+        }
         // Named channels parse and their `${VAR}` references are set (resolved again when
         // the service starts; the config itself keeps the references, not the secrets).
         if let Err(e) = crate::notify::NotifySettings::from_config(&self.notifications, None) {
@@ -1043,5 +1126,74 @@ max_execution_history = 1000
     fn syntax_error_names_the_line() {
         let err = parse("[scheduler\n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn log_is_another_name_for_logging() {
+        let c = parse("[log]\nformat = \"json\"\nlevel = \"debug\"\n").unwrap();
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(c.logging.level, "debug");
+        // Its keys are as strict as [logging]'s.
+        let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains("xml"), "{err}");
+        let err = parse("[log]\nfromat = \"json\"\n").unwrap_err().to_string();
+        assert!(err.contains("fromat"), "{err}");
+        // One section under two names is a duplicate, not a silent merge.
+        let err = parse("[log]\nformat = \"json\"\n[logging]\nlevel = \"info\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("logging"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_its_endpoint_is_checked() {
+        let c = Config::default();
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        assert_eq!(c.telemetry.traces_url(), Ok(None));
+        let c = parse(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nservice_name = \"cnp-a\"\nprotocol = \"http/json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.traces_url().unwrap().as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert_eq!(c.telemetry.protocol, OtlpProtocol::HttpJson);
+        assert_eq!(c.telemetry.service_name, "cnp-a");
+        for (endpoint, url) in [
+            (
+                "https://otel.example:4318/",
+                "https://otel.example:4318/v1/traces",
+            ),
+            ("http://collector/otlp", "http://collector/otlp/v1/traces"),
+            (
+                "http://collector:4318/v1/traces",
+                "http://collector:4318/v1/traces",
+            ),
+        ] {
+            let c = parse(&format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\n")).unwrap();
+            assert_eq!(c.telemetry.traces_url().unwrap().as_deref(), Some(url));
+        }
+        for bad in [
+            "",
+            "127.0.0.1:4318",
+            "grpc://127.0.0.1:4317",
+            "http://",
+            "http://a b",
+            "http://c:4318/?x=1",
+        ] {
+            let err = parse(&format!("[telemetry]\notlp_endpoint = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("telemetry.otlp_endpoint"), "{bad}: {err}");
+        }
+        let err = parse("[telemetry]\nprotocol = \"grpc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("grpc"), "{err}");
+        let err = parse("[telemetry]\nservice_name = \" \"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("telemetry.service_name"), "{err}");
     }
 }

@@ -9,7 +9,8 @@
 //! - [`schedule`]: cron / interval / one-shot arithmetic in IANA time zones.
 //! - [`store`]: SQLite persistence (WAL, migrations, a single batching writer).
 //! - [`model`], [`config`], [`manifest`]: the shapes users write and read; [`clock`]: the
-//!   wall clock every layer reads (injectable for tests), below the engine.
+//!   wall clock every layer reads (injectable for tests), below the engine; [`telemetry`]: the
+//!   OpenTelemetry traces of runs (off unless `[telemetry] otlp_endpoint`).
 
 pub mod api;
 pub mod cli;
@@ -27,5 +28,6 @@ pub mod redact;
 pub mod schedule;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod workflow;

@@ -354,20 +354,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(c) = claude_cli {
                 config.executor.claude_cli_path = c;
             }
-            init_logging(&config);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            // Traces (`[telemetry] otlp_endpoint`): the exporter sends from this runtime.
+            let telemetry =
+                crate::telemetry::Telemetry::start(&config.telemetry, rt.handle().clone())?;
+            init_logging(&config, telemetry.as_ref());
             match &path {
                 Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
                 None => tracing::info!("no config file: using the embedded defaults"),
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            if let Some(t) = &telemetry {
+                tracing::info!(url = %t.url(), "telemetry: run traces are sent over OTLP");
+            }
             // Signal handlers first, before anything starts (see `shutdown_signal`).
             let signals = {
                 let _rt = rt.enter();
                 crate::service::shutdown_signal()
             };
-            rt.block_on(crate::service::run(config, signals))?;
+            let result = rt.block_on(crate::service::run(config, signals));
+            // The last spans, sent while the runtime still runs.
+            if let Some(t) = telemetry {
+                t.shutdown();
+            }
+            result?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -715,12 +726,16 @@ async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<E
     })
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(config: &Config, telemetry: Option<&crate::telemetry::Telemetry>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.logging.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let Some(t) = telemetry {
+        init_logging_with_traces(config, filter, ansi, t);
+        return;
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -739,6 +754,42 @@ fn init_logging(config: &Config) {
             .init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// [`init_logging`] with an OpenTelemetry layer beside the log layer: each with its own filter
+/// (the log filter as without traces, less the run spans; see `telemetry::Telemetry::layer`).
+fn init_logging_with_traces(
+    config: &Config,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    telemetry: &crate::telemetry::Telemetry,
+) {
+    use tracing_subscriber::filter::{filter_fn, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let base = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let log: Boxed = match config.logging.format {
+        LogFormat::Json => base.json().boxed(),
+        LogFormat::Text if to_journal() => base
+            .with_ansi(false)
+            .event_format(Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .boxed(),
+        LogFormat::Text => base.boxed(),
+    };
+    let log = log.with_filter(filter.and(filter_fn(crate::telemetry::not_run_span)));
+    tracing_subscriber::registry()
+        .with(log)
+        .with(telemetry.layer())
+        .init();
+    crate::telemetry::enable();
 }
 
 /// Whether stderr is the journal's stream (`JOURNAL_STREAM` names its device and inode).

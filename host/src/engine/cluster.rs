@@ -629,6 +629,7 @@ async fn hand_over(engine: &Engine, runs: Vec<ClaimedRun>) {
             retry_count: r.retry_count,
             epoch: None,
             slot: r.slot,
+            trace: Default::default(),
         });
     }
     run::enqueue_all(engine, queued, false);

@@ -5,6 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::Engine;
 use super::QueuedRun;
@@ -95,10 +97,29 @@ pub(super) async fn check_conditions(
             .unwrap_or_default(),
     };
     for hook in hooks {
-        match host
+        let span = crate::telemetry::span!(
+            "condition_hook",
+            cnp.plugin = %hook.plugin,
+            cnp.verdict = Empty,
+        );
+        let verdict = host
             .evaluate_condition(&hook.plugin, hook.config.as_ref(), &context)
-            .await
-        {
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "cnp.verdict",
+            match &verdict {
+                Ok(Verdict::Run) => "run",
+                Ok(Verdict::Skip(_)) => "skip",
+                Ok(Verdict::DeferUntil(_)) => "defer",
+                Err(_) => "failed",
+            },
+        );
+        if let Err(f) = &verdict {
+            crate::telemetry::set_error(&span, f.to_string());
+        }
+        drop(span);
+        match verdict {
             Ok(Verdict::Run) => {}
             Ok(Verdict::Skip(reason)) => {
                 return Gate::Skip(format!("condition `{}`: {reason}", hook.plugin))
@@ -212,15 +233,34 @@ pub(super) async fn plan_retry(
     };
     let (at, how) = match (&cfg.plugin, s.plugins.get()) {
         (Some(name), Some(host)) => {
-            match host
+            let span = crate::telemetry::span!(
+                "retry_strategy",
+                cnp.plugin = %name,
+                cnp.attempt = i64::from(attempt),
+                cnp.decision = Empty,
+            );
+            let decision = host
                 .next_retry(
                     name,
                     cfg.plugin_config.as_ref(),
                     &job_info(engine, job),
                     &info,
                 )
-                .await
-            {
+                .instrument(span.clone())
+                .await;
+            span.record(
+                "cnp.decision",
+                match &decision {
+                    Ok(RetryDecision::RetryAfterMs(_)) | Ok(RetryDecision::RetryAt(_)) => "retry",
+                    Ok(RetryDecision::GiveUp(_)) => "give_up",
+                    Err(_) => "failed",
+                },
+            );
+            if let Err(f) = &decision {
+                crate::telemetry::set_error(&span, f.to_string());
+            }
+            drop(span);
+            match decision {
                 Ok(RetryDecision::RetryAfterMs(ms)) => (
                     now + chrono::TimeDelta::milliseconds(ms.min(i64::MAX as u64) as i64)
                         .min(MAX_RETRY_DELAY),

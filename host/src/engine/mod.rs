@@ -27,6 +27,7 @@ mod queue;
 mod run;
 mod session;
 mod timer;
+pub mod trace;
 mod workflow;
 
 use std::collections::HashMap;
@@ -421,6 +422,7 @@ impl Engine {
                 // or changed before the slot.
                 epoch: scheduled.then_some(epoch),
                 slot: scheduled.then_some(e.scheduled_for).flatten(),
+                trace: Default::default(),
             };
             match e.scheduled_for {
                 // Not due yet (a delayed run, or a slot recorded ahead): it waits for its time.
@@ -950,6 +952,7 @@ impl Engine {
             retry_count: 0,
             epoch: None,
             slot: None,
+            trace: Default::default(),
         };
         self.publish_exec(
             &run.execution_id,

@@ -22,6 +22,9 @@ pub struct QueuedRun {
     /// For a first attempt of a schedule slot (scheduled or catch-up): the slot. Slots that
     /// piled up during a cooldown follow the job's misfire policy.
     pub slot: Option<DateTime<Utc>>,
+    /// Its trace's spans (`[telemetry]`; empty when traces are off): the `run` span starts
+    /// when it first enters this queue, a `queue` span each time it does.
+    pub trace: super::trace::RunTrace,
 }
 
 impl PartialEq for QueuedRun {
@@ -55,6 +58,7 @@ pub struct DispatchQueue {
 impl DispatchQueue {
     /// Adds a run; returns its arrival number.
     pub fn push(&mut self, mut run: QueuedRun) -> u64 {
+        super::trace::queued(&mut run);
         run.seq = self.next_seq;
         self.next_seq += 1;
         let seq = run.seq;
@@ -168,6 +172,7 @@ mod tests {
             retry_count: 0,
             epoch: None,
             slot: None,
+            trace: Default::default(),
         }
     }
 

@@ -7,9 +7,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::hooks::{self, Gate};
 use super::session::{self, SessionPlan};
+use super::trace;
 use super::workflow;
 use super::{Engine, Fire, QueuedRun, RunningRun};
 use crate::events::Event;
@@ -184,6 +186,7 @@ async fn record_chunk(engine: &Engine, chunk: Vec<Fire>) {
                     retry_count: e.retry_count,
                     epoch: Some(fire.epoch),
                     slot: e.slot,
+                    trace: Default::default(),
                 };
                 match run.scheduled_for {
                     // Recorded ahead of its slot: the timer releases it then.
@@ -231,7 +234,7 @@ pub(super) async fn run_dispatcher(engine: Engine) {
             _ = s.stop.cancelled() => break,
             p = s.semaphore.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (run, known) = loop {
+        let (mut run, known) = loop {
             let notified = s.dispatch.notified();
             let now = s.clock.now();
             let mut held = super::budget::Held::default();
@@ -273,6 +276,8 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 _ = notified => {}
             }
         };
+        // Out of the queue: its `queue` span ends (outside the state lock).
+        run.trace.dispatched();
         let cancel = CancellationToken::new();
         let Some(()) = known else {
             // Deleted while queued.
@@ -288,7 +293,11 @@ pub(super) async fn run_dispatcher(engine: Engine) {
         );
         let engine2 = engine.clone();
         s.tasks.spawn(async move {
-            let again = execute(&engine2, run.clone(), cancel).await;
+            // The run task inside its `run` span: the spans of the run are its children.
+            let root = run.trace.root().clone();
+            let again = execute(&engine2, run.clone(), cancel)
+                .instrument(root)
+                .await;
             drop(permit);
             let s = &engine2.shared;
             {
@@ -303,9 +312,11 @@ pub(super) async fn run_dispatcher(engine: Engine) {
                 } else {
                     st.queue.release(&run.job_id);
                 }
-                if let Some(again) = again {
+                if let Some(mut again) = again {
                     // Hit the usage limit: back in the queue (whatever the overlap policy: it
-                    // is the same run), held there until the cooldown ends.
+                    // is the same run), held there until the cooldown ends. Its next dispatch
+                    // is a new trace, linked to this one.
+                    again.trace = again.trace.next_try();
                     if let Some(e) = st.jobs.get_mut(again.job_id.as_str()) {
                         e.queued += 1;
                     }
@@ -341,7 +352,11 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             log_seq,
             place,
         }) => (job, prompt, trigger, log_seq, place),
-        Ok(Claim::NotPending) => return None, // cancelled (or the job deleted) while queued
+        Ok(Claim::NotPending) => {
+            // cancelled (or the job deleted) while queued
+            trace::ended(&run, "not_pending", None, None);
+            return None;
+        }
         Ok(Claim::PromptMissing { message }) => {
             fail_unstarted(engine, &run, message).await;
             return None;
@@ -350,6 +365,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             // Not started (nothing a crash could lose): it goes back to the queue and is tried
             // again once writes succeed.
             tracing::warn!(execution = %run.execution_id, error = %e, "cannot mark the run started (the database cannot be written): tried again in {}s", STORAGE_RETRY.as_secs());
+            trace::ended(&run, "queued", None, Some("the database cannot be written"));
             tokio::select! {
                 _ = tokio::time::sleep(STORAGE_RETRY) => {}
                 _ = s.stop.cancelled() => return None,
@@ -361,6 +377,7 @@ async fn execute(engine: &Engine, run: QueuedRun, cancel: CancellationToken) -> 
             return None;
         }
     };
+    trace::claimed(&run, &job.name, trigger);
     let observer = Arc::new(Observer {
         engine: engine.clone(),
         execution_id: run.execution_id.clone(),
@@ -670,7 +687,12 @@ async fn run_cli(
     kill: &CancellationToken,
 ) -> RunReport {
     let shutdown_kill = engine.shared.kill.clone();
-    let fut = engine.shared.runner.run(request, observer.clone());
+    let span = trace::cli_span(&request.execution_id, request.timeout);
+    let fut = engine
+        .shared
+        .runner
+        .run(request, observer.clone())
+        .instrument(span.clone());
     tokio::pin!(fut);
     let mut flush = tokio::time::interval(LOG_FLUSH_INTERVAL);
     let report = loop {
@@ -681,6 +703,7 @@ async fn run_cli(
         }
     };
     observer.flush();
+    trace::cli_ended(&span, &report);
     report
 }
 
@@ -753,6 +776,15 @@ async fn usage_limited(
             ))
             .unwrap_or_default()
     ));
+    trace::ended(
+        &run,
+        ExecutionStatus::Deferred.as_str(),
+        Some(&Outcome::UsageLimit {
+            resets_at,
+            message: message.to_owned(),
+        }),
+        Some(&reason),
+    );
     match s
         .store
         .defer_limited(run.execution_id.clone(), reason.clone())
@@ -823,6 +855,8 @@ async fn after_run(
                 retry_count: run.retry_count + 1,
                 epoch: None,
                 slot: None,
+                // A new execution: a new trace, linked to this attempt's.
+                trace: run.trace.next_try(),
             };
             // Recorded: if the timer has stopped (shutdown), the next start runs it.
             let _ = engine.timer(at, retry);
@@ -869,6 +903,7 @@ async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
         pid: None,
         worktree: None,
     };
+    trace::ended(run, ExecutionStatus::Skipped.as_str(), None, Some(&reason));
     match s.store.finish_execution(finished).await {
         Ok(_) => {
             tracing::info!(execution = %run.execution_id, job = %run.job_id, reason = %reason, "run skipped by a condition hook");
@@ -889,6 +924,12 @@ async fn record_skipped(engine: &Engine, run: &QueuedRun, reason: String) {
 /// Puts a claimed run back, deferred until `until`, and arms the timer for it.
 async fn defer(engine: &Engine, run: QueuedRun, until: DateTime<Utc>, reason: String) {
     let s = &engine.shared;
+    trace::ended(
+        &run,
+        ExecutionStatus::Deferred.as_str(),
+        None,
+        Some(&reason),
+    );
     match s
         .store
         .defer_claimed(run.execution_id.clone(), until, reason.clone())
@@ -905,6 +946,8 @@ async fn defer(engine: &Engine, run: QueuedRun, until: DateTime<Utc>, reason: St
             let run = QueuedRun {
                 scheduled_for: Some(until),
                 epoch: None,
+                // Its next dispatch is a new trace, linked to this one.
+                trace: run.trace.next_try(),
                 ..run
             };
             let _ = engine.timer(until, run);
@@ -949,6 +992,12 @@ async fn finish(
 ) -> (bool, Vec<Settled>) {
     let s = &engine.shared;
     let error = report.outcome.error_message();
+    trace::ended(
+        run,
+        status.as_str(),
+        Some(&report.outcome),
+        error.as_deref(),
+    );
     // A cost that is not a number ≥ 0 is no cost (counted as $0 and flagged, not stored).
     let cost = report.cost_usd.filter(|c| c.is_finite() && *c >= 0.0);
     let ran = report.started_at.is_some();

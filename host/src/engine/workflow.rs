@@ -280,6 +280,7 @@ pub(super) async fn start(engine: &Engine, settled: Vec<Settled>) {
                 retry_count: 0,
                 epoch: None,
                 slot: None,
+                trace: Default::default(),
             });
             continue;
         }

@@ -238,6 +238,9 @@ pub struct NewDelivery {
 struct Envelope {
     n: Arc<Notification>,
     channel: Channel,
+    /// The span (a run's) current when the notification was asked for: its delivery's
+    /// `notification` span is a child of it (`[telemetry]`; empty when traces are off).
+    parent: crate::telemetry::Parent,
 }
 
 /// The notification service; cheap to clone.
@@ -465,6 +468,7 @@ impl NotificationService {
         let s = &self.inner.settings;
         let event = event_names(n.kind)[0];
         let n = Arc::new(n);
+        let parent = crate::telemetry::Parent::current();
         for (i, entry) in entries.iter().enumerate() {
             let channel = match s.resolve(entry, i) {
                 Ok(c) => c,
@@ -503,6 +507,7 @@ impl NotificationService {
             match self.inner.tx.try_send(Envelope {
                 n: n.clone(),
                 channel,
+                parent: parent.clone(),
             }) {
                 Ok(()) => {}
                 Err(_) => {
@@ -594,9 +599,10 @@ impl Dispatcher {
 
     fn dispatch(&mut self, env: Envelope) {
         self.summaries();
-        let Envelope { n, channel } = env;
+        let Envelope { n, channel, parent } = env;
         let event = event_names(n.kind)[0];
         let label = channel.label.clone();
+        let span = delivery_span(&parent, &n, &channel, event);
         self.seen.insert(label.clone(), channel.clone());
         let now = tokio::time::Instant::now();
         if !self
@@ -612,6 +618,7 @@ impl Dispatcher {
             let msg = format!(
                 "held back by the rate limit ({limit} per hour): counted in the summary sent when there is room again"
             );
+            span.record("cnp.delivery_status", DeliveryStatus::RateLimited.as_str());
             tracing::info!(target: "cnp::notify", channel = %label, event, "notification {msg}");
             self.svc.record_now(
                 &n,
@@ -628,7 +635,7 @@ impl Dispatcher {
             return;
         }
         let names = event_names(n.kind);
-        self.send(n, channel, names, event);
+        self.send(n, channel, names, event, span);
     }
 
     /// Summaries for channels whose limit held notifications back and has room again.
@@ -646,7 +653,13 @@ impl Dispatcher {
                     .rate_limit()
                     .unwrap_or(self.svc.inner.settings.rate_limit_per_hour),
             ));
-            self.send(n, channel, SUMMARY_EVENT, SUMMARY_EVENT[0]);
+            self.send(
+                n,
+                channel,
+                SUMMARY_EVENT,
+                SUMMARY_EVENT[0],
+                tracing::Span::none(),
+            );
         }
     }
 
@@ -657,13 +670,16 @@ impl Dispatcher {
         channel: Channel,
         names: &'static [&'static str],
         event: &'static str,
+        span: tracing::Span,
     ) {
+        use tracing::Instrument;
         let ctx = context(&n, event, self.svc.inner.settings.api_url.as_deref());
         let prepared = prepare(&self.templates, &channel, &n, names, &ctx);
         let svc = self.svc.clone();
         let http = self.http.clone();
         let plugins = self.plugins.clone();
         let sending = self.sending.clone();
+        let task_span = span.clone();
         self.svc.inner.tasks.spawn(async move {
             let label = channel.label.clone();
             let kind = channel.spec.kind();
@@ -682,6 +698,12 @@ impl Dispatcher {
                 Ok(r) => (DeliveryStatus::Sent, r.clone(), Some(now)),
                 Err(e) => (DeliveryStatus::Failed, e.clone(), None),
             };
+            let span = task_span;
+            span.record("cnp.delivery_status", status.as_str());
+            span.record("cnp.attempts", i64::from(outcome.attempts));
+            if let Err(e) = &outcome.result {
+                crate::telemetry::set_error(&span, e.clone());
+            }
             match &outcome.result {
                 Ok(r) if kind == "plugin" => note(&n, format!("notified via plugin `{}`: {r}", plugin_name(&channel))),
                 Ok(r) => note(&n, format!("notified via {kind} `{label}`: {r}")),
@@ -709,8 +731,33 @@ impl Dispatcher {
             if let Err(e) = r {
                 tracing::warn!(target: "cnp::notify", error = %e, "cannot record a notification delivery");
             }
-        });
+        }.instrument(span));
     }
+}
+
+/// The `notification` span of one delivery, a child of the run that asked for it; none when
+/// traces are off or no run span was current (events about no run, rate-limit summaries).
+fn delivery_span(
+    parent: &crate::telemetry::Parent,
+    n: &Notification,
+    channel: &Channel,
+    event: &str,
+) -> tracing::Span {
+    if !parent.is_some() {
+        return tracing::Span::none();
+    }
+    let span = crate::telemetry::span!(
+        parent: None,
+        "notification",
+        cnp.event = event,
+        cnp.channel = %channel.label,
+        cnp.channel_type = channel.spec.kind(),
+        cnp.execution_id = n.execution_id.as_deref(),
+        cnp.delivery_status = tracing::field::Empty,
+        cnp.attempts = tracing::field::Empty,
+    );
+    parent.adopt(&span);
+    span
 }
 
 fn plugin_name(c: &Channel) -> &str {
