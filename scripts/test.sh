@@ -81,7 +81,7 @@ for at in "$(date -u -d 2027-12-31T23:58:30Z +%s)" "$(( $(next_dst_change) - 90 
         | tee -a "$shifted_log" || status=$?
 done
 # The plugins' own logic, natively (each plugin enables a different SDK feature: one at a time).
-for plugin in decorrelated-jitter webhook-notifier business-hours upstream-gate; do
+for plugin in decorrelated-jitter webhook-notifier business-hours upstream-gate anthropic-messages; do
     (cd plugins && cargo test --locked -p "$plugin") 2>&1 | tee -a "$log" || status=$?
 done
 summary='/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }'

@@ -953,6 +953,54 @@ pub fn is_manifest_file(path: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// Every job file in examples/jobs is a valid manifest (they are what users copy).
+    #[test]
+    fn the_example_job_files_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jobs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                // Entries, not jobs: some files make jobs from templates (rendered by the
+                // service, which knows the templates).
+                let (_, entries) = load_manifest_entries(&path, chrono_tz::UTC)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!entries.is_empty(), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 7, "{n} example files");
+    }
+
+    #[test]
+    fn an_executor_is_stored_in_execution_and_its_secrets_must_be_references() {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "x", "prompt": "p",
+            "executor": {"plugin": "anthropic-messages",
+                         "config": {"api_key": "${KEY}", "nested": [{"token": "${T}"}]}},
+        }))
+        .unwrap();
+        assert!(spec.validate(chrono_tz::UTC).is_ok());
+        let n = spec.normalized();
+        assert_eq!(n.execution.executor.unwrap().plugin, "anthropic-messages");
+        let written: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "x", "prompt": "p",
+            "executor": {"plugin": "a", "config": {"nested": [{"token": "abc123"}]}},
+        }))
+        .unwrap();
+        let e = written.validate(chrono_tz::UTC).unwrap_err();
+        assert_eq!(e.field, "executor.config.nested[0].token");
+        let twice: JobSpec = serde_json::from_value(serde_json::json!({
+            "name": "x", "prompt": "p", "executor": {"plugin": "a"},
+            "execution": {"executor": {"plugin": "b"}},
+        }))
+        .unwrap();
+        assert_eq!(
+            twice.validate(chrono_tz::UTC).unwrap_err().field,
+            "executor"
+        );
+    }
     use super::*;
 
     const SPEC_EXAMPLE: &str = r#"

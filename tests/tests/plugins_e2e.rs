@@ -6,7 +6,6 @@
 mod support;
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
@@ -21,45 +20,6 @@ const PACKAGES: [&str; 4] = [
     "webhook-notifier",
     "upstream-gate",
 ];
-
-/// Puts compiled artifacts of [`PACKAGES`] into `env`'s plugin cache, so the service loads them
-/// at once instead of compiling for seconds with a debug build (a `once` job's instant would
-/// pass meanwhile). They are compiled once per test process by `cnp plugin check` into a cache
-/// under the target directory (reused across runs while valid).
-fn seed_plugin_cache(env: &Env) {
-    static WARM: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let warm = WARM.get_or_init(|| {
-        let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnp-e2e-plugin-cache");
-        let scratch = Env::new(ConfigOpts::default());
-        let config = std::fs::read_to_string(&scratch.config).unwrap();
-        let own = scratch.root().join("plugin-cache").display().to_string();
-        assert!(config.contains(&own), "{config}");
-        std::fs::write(
-            &scratch.config,
-            config.replace(&own, &cache.display().to_string()),
-        )
-        .unwrap();
-        for p in PACKAGES {
-            install_plugin(&scratch, p, p, None);
-        }
-        let out = scratch.run_cli(&["plugin", "check"]);
-        assert!(
-            out.status.success(),
-            "cnp plugin check failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        cache
-    });
-    let to = env.root().join("plugin-cache");
-    std::fs::create_dir_all(&to).unwrap();
-    for entry in std::fs::read_dir(warm).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "cwasm") {
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-}
 
 /// A one-minute business-hours window about twelve hours away, every day, in UTC: whatever
 /// the time the test runs at, it is outside.
@@ -103,7 +63,7 @@ fn invocations_of(env: &Env, job_id: &str) -> usize {
 #[test]
 fn a_condition_hook_skips_runs_and_a_missing_hook_falls_back_to_running() {
     let env = Env::new(ConfigOpts::default());
-    seed_plugin_cache(&env);
+    seed_plugin_cache(&env, &PACKAGES);
     install_plugin(&env, "business-hours", "business-hours", None);
     env.manifest(
         "outside.yaml",
@@ -187,7 +147,7 @@ fn a_condition_hook_skips_runs_and_a_missing_hook_falls_back_to_running() {
 #[test]
 fn a_retry_plugin_schedules_retries_until_the_attempts_run_out() {
     let env = Env::new(ConfigOpts::default());
-    seed_plugin_cache(&env);
+    seed_plugin_cache(&env, &PACKAGES);
     install_plugin(&env, "decorrelated-jitter", "decorrelated-jitter", None);
     let (slot_ms, at) = whole_second_in(2);
     env.manifest(
@@ -268,7 +228,7 @@ fn a_retry_plugin_schedules_retries_until_the_attempts_run_out() {
 fn a_notifier_plugin_delivers_the_failure_to_a_granted_webhook() {
     let receiver = HttpReceiver::start(200);
     let env = Env::new(ConfigOpts::default());
-    seed_plugin_cache(&env);
+    seed_plugin_cache(&env, &PACKAGES);
     install_plugin(
         &env,
         "webhook-notifier",
@@ -351,7 +311,7 @@ fn a_notifier_plugin_delivers_the_failure_to_a_granted_webhook() {
 #[test]
 fn a_plugin_dropped_into_the_running_service_is_loaded_and_used() {
     let env = Env::new(ConfigOpts::default());
-    seed_plugin_cache(&env);
+    seed_plugin_cache(&env, &PACKAGES);
     std::fs::create_dir_all(env.plugins_dir()).unwrap();
     env.manifest(
         "late.yaml",
@@ -398,7 +358,7 @@ fn a_plugin_dropped_into_the_running_service_is_loaded_and_used() {
 #[test]
 fn a_0_2_condition_hook_skips_a_workflow_node_on_what_its_upstream_answered() {
     let env = Env::new(ConfigOpts::default());
-    seed_plugin_cache(&env);
+    seed_plugin_cache(&env, &PACKAGES);
     install_plugin(&env, "upstream-gate", "upstream-gate", None);
     install_plugin(&env, "business-hours", "business-hours", None);
     env.manifest(

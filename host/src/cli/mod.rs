@@ -696,7 +696,7 @@ async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<E
             if p.from_cache { " (cached)" } else { "" }
         );
         let hosts = &p.sidecar.allowed_hosts_text;
-        if p.kind == PluginKind::Notifier || !hosts.is_empty() {
+        if matches!(p.kind, PluginKind::Notifier | PluginKind::Executor) || !hosts.is_empty() {
             println!(
                 "  outbound HTTP: {}",
                 if hosts.is_empty() {
@@ -706,11 +706,19 @@ async fn check_plugins(config: &Config, paths: Vec<PathBuf>) -> anyhow::Result<E
                 }
             );
         }
-        println!(
-            "  limits: {} ms per call, {} MiB memory",
-            p.sidecar.timeout.as_millis(),
-            p.sidecar.memory_bytes >> 20
-        );
+        if p.kind == PluginKind::Executor {
+            println!(
+                "  limits: the job's timeout per run, {} MiB memory, {} KiB per HTTP response",
+                p.sidecar.memory_bytes >> 20,
+                p.sidecar.max_response_bytes >> 10
+            );
+        } else {
+            println!(
+                "  limits: {} ms per call, {} MiB memory",
+                p.sidecar.timeout.as_millis(),
+                p.sidecar.memory_bytes >> 20
+            );
+        }
         match validated {
             Ok(()) => println!("  configuration (sidecar defaults alone): accepted"),
             // Jobs may supply the missing keys; not a failure of the plugin itself.

@@ -651,6 +651,9 @@ impl Engine {
     /// An execution with its run's chain of attempts (see [`ExecutionDetail`]).
     pub async fn execution_detail(&self, id: &str) -> Result<ExecutionDetail, EngineError> {
         let store = &self.shared.store;
+        // Two reads: the run's end may commit between them. The execution is read last and its
+        // status is the one its attempt shows, so `status` and `run_status` always agree.
+        let mut attempts = store.attempts_of(id.to_owned()).await?;
         let execution =
             store
                 .get_execution(id.to_owned())
@@ -659,7 +662,9 @@ impl Engine {
                     what: "execution",
                     id: id.to_owned(),
                 })?;
-        let attempts = store.attempts_of(id.to_owned()).await?;
+        if let Some(a) = attempts.iter_mut().find(|a| a.id == execution.id) {
+            a.status = execution.status;
+        }
         let job = store.get_job(execution.job_id.clone()).await?;
         let max_attempts = job
             .as_ref()

@@ -687,7 +687,10 @@ async fn run_cli(
     kill: &CancellationToken,
 ) -> RunReport {
     let shutdown_kill = engine.shared.kill.clone();
-    let span = trace::cli_span(&request.execution_id, request.timeout);
+    let span = match &request.plugin {
+        Some(p) => trace::executor_span(&request.execution_id, request.timeout, &p.executor.plugin),
+        None => trace::cli_span(&request.execution_id, request.timeout),
+    };
     let fut = engine
         .shared
         .runner

@@ -6,6 +6,7 @@
 //! ├─ queue            in the dispatch queue: entered → dispatched
 //! ├─ condition_hook   one per hook asked (engine/hooks.rs)
 //! ├─ claude           the CLI process: spawn → exit (twice when a lost session is run afresh)
+//! ├─ executor         or, for a job with `executor:`, the plugin's call (`cnp.plugin`)
 //! ├─ retry_strategy   the retry plugin asked (engine/hooks.rs)
 //! └─ notification     one per delivery (notify/), possibly ending after `run`
 //! ```
@@ -137,6 +138,25 @@ pub(super) fn cli_span(execution_id: &str, timeout: std::time::Duration) -> Span
     span!(
         "claude",
         cnp.execution_id = %execution_id,
+        cnp.timeout_s = timeout.as_secs() as i64,
+        process.pid = Empty,
+        process.exit.code = Empty,
+        cnp.outcome = Empty,
+        cnp.cost_usd = Empty,
+    )
+}
+
+/// The `executor` span of a run an executor plugin does (a child of `run`, in place of
+/// `claude`); [`cli_ended`] records its end the same way.
+pub(super) fn executor_span(
+    execution_id: &str,
+    timeout: std::time::Duration,
+    plugin: &str,
+) -> Span {
+    span!(
+        "executor",
+        cnp.execution_id = %execution_id,
+        cnp.plugin = %plugin,
         cnp.timeout_s = timeout.as_secs() as i64,
         process.pid = Empty,
         process.exit.code = Empty,

@@ -951,3 +951,25 @@ fn log_output(plugin: &Plugin, output: &CapturedOutput, store: &Store<PluginStat
         tracing::warn!(target: "cnp::plugin", plugin = %plugin.name, dropped, "plugin log records over the per-call limit were dropped");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_executors_config_gets_its_variables_and_names_a_missing_one() {
+        std::env::set_var("CNP_TEST_FILL_KEY", "sk-fill-0123");
+        let mut v = serde_json::json!({"api_key": "${CNP_TEST_FILL_KEY}", "n": 3,
+            "list": ["a-${CNP_TEST_FILL_KEY}", "$$literal"]});
+        let mut secrets = Vec::new();
+        fill_in_env(&mut v, "config", &mut secrets).unwrap();
+        assert_eq!(v["api_key"], "sk-fill-0123");
+        assert_eq!(v["list"][0], "a-sk-fill-0123");
+        assert_eq!(v["list"][1], "$literal");
+        assert_eq!(secrets, ["sk-fill-0123", "sk-fill-0123"]);
+        let mut missing = serde_json::json!({"deep": {"token": "${CNP_TEST_NOT_SET_EVER}"}});
+        let e = fill_in_env(&mut missing, "config", &mut Vec::new()).unwrap_err();
+        assert!(e.starts_with("config.deep.token: "), "{e}");
+        assert!(e.contains("CNP_TEST_NOT_SET_EVER"), "{e}");
+    }
+}

@@ -244,10 +244,12 @@ impl PluginHost {
             Some("notifier") => Some(PluginKind::Notifier),
             Some("condition-hook") => Some(PluginKind::ConditionHook),
             Some("executor") => Some(PluginKind::Executor),
-            Some(k) => return Err(format!(
+            Some(k) => {
+                return Err(format!(
                 "{}: kind: `{k}` is not one of retry-strategy, notifier, condition-hook, executor",
                 path.display()
-            )),
+            ))
+            }
         };
         let mut rules = Vec::new();
         for h in &file.grants.allowed_hosts {

@@ -859,6 +859,52 @@ pub fn plugin_artifact(package: &str) -> PathBuf {
     p
 }
 
+/// Puts compiled artifacts of `packages` (plugins-workspace packages) into `env`'s plugin cache,
+/// so the service loads them at once instead of compiling for seconds with a debug build (a
+/// `once` job's instant would pass meanwhile). They are compiled once per test process (per set
+/// of packages) by `cnp plugin check` into a cache under the target directory, reused across
+/// runs while valid.
+pub fn seed_plugin_cache(env: &Env, packages: &[&str]) {
+    static WARM: Mutex<Vec<(Vec<String>, PathBuf)>> = Mutex::new(Vec::new());
+    let key: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+    let mut warm = WARM.lock().unwrap();
+    let cache = match warm.iter().find(|(k, _)| *k == key) {
+        Some((_, cache)) => cache.clone(),
+        None => {
+            let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cnp-e2e-plugin-cache");
+            let scratch = Env::new(ConfigOpts::default());
+            let config = std::fs::read_to_string(&scratch.config).unwrap();
+            let own = scratch.root().join("plugin-cache").display().to_string();
+            assert!(config.contains(&own), "{config}");
+            std::fs::write(
+                &scratch.config,
+                config.replace(&own, &cache.display().to_string()),
+            )
+            .unwrap();
+            for p in packages {
+                install_plugin(&scratch, p, p, None);
+            }
+            let out = scratch.run_cli(&["plugin", "check"]);
+            assert!(
+                out.status.success(),
+                "cnp plugin check failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            warm.push((key, cache.clone()));
+            cache
+        }
+    };
+    let to = env.root().join("plugin-cache");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
 /// Puts package `package`'s component into `env.plugins_dir()` as `<name>.wasm` (with
 /// `sidecar` as `<name>.toml`, written first, when given). The component is copied under a
 /// hidden name and renamed into place, as a careful operator would, so a watching service
