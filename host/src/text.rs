@@ -117,6 +117,50 @@ pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Replaces `${VAR}` (and `${VAR:-default}`) in `s`; `$$` is a literal `$`.
+pub fn expand_env(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
+            let inner = &r[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(format!(
+                    "`${{{inner}}}` is not an environment variable reference"
+                ));
+            }
+            match (lookup(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!("environment variable `{name}` is not set"));
+                }
+            }
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,48 +214,4 @@ mod tests {
         assert!(cut.len() <= 6 && cut.ends_with('…'), "{cut}");
         assert_eq!(cut, "é…");
     }
-}
-
-/// Replaces `${VAR}` (and `${VAR:-default}`) in `s`; `$$` is a literal `$`.
-pub fn expand_env(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(r) = after.strip_prefix('$') {
-            out.push('$');
-            rest = r;
-        } else if let Some(r) = after.strip_prefix('{') {
-            let end = r
-                .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
-            let inner = &r[..end];
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                && !name.starts_with(|c: char| c.is_ascii_digit());
-            if !valid {
-                return Err(format!(
-                    "`${{{inner}}}` is not an environment variable reference"
-                ));
-            }
-            match (lookup(name), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {
-                    return Err(format!("environment variable `{name}` is not set"));
-                }
-            }
-            rest = &r[end + 1..];
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
 }

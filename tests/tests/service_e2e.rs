@@ -84,7 +84,7 @@ fn serve_tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
         .unwrap();
     let path_s = path.display().to_string();
     let mut cnp = env.start_with(&[("NOTIFY_SOCKET", &path_s), ("WATCHDOG_USEC", "200000")]);
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 4096];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()

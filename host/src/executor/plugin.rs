@@ -134,7 +134,7 @@ async fn run_plugin(
         ..Default::default()
     });
     let report = |outcome, result: Option<ExecutorResult>| {
-        let result = result.unwrap_or_else(|| ExecutorResult {
+        let result = result.unwrap_or(ExecutorResult {
             outcome: ExecutorOutcome::Success,
             result_text: None,
             session_id: None,
