@@ -379,6 +379,22 @@ async fn hostile_executors_are_contained_and_the_service_stays_up() {
         .await;
     assert_eq!(e["status"], "timed_out", "{e}");
 
+    // A user's cancel stops a running executor at once (its instance is dropped).
+    create(&api, hostile("spin-cancelled", "spin", 600)).await;
+    let e = run(&api, "spin-cancelled").await;
+    api.wait_execution(&e, "the spin to start", |e| e["status"] == "running")
+        .await;
+    let asked = Instant::now();
+    let (s, r) = api.post_empty(&format!("/api/executions/{e}/cancel")).await;
+    assert!(s.is_success(), "{s} {r}");
+    let done = api.wait_execution(&e, "the cancel", finished).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+
     // A flood of output (20 MB of lines, a 20 MiB result): the log and the result are cut at
     // the executor's 4 MiB output limit.
     let mut flood = hostile("flood", "flood", 120);

@@ -196,6 +196,12 @@ pub(super) async fn start(engine: &Engine, first: FirstTry) -> Result<(), Engine
     Ok(())
 }
 
+/// After PostgreSQL was unreachable, how long a member waits before trying for the leader lock:
+/// the former leader (which tries every second) takes it back first, instead of both racing
+/// for it and the former leader having to stop. A leader that died meanwhile is replaced this
+/// much later.
+const LEADER_HOLD_OFF: Duration = Duration::from_secs(3);
+
 /// Keeps the leader lock, or tries for it every second while another instance holds it.
 /// (`told`: the leader this instance last named in the log.)
 async fn run_leadership(
@@ -206,6 +212,8 @@ async fn run_leadership(
 ) {
     let s = &engine.shared;
     let c = s.cluster.as_ref().expect("cluster");
+    // When this instance last failed to reach PostgreSQL.
+    let mut unreachable_at: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -216,6 +224,9 @@ async fn run_leadership(
             continue;
         }
         let leading = lock.is_some();
+        if !leading && unreachable_at.is_some_and(|t| t.elapsed() < LEADER_HOLD_OFF) {
+            continue;
+        }
         let o = options.clone();
         let tried = tokio::task::spawn_blocking(move || InstanceLock::try_acquire(&o)).await;
         match tried {
@@ -249,7 +260,10 @@ async fn run_leadership(
                     told = Some(holder);
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lock"),
+            Ok(Err(e)) => {
+                unreachable_at = Some(std::time::Instant::now());
+                tracing::warn!(error = %e, "cannot reach PostgreSQL for the leader lock")
+            }
             Err(e) => tracing::warn!(error = %e, "the leader lock's try failed"),
         }
     }
