@@ -281,14 +281,27 @@ async fn rate_limits_overload_bad_keys_and_slow_servers_take_the_cli_paths() {
     assert_eq!(runs[1]["exit_code"], 529);
     assert_eq!(runs[0]["trigger"], "retry");
 
-    // 401: failed, and not retried whatever the policy allows.
-    mock.then(error(401, "authentication_error", "invalid x-api-key"));
+    // 401: failed, and not retried whatever the policy allows. The API echoes the key in its
+    // message: what is recorded has it replaced.
+    mock.then(error(
+        401,
+        "authentication_error",
+        &format!("invalid x-api-key {KEY}"),
+    ));
     create(&api, messages_job("badkey", json!({"retry": retry}))).await;
     let e = run(&api, "badkey").await;
     let e = api.wait_execution(&e, "the 401", finished).await;
     assert_eq!(e["status"], "failed", "{e}");
     assert_eq!(e["outcome"]["kind"], "auth_error", "{e}");
     assert_eq!(e["attempts"].as_array().unwrap().len(), 1, "{e}");
+    assert!(!e.to_string().contains(KEY), "the key was recorded: {e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("<redacted>"),
+        "{e}"
+    );
 
     // A slow server: the job's timeout stops the call.
     mock.then(Reply {

@@ -589,8 +589,8 @@ impl PluginHost {
     /// Runs executor plugin `name` for one run, within `timeout` (the job's). Its configuration
     /// is the sidecar's merged with the job's, `${VAR}` references filled in from cnp's
     /// environment now (the plugin sees the values; nothing else does: they are never stored,
-    /// and every value filled in is replaced by `<redacted>` in the lines and the result text
-    /// it gives back). Lines it emits go to `lines`. The caller stops the run (cancel) by
+    /// and every value filled in is replaced by `<redacted>` in the lines, the result text and
+    /// the outcome's message it gives back). Lines it emits go to `lines`. The caller stops the run (cancel) by
     /// dropping the future: the instance goes with it.
     pub async fn execute(
         &self,
@@ -635,10 +635,20 @@ impl PluginHost {
         };
         let r = run_within(timeout, fut).await;
         let mut result = self.finish(call, r)?;
-        if let Some(t) = &mut result.result_text {
-            if let std::borrow::Cow::Owned(clean) = scrub.text(t) {
-                *t = clean;
+        let clean = |t: &mut String| {
+            if let std::borrow::Cow::Owned(c) = scrub.text(t) {
+                *t = c;
             }
+        };
+        if let Some(t) = &mut result.result_text {
+            clean(t);
+        }
+        match &mut result.outcome {
+            ExecutorOutcome::Failure(m)
+            | ExecutorOutcome::Fatal(m)
+            | ExecutorOutcome::AuthError(m) => clean(m),
+            ExecutorOutcome::UsageLimit(l) => clean(&mut l.message),
+            ExecutorOutcome::Success | ExecutorOutcome::Timeout => {}
         }
         Ok(result)
     }
