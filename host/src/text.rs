@@ -105,16 +105,24 @@ pub fn pretty_log_line(stream: &str, line: &str) -> Option<String> {
     }
 }
 
+/// `s` cut to at most `max` bytes, on a character boundary (no marker).
+pub fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// `s` cut to at most `max_bytes` bytes (on a character boundary), with `…` when cut.
 pub fn truncate_bytes(s: &str, max_bytes: usize) -> String {
     if s.len() <= max_bytes {
         return s.to_owned();
     }
-    let mut end = max_bytes.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", clip(s, max_bytes.saturating_sub('…'.len_utf8())))
 }
 
 /// Replaces `${VAR}` (and `${VAR:-default}`) in `s`; `$$` is a literal `$`.
@@ -159,6 +167,32 @@ pub fn expand_env(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// [`expand_env`] on every string in `v`; an error names its key (`key.sub[2]`) and says why.
+pub fn expand_env_in(
+    v: &mut serde_json::Value,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('$') => {
+            *s = expand_env(s, lookup).map_err(|message| (key.to_owned(), message))?;
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                expand_env_in(x, &format!("{key}[{i}]"), lookup)?;
+            }
+        }
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                expand_env_in(x, &format!("{key}.{k}"), lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

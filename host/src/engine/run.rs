@@ -963,22 +963,14 @@ async fn defer(engine: &Engine, run: QueuedRun, until: DateTime<Utc>, reason: St
 }
 
 fn failed_report(now: DateTime<Utc>, message: String) -> RunReport {
-    RunReport {
-        outcome: Outcome::Error {
+    RunReport::unstarted(
+        Outcome::Error {
             subtype: Some("prompt".into()),
             api_status: None,
             message,
         },
-        exit_code: None,
-        started_at: None,
-        finished_at: now,
-        pid: None,
-        result_text: None,
-        session_id: None,
-        cost_usd: None,
-        usage: None,
-        resource_usage: None,
-    }
+        now,
+    )
 }
 
 /// Records a run's end: its status (normally the outcome's), stats, log line and event — and

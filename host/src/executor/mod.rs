@@ -67,6 +67,24 @@ pub struct RunReport {
     pub resource_usage: Option<ResourceUsage>,
 }
 
+impl RunReport {
+    /// A run that never started (no process, or no plugin call): its outcome and when it ended.
+    pub fn unstarted(outcome: Outcome, finished_at: DateTime<Utc>) -> RunReport {
+        RunReport {
+            outcome,
+            exit_code: None,
+            started_at: None,
+            finished_at,
+            pid: None,
+            result_text: None,
+            session_id: None,
+            cost_usd: None,
+            usage: None,
+            resource_usage: None,
+        }
+    }
+}
+
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Runs one execution to its end. The real implementation is [`ClaudeRunner`].

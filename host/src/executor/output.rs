@@ -1194,11 +1194,7 @@ fn bounded(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", crate::text::clip(s, max))
 }
 
 /// The last (at most) `max` bytes of `s`, starting at a char boundary.

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
+use super::runner::bounded;
 use super::{BoxFuture, RunObserver, RunReport, RunRequest, Runner};
 use crate::model::{LogStream, Outcome, PluginRef, ResourceUsage};
 use crate::plugins::{
@@ -70,7 +71,7 @@ impl Runner for Dispatch {
                     call.executor.plugin
                 );
                 observer.line(LogStream::System, &message);
-                return unstarted(Outcome::SpawnFailed { message });
+                return RunReport::unstarted(Outcome::SpawnFailed { message }, Utc::now());
             };
             run_plugin(&plugins, call, request, observer, max_output, max_line).await
         })
@@ -221,21 +222,6 @@ fn outcome_of(o: &ExecutorOutcome, status: Option<i32>) -> Outcome {
     }
 }
 
-fn unstarted(outcome: Outcome) -> RunReport {
-    RunReport {
-        outcome,
-        exit_code: None,
-        started_at: None,
-        finished_at: Utc::now(),
-        pid: None,
-        result_text: None,
-        session_id: None,
-        cost_usd: None,
-        usage: None,
-        resource_usage: None,
-    }
-}
-
 /// A sink that passes lines on to the observer, each cut to `max_line` bytes, until `max_output`
 /// bytes have gone; the rest are counted.
 struct BoundedSink {
@@ -251,7 +237,7 @@ fn bounded_sink(observer: Arc<dyn RunObserver>, max_output: usize, max_line: usi
         for line in text.split('\n') {
             let line = line.strip_suffix('\r').unwrap_or(line);
             let cut = if line.len() > max_line {
-                format!("{}… [line cut]", &line[..floor_char(line, max_line)])
+                format!("{}… [line cut]", crate::text::clip(line, max_line))
             } else {
                 line.to_owned()
             };
@@ -268,21 +254,6 @@ fn bounded_sink(observer: Arc<dyn RunObserver>, max_output: usize, max_line: usi
         }
     });
     BoundedSink { sink, dropped }
-}
-
-fn floor_char(s: &str, mut i: usize) -> usize {
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let end = floor_char(text, max);
-    format!("{}… [truncated {} bytes]", &text[..end], text.len() - end)
 }
 
 #[cfg(test)]

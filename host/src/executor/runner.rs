@@ -103,18 +103,10 @@ impl Runner for ClaudeRunner {
                             LogStream::System,
                             &format!("could not start the claude CLI: {e}"),
                         );
-                        RunReport {
-                            outcome: Outcome::SpawnFailed { message: e.message },
-                            exit_code: None,
-                            started_at: None,
-                            finished_at: Utc::now(),
-                            pid: None,
-                            result_text: None,
-                            session_id: None,
-                            cost_usd: None,
-                            usage: None,
-                            resource_usage: None,
-                        }
+                        RunReport::unstarted(
+                            Outcome::SpawnFailed { message: e.message },
+                            Utc::now(),
+                        )
                     }
                     Ok(done) => {
                         let finished_at = Utc::now();
@@ -145,16 +137,14 @@ impl Runner for ClaudeRunner {
     }
 }
 
-/// `text` cut to at most `max` bytes on a character boundary.
-fn bounded(text: &str, max: usize) -> String {
+/// `text` cut to at most `max` bytes on a character boundary, saying how much was cut (a run's
+/// result text, the CLI's or an executor plugin's).
+pub(super) fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [truncated {} bytes]", &text[..end], text.len() - end)
+    let kept = crate::text::clip(text, max);
+    format!("{kept}… [truncated {} bytes]", text.len() - kept.len())
 }
 
 /// The program and all its arguments: `command[0]`, then `command[1..]`, then [`build_args`].

@@ -418,26 +418,8 @@ pub fn expand_value(
     key: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), SettingsError> {
-    match v {
-        Value::String(s) if s.contains('$') => {
-            *s = expand_env(s, lookup).map_err(|message| SettingsError {
-                key: key.to_owned(),
-                message,
-            })?;
-        }
-        Value::Array(a) => {
-            for (i, x) in a.iter_mut().enumerate() {
-                expand_value(x, &format!("{key}[{i}]"), lookup)?;
-            }
-        }
-        Value::Object(m) => {
-            for (k, x) in m.iter_mut() {
-                expand_value(x, &format!("{key}.{k}"), lookup)?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    crate::text::expand_env_in(v, key, lookup)
+        .map_err(|(key, message)| SettingsError { key, message })
 }
 
 #[cfg(test)]

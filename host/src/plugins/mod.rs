@@ -797,27 +797,16 @@ fn fill_in_env(
     key: &str,
     secrets: &mut Vec<String>,
 ) -> Result<(), String> {
-    match v {
-        serde_json::Value::String(s) if s.contains('$') => {
-            let filled = std::cell::RefCell::new(Vec::new());
-            let lookup = |name: &str| {
-                let value = std::env::var(name).ok();
-                filled.borrow_mut().extend(value.clone());
-                value
-            };
-            *s = crate::text::expand_env(s, &lookup).map_err(|e| format!("{key}: {e}"))?;
-            secrets.extend(filled.into_inner());
-            Ok(())
-        }
-        serde_json::Value::Array(items) => items
-            .iter_mut()
-            .enumerate()
-            .try_for_each(|(i, item)| fill_in_env(item, &format!("{key}[{i}]"), secrets)),
-        serde_json::Value::Object(map) => map
-            .iter_mut()
-            .try_for_each(|(k, item)| fill_in_env(item, &format!("{key}.{k}"), secrets)),
-        _ => Ok(()),
-    }
+    let filled = std::cell::RefCell::new(Vec::new());
+    let lookup = |name: &str| {
+        let value = std::env::var(name).ok();
+        filled.borrow_mut().extend(value.clone());
+        value
+    };
+    let r = crate::text::expand_env_in(v, key, &lookup)
+        .map_err(|(key, message)| format!("{key}: {message}"));
+    secrets.extend(filled.into_inner());
+    r
 }
 
 /// A condition hook's context in either version's shape.

@@ -17,6 +17,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 use super::bindings::{clock, log, output, types};
 use crate::clock::Clock;
+use crate::text::clip;
 
 /// Log records one call may write through the `log` import; the rest are counted and dropped.
 const MAX_LOG_RECORDS: u32 = 200;
@@ -184,17 +185,6 @@ pub(crate) fn to_local(at: i64, zone: &str) -> Result<clock::LocalTime, String> 
         weekday: local.weekday().number_from_monday() as u8,
         utc_offset_seconds: local.offset().fix().local_minus_utc(),
     })
-}
-
-fn clip(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// WASI's wall clock reads the engine's clock, so `std::time::SystemTime::now()` in a plugin
