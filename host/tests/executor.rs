@@ -785,3 +785,24 @@ async fn pipes_held_open_by_an_escaped_process_do_not_hang_the_run() {
         recorder.system()
     );
 }
+
+/// A prompt that fits `PIPE_BUF` is written at spawn and stdin closed; a longer one by a task
+/// (a 1 MiB one fills the pipe many times over). Each reaches the child whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_of_every_size_reach_the_child_whole() {
+    for len in [1, 4096, 4097, 1024 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("record.jsonl");
+        let mut req = request(&[("FAKE_CLAUDE_RECORD", record.to_str().unwrap())]);
+        req.prompt = "p".repeat(len);
+        let (report, _) = run_with(&ClaudeRunner::new(settings()), req).await;
+        assert_eq!(report.outcome, Outcome::Success, "prompt of {len} bytes");
+        let line = std::fs::read_to_string(&record).unwrap();
+        let rec: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            rec["stdin"].as_str().map(str::len),
+            Some(len),
+            "prompt of {len} bytes"
+        );
+    }
+}

@@ -93,6 +93,19 @@ impl Db {
         }
     }
 
+    /// Runs one transaction-control statement that is run for every write (`BEGIN`, `COMMIT`,
+    /// `SAVEPOINT op`, `RELEASE op`): SQLite's is prepared once and kept, where [`Db::batch`]
+    /// would parse it each time (four to six of them per write).
+    pub fn control(&self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(c) => {
+                c.prepare_cached(sql)?.execute([])?;
+                Ok(())
+            }
+            Db::Pg(pg) => Ok(wait(pg.borrow_mut().client.batch_execute(sql))?),
+        }
+    }
+
     /// Runs statements with no parameters, separated by `;` (transaction control, DDL).
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self {

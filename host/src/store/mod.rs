@@ -414,7 +414,7 @@ impl Store {
         };
         if let Some(conn) = &self.inner.inline {
             let conn = conn.lock().expect("inline connection");
-            let began = conn.batch(begin(&conn)).is_ok();
+            let began = conn.control(begin(&conn)).is_ok();
             let result = f(&conn);
             let committed = if result.is_ok() {
                 began && conn.batch("COMMIT").is_ok()
@@ -601,22 +601,21 @@ fn writer_loop(mut conn: Db, rx: std_mpsc::Receiver<WriteFn>) {
         // the batch; while it is unreachable the batch fails like a full disk does.
         pg::reconnect_if_lost(&mut conn);
         let mut done = Vec::with_capacity(batch.len());
-        let began = conn.batch(begin(&conn)).is_ok();
+        let began = conn.control(begin(&conn)).is_ok();
         for op in batch.drain(..) {
-            let sp = began && conn.batch("SAVEPOINT op").is_ok();
+            let sp = began && conn.control("SAVEPOINT op").is_ok();
             let (ok, reply) = op(&conn);
             // A failed op rolls back to its savepoint; its reply already carries the error.
             if sp {
-                let sql = if ok {
-                    "RELEASE op"
+                if ok {
+                    let _ = conn.control("RELEASE op");
                 } else {
-                    "ROLLBACK TO op; RELEASE op"
-                };
-                let _ = conn.batch(sql);
+                    let _ = conn.batch("ROLLBACK TO op; RELEASE op");
+                }
             }
             done.push(reply);
         }
-        let committed = began && conn.batch("COMMIT").is_ok();
+        let committed = began && conn.control("COMMIT").is_ok();
         if !committed {
             tracing::error!("database transaction failed to commit");
             let _ = conn.batch("ROLLBACK");
@@ -632,10 +631,10 @@ pub(crate) fn atomic<T>(
     conn: &Db,
     f: impl FnOnce(&Db) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.batch("SAVEPOINT atomic")?;
+    conn.control("SAVEPOINT atomic")?;
     match f(conn) {
         Ok(v) => {
-            conn.batch("RELEASE atomic")?;
+            conn.control("RELEASE atomic")?;
             Ok(v)
         }
         Err(e) => {
