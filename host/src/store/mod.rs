@@ -4,8 +4,9 @@
 //! type; the SQL is written in the subset both speak). SQLite: one database file in WAL mode.
 //! PostgreSQL: the same writer thread and read pool, each a client of the server
 //! (`store/pg.rs`). All writes go through a single writer thread that groups
-//! whatever is pending into one transaction (group commit): a burst of 10,000 schedule fires, or
-//! a thousand runs finishing at once, costs a handful of fsyncs instead of thousands, and the job
+//! whatever is pending into one transaction (group commit; on SQLite in slices of 2 ms, so the
+//! first writes of a burst are committed without waiting for the last): a burst of 10,000 schedule
+//! fires, or a thousand runs finishing at once, costs a handful of fsyncs instead of thousands, and the job
 //! statistics stay consistent because only one writer ever updates them. Each write runs inside
 //! its own savepoint, so one failing write never takes its neighbours in the batch down with it.
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
@@ -206,6 +207,20 @@ const COMMIT_FAILED: &str = "transaction failed to commit";
 
 /// Writes grouped into one transaction at most.
 const MAX_BATCH: usize = 20_000;
+
+/// How long one SQLite transaction goes on taking in queued writes. Every write in a
+/// transaction waits for its commit: when a burst's thousand claims arrive at once, one
+/// transaction of all of them would hold back the first run's start until the last claim was
+/// written. Slices of 2 ms commit the first claims at once and the rest behind them; a SQLite
+/// commit in WAL mode with `synchronous = NORMAL` writes the WAL without an fsync, so the extra
+/// commits are cheap. PostgreSQL has no limit: each commit is a round trip and a flush on the
+/// server.
+fn batch_time(conn: &Db) -> Option<std::time::Duration> {
+    match conn.backend() {
+        Backend::Sqlite => Some(std::time::Duration::from_millis(2)),
+        Backend::Postgres => None,
+    }
+}
 /// SQLite's read connections (PostgreSQL's come from `[database] pool_size`).
 const READ_POOL: usize = 4;
 
@@ -588,21 +603,16 @@ fn begin(conn: &Db) -> &'static str {
 }
 
 fn writer_loop(mut conn: Db, rx: std_mpsc::Receiver<WriteFn>) {
-    let mut batch: Vec<WriteFn> = Vec::new();
+    let slice = batch_time(&conn);
+    let mut done = Vec::new();
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
         // A PostgreSQL server that went away (restart, failover) is connected to again before
         // the batch; while it is unreachable the batch fails like a full disk does.
         pg::reconnect_if_lost(&mut conn);
-        let mut done = Vec::with_capacity(batch.len());
         let began = conn.control(begin(&conn)).is_ok();
-        for op in batch.drain(..) {
+        let started = std::time::Instant::now();
+        let mut next = Some(first);
+        while let Some(op) = next.take() {
             let sp = began && conn.control("SAVEPOINT op").is_ok();
             let (ok, reply) = op(&conn);
             // A failed op rolls back to its savepoint; its reply already carries the error.
@@ -614,13 +624,17 @@ fn writer_loop(mut conn: Db, rx: std_mpsc::Receiver<WriteFn>) {
                 }
             }
             done.push(reply);
+            // Whatever else is queued joins this transaction, up to its size and time.
+            if done.len() < MAX_BATCH && slice.is_none_or(|t| started.elapsed() < t) {
+                next = rx.try_recv().ok();
+            }
         }
         let committed = began && conn.control("COMMIT").is_ok();
         if !committed {
             tracing::error!("database transaction failed to commit");
             let _ = conn.batch("ROLLBACK");
         }
-        for reply in done {
+        for reply in done.drain(..) {
             reply(committed);
         }
     }
