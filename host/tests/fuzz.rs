@@ -308,7 +308,6 @@ fn hostile_manifests_and_configs_are_refused_clearly() {
     refused(
         "deep-map.yaml",
         "a:\n"
-            .repeat(1)
             .as_bytes()
             .iter()
             .chain(

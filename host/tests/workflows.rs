@@ -477,8 +477,11 @@ async fn cancelling_a_pass_stops_its_runs_and_starts_nothing_more() {
 /// each with a random `on`; `any_of` or all; each node succeeds or fails.
 #[derive(Debug, Clone)]
 struct Dag {
-    nodes: Vec<(bool, Vec<(usize, &'static str)>, bool)>, // (any, edges, fails)
+    nodes: Vec<DagNode>,
 }
+
+/// (any, edges as (upstream, `on`), fails)
+type DagNode = (bool, Vec<(usize, &'static str)>, bool);
 
 fn dag() -> impl Strategy<Value = Dag> {
     (2usize..=50).prop_flat_map(|n| {

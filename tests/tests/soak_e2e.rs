@@ -190,7 +190,7 @@ fn repeated_kill_9_under_load_loses_and_doubles_nothing() {
     for r in &interrupted {
         let n: usize = r.1.trim_start_matches("soak-").parse().unwrap();
         let got = retries.get(r.0.as_str()).copied().unwrap_or(0);
-        assert_eq!(got, usize::from(n % 2 == 0), "{r:?}");
+        assert_eq!(got, usize::from(n.is_multiple_of(2)), "{r:?}");
     }
 
     // No CLI process left behind.

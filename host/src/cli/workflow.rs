@@ -132,6 +132,8 @@ pub fn tree(p: &WorkflowPass) -> String {
         return out;
     };
     let mut shown = std::collections::HashSet::new();
+    // The tree's recursion: the pass, where in it, and the two accumulators.
+    #[allow(clippy::too_many_arguments)]
     fn walk(
         p: &WorkflowPass,
         job: &str,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::cluster::{Orphans, ORPHANED};
 use super::db::{params, Backend, Db, Row};
-use super::jobs::{get_job_conn, get_prompt_conn};
+use super::jobs::{get_job_by_id_conn, get_prompt_conn};
 use super::{atomic, from_ms, opt_from_ms, opt_json, to_json, to_ms, Store, StoreError};
 use crate::model::{
     AttemptRef, ExecutionStatus, Job, JobExecution, LogLine, LogStream, Outcome, ResourceUsage,
@@ -323,7 +323,7 @@ impl Store {
                     place.upstream_ids = super::from_json(&u, "executions.upstream_ids")?;
                 }
                 let trigger = Trigger::parse(&trigger).unwrap_or(Trigger::Manual);
-                let Some(job) = get_job_conn(c, &job_id)? else {
+                let Some(job) = get_job_by_id_conn(c, &job_id)? else {
                     return Ok(Claim::NotPending);
                 };
                 // A webhook's run (and its retries) runs the prompt its payload rendered,

@@ -185,6 +185,14 @@ pub(super) fn job_from_row(r: &Row<'_>) -> Result<Job, StoreError> {
     })
 }
 
+/// A job by its id alone: one primary-key lookup where [`get_job_conn`]'s `id = ? OR name = ?`
+/// takes two (a run's claim, on the start path of every run, knows the id).
+pub(crate) fn get_job_by_id_conn(conn: &Db, id: &str) -> Result<Option<Job>, StoreError> {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"));
+    conn.query_opt(sql, [id], job_from_row)
+}
+
 pub(crate) fn get_job_conn(conn: &Db, id_or_name: &str) -> Result<Option<Job>, StoreError> {
     let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 OR name = ?1 LIMIT 1");
     conn.query_opt(&sql, [id_or_name], job_from_row)

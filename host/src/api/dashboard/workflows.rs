@@ -343,11 +343,10 @@ pub(super) fn layout(pass: &WorkflowPass) -> Layout {
     let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); edges.len()]; // layers of each lane
     for (ei, e) in edges.iter().enumerate() {
         if let Some((a, b)) = e {
-            if depth[*b] > depth[*a] + 1 {
-                for l in depth[*a] + 1..depth[*b] {
-                    layers[l].push(Slot::Lane(ei));
-                    lanes[ei].push(l);
-                }
+            let (from, to) = (depth[*a] + 1, depth[*b]);
+            for (l, layer) in layers.iter_mut().enumerate().take(to).skip(from) {
+                layer.push(Slot::Lane(ei));
+                lanes[ei].push(l);
             }
         }
     }
