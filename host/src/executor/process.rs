@@ -9,8 +9,8 @@
 //! - **No orphans.** Every group is registered with the orphan [`guardian`], a process that
 //!   SIGKILLs the groups still registered when cnp dies (kill -9 included).
 //! - **Pipes.** stdin gets the prompt, then is closed (a prompt of at most `PIPE_BUF` bytes is
-//!   written right after the spawn, without a task; a longer one by a task). stdout and stderr are read line by line by
-//!   two tokio tasks with a bounded reader (a 100 MB line never sits in memory): observer lines are
+//!   written right after the spawn, without a task; a longer one by a task). stdout and stderr
+//!   are read line by line by two tokio tasks with a bounded reader (a 100 MB line never sits in memory): observer lines are
 //!   cut to `max_line_bytes`, and after `max_output_bytes` in total no more lines are forwarded
 //!   (one System line says so) while the pipes are still drained and stdout still goes to the
 //!   [`StreamParser`], so the final result is seen and the child never blocks on a full pipe.
@@ -25,8 +25,8 @@
 //!   output pipes: stdin is closed once the prompt is in, and the pidfd is opened only when both
 //!   output pipes have closed (the CLI exited, normally); until then a descriptor-free
 //!   `waitid(WNOHANG)` every second catches a CLI whose pipes a process that left its group
-//!   keeps open. With 10,000 runs due at once this took cnp from 1.39× the bare spawn loop's
-//!   time to its first 10,000 children to 0.97× (docs/benchmarks.md).
+//!   keeps open. With 10,000 runs due at once this took cnp from 1.18× the bare spawn loop's
+//!   time to start them all to 0.97× (single runs; docs/benchmarks.md).
 //! - **Limits.** See [`limits`](self::limits): cgroup v2, cgroup v1 or a memory watchdog. The child
 //!   joins its cgroup between fork and exec (a `pre_exec` hook writes `0` — "the writing process"
 //!   — to `cgroup.procs`), so it and everything it starts are limited from its first instruction;
