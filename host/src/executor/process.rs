@@ -10,8 +10,8 @@
 //!   SIGKILLs the groups still registered when cnp dies (kill -9 included).
 //! - **Pipes.** stdin gets the prompt, then is closed (a prompt of at most `PIPE_BUF` bytes is
 //!   written right after the spawn, without a task; a longer one by a task). stdout and stderr
-//!   are read line by line by two tokio tasks with a bounded reader (a 100 MB line never sits in memory): observer lines are
-//!   cut to `max_line_bytes`, and after `max_output_bytes` in total no more lines are forwarded
+//!   are read line by line by two tokio tasks with a bounded reader (a 100 MB line never sits in
+//!   memory): observer lines are cut to `max_line_bytes`, and after `max_output_bytes` in total no more lines are forwarded
 //!   (one System line says so) while the pipes are still drained and stdout still goes to the
 //!   [`StreamParser`], so the final result is seen and the child never blocks on a full pipe.
 //! - **Reaping.** The child is spawned with `std::process::Command` (tokio's would reap it
@@ -348,35 +348,27 @@ async fn supervise(
     );
     // Cancelled when a reader is done: the pipe's end (normally: the CLI exited).
     let (stdout_done, stderr_done) = (CancellationToken::new(), CancellationToken::new());
-    let stdout_task = AbortOnDropHandle::new(tokio::spawn({
-        let done = stdout_done.clone().drop_guard();
-        let read = read_stdout(
+    let stdout_task = spawn_reader(
+        &stdout_done,
+        read_stdout(
             stdout,
             observer.clone(),
             budget.clone(),
             stop_reading.clone(),
             max_line,
             (parse_base, parse_extended),
-        );
-        async move {
-            let _done = done;
-            read.await
-        }
-    }));
-    let stderr_task = AbortOnDropHandle::new(tokio::spawn({
-        let done = stderr_done.clone().drop_guard();
-        let read = read_stderr(
+        ),
+    );
+    let stderr_task = spawn_reader(
+        &stderr_done,
+        read_stderr(
             stderr,
             observer.clone(),
             budget.clone(),
             stop_reading.clone(),
             max_line,
-        );
-        async move {
-            let _done = done;
-            read.await
-        }
-    }));
+        ),
+    );
 
     // Wait for the exit, the timeout or a cancel.
     let exited = wait_exit(pid, &stdout_done, &stderr_done);
@@ -645,6 +637,20 @@ async fn read_stderr<R: AsyncRead + Unpin>(
 
 // ---------------------------------------------------------------------------------------------
 // Waiting for the exit and reaping
+
+/// Runs a pipe's reader as a task (aborted if the run's future is dropped) that cancels `done`
+/// when it ends, however it ends.
+fn spawn_reader<F>(done: &CancellationToken, read: F) -> AbortOnDropHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let done = done.clone().drop_guard();
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let _done = done;
+        read.await
+    }))
+}
 
 /// Writes a prompt of at most `PIPE_BUF` bytes to the child's fresh stdin pipe, then closes it.
 /// An empty pipe holds at least one page (also when the user's pipe-buffer allowance is used up

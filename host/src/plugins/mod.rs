@@ -590,8 +590,8 @@ impl PluginHost {
     /// is the sidecar's merged with the job's, `${VAR}` references filled in from cnp's
     /// environment now (the plugin sees the values; nothing else does: they are never stored,
     /// and every value filled in is replaced by `<redacted>` in the lines, the result text and
-    /// the outcome's message it gives back). Lines it emits go to `lines`. The caller stops the run (cancel) by
-    /// dropping the future: the instance goes with it.
+    /// the outcome's message it gives back). Lines it emits go to `lines`. The caller stops the
+    /// run (cancel) by dropping the future: the instance goes with it.
     pub async fn execute(
         &self,
         name: &str,

@@ -5,10 +5,11 @@
 //! PostgreSQL: the same writer thread and read pool, each a client of the server
 //! (`store/pg.rs`). All writes go through a single writer thread that groups
 //! whatever is pending into one transaction (group commit; on SQLite in slices of 2 ms, so the
-//! first writes of a burst are committed without waiting for the last): a burst of 10,000 schedule
-//! fires, or a thousand runs finishing at once, costs a handful of fsyncs instead of thousands, and the job
-//! statistics stay consistent because only one writer ever updates them. Each write runs inside
-//! its own savepoint, so one failing write never takes its neighbours in the batch down with it.
+//! first writes of a burst are committed without waiting for the last): a burst of 10,000
+//! schedule fires, or a thousand runs finishing at once, costs a handful of fsyncs instead of
+//! thousands, and the job statistics stay consistent because only one writer ever updates them.
+//! Each write runs inside its own savepoint, so one failing write never takes its neighbours in
+//! the batch down with it.
 //! Reads use a small pool of read-only connections (WAL lets them run beside the writer).
 
 mod api;
@@ -221,6 +222,7 @@ fn batch_time(conn: &Db) -> Option<std::time::Duration> {
         Backend::Postgres => None,
     }
 }
+
 /// SQLite's read connections (PostgreSQL's come from `[database] pool_size`).
 const READ_POOL: usize = 4;
 
@@ -432,7 +434,7 @@ impl Store {
             let began = conn.control(begin(&conn)).is_ok();
             let result = f(&conn);
             let committed = if result.is_ok() {
-                began && conn.batch("COMMIT").is_ok()
+                began && conn.control("COMMIT").is_ok()
             } else {
                 let _ = conn.batch("ROLLBACK");
                 true
