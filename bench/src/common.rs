@@ -340,6 +340,15 @@ pub async fn sleep_until_wall(t: DateTime<Utc>) {
     }
 }
 
+/// [`sleep_until_wall`] to within tens of microseconds, as cnp's timer wakes: tokio's timer
+/// (1 ms wheel) wakes it a little early, and the rest is slept on the thread.
+pub async fn sleep_until_wall_precise(t: DateTime<Utc>) {
+    sleep_until_wall(t - chrono::Duration::milliseconds(2)).await;
+    if let Ok(d) = (t - Utc::now()).to_std() {
+        std::thread::sleep(d);
+    }
+}
+
 /// The next whole second at or after `t`.
 pub fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
     let floor = t.with_nanosecond(0).expect("valid");

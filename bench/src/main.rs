@@ -149,8 +149,7 @@ fn main() -> anyhow::Result<()> {
             }
         });
         for &system in &systems {
-            if system == System::Floor && !matches!(scenario, Scenario::Burst | Scenario::InFlight)
-            {
+            if system == System::Floor && scenario == Scenario::Idle {
                 continue;
             }
             let params = Params {

@@ -212,9 +212,8 @@ fn analyze(
     Ok(())
 }
 
-/// Waits for a burst's runs (all due at `due`) to start and finish, sampling RSS and CPU.
 /// The floor: no scheduler, one loop spawning every run at the due instant (each run does the
-/// same work as a baseline job's closure).
+/// same work as a baseline job's closure); at 1 job/s, one spawn at each second.
 pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result<WorkerResult> {
     let mut r = WorkerResult {
         system: Some(System::Floor),
@@ -222,10 +221,39 @@ pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result
         jobs: p.jobs,
         ..Default::default()
     };
-    if !matches!(p.scenario, Scenario::Burst | Scenario::InFlight) {
-        bail!("the bare spawn loop only runs the burst and in-flight scenarios");
+    if p.scenario == Scenario::Idle {
+        bail!("the bare spawn loop has no idle scenario (it holds no jobs)");
     }
     let ctx = Arc::new(Ctx::new(p));
+    if p.scenario == Scenario::OnePerSecond {
+        // One run at each second's instant, spawned by a loop that sleeps until it (as precisely
+        // as cnp's timer does).
+        r.jobs = 1;
+        let first = ceil_second(Utc::now()) + chrono::Duration::seconds(2);
+        let last = first + chrono::Duration::seconds(p.seconds as i64 - 1);
+        progress(format!(
+            "floor: measuring slots {} .. {}",
+            first.format("%T"),
+            last.format("%T")
+        ));
+        let name: Arc<str> = Arc::from("every-second");
+        let mut slot = first;
+        while slot <= last {
+            sleep_until_wall_precise(slot).await;
+            let released = Utc::now();
+            tokio::spawn(run_cli(ctx.clone(), name.clone(), released));
+            slot += chrono::Duration::seconds(1);
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        wait_idle(&ctx, Duration::from_secs(30)).await;
+        let slot_of = |released: DateTime<Utc>| {
+            let s = floor_second(released);
+            (s >= first && s <= last).then_some(s)
+        };
+        analyze(&ctx, record, p.seconds, slot_of, None, &mut r)?;
+        r.rss_hwm_kib = Some(rss_kib().1);
+        return Ok(r);
+    }
     r.rss_baseline_kib = Some(rss_kib().0);
     let due = ceil_second(Utc::now() + chrono::Duration::seconds(2));
     let names: Vec<Arc<str>> = (0..p.jobs)

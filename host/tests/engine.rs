@@ -1049,3 +1049,158 @@ async fn a_graceful_stop_withdraws_runs_recorded_ahead_and_the_restart_runs_the_
     assert_eq!(runs.len(), 1);
     assert!(runs[0] >= slot);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Runs recorded ahead of their slot start with the job and status as they are at the claim.
+
+#[tokio::test(start_paused = true)]
+async fn a_run_recorded_ahead_runs_the_job_as_changed_before_its_slot() {
+    let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
+    let job = h
+        .engine
+        .create_job(spec("edited", every(60, None)), None)
+        .await
+        .unwrap();
+    // Recorded (and its job read) 1.5 s before the slot.
+    advance(Duration::from_millis(58_500)).await;
+    let e = executions(&h.store, &job.id).await;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert_eq!(e[0].status, ExecutionStatus::Queued);
+    // Changed after that, schedule kept: the recorded run stays, with the new prompt.
+    let mut changed = spec("edited", every(60, None));
+    changed.prompt = Some("the prompt as changed".into());
+    h.engine.update_job(&job.id, changed, None).await.unwrap();
+    advance(Duration::from_secs(3)).await;
+    let calls = h.calls.clone();
+    eventually("the slot ran", || {
+        let calls = calls.clone();
+        async move { !calls.0.lock().unwrap().is_empty() }
+    })
+    .await;
+    let runs = h.calls.0.lock().unwrap().clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].0, e[0].id);
+    assert_eq!(runs[0].1, "the prompt as changed");
+    let store = h.store.clone();
+    let id = e[0].id.clone();
+    eventually("the run finished", || {
+        let (store, id) = (store.clone(), id.clone());
+        async move {
+            store.get_execution(id).await.unwrap().unwrap().status == ExecutionStatus::Completed
+        }
+    })
+    .await;
+    let done = h.store.get_execution(id).await.unwrap().unwrap();
+    assert_eq!(done.prompt.as_deref(), Some("the prompt as changed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_recorded_ahead_and_cancelled_before_its_claim_is_not_run_and_keeps_nothing() {
+    let h = harness(EngineSettings::default(), Duration::from_secs(30)).await;
+    let job = h
+        .engine
+        .create_job(spec("cancelled", every(60, None)), None)
+        .await
+        .unwrap();
+    advance(Duration::from_millis(58_500)).await;
+    let e = executions(&h.store, &job.id).await;
+    assert_eq!(e.len(), 1, "{e:#?}");
+    // Cancelled in the store behind the engine's back: the engine still releases it at its
+    // slot, and only the claim finds it gone.
+    let now = h.engine.clock().now();
+    assert!(h
+        .store
+        .set_pending_status(
+            e[0].id.clone(),
+            ExecutionStatus::Cancelled,
+            Some("cancelled elsewhere".into()),
+            now
+        )
+        .await
+        .unwrap());
+    advance(Duration::from_secs(3)).await;
+    std::thread::sleep(Duration::from_millis(50));
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(h.engine.status().running, 0, "nothing left running");
+    let after = h
+        .store
+        .get_execution(e[0].id.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, ExecutionStatus::Cancelled);
+    assert_eq!(after.error.as_deref(), Some("cancelled elsewhere"));
+    assert_eq!(
+        after.pid, None,
+        "no pid recorded for a run that was not claimed"
+    );
+    assert_eq!(after.started_at, None);
+    let logs = h.store.get_logs(e[0].id.clone(), None, 100).await.unwrap();
+    assert!(logs.is_empty(), "nothing of it logged: {logs:?}");
+    assert!(
+        h.calls.0.lock().unwrap().is_empty(),
+        "its CLI never started"
+    );
+}
+
+/// On the threaded store and the system clock: the `running` event comes before any log line of
+/// the run, and its pid and lines are all stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_announced_before_its_output_and_its_pid_and_lines_are_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open_store(&dir.path().join("cnp.db"));
+    let calls = Calls::default();
+    let clock = Clock::System;
+    let runner = Arc::new(TestRunner {
+        clock: clock.clone(),
+        duration: Duration::from_millis(20),
+        calls: calls.clone(),
+    });
+    let bus = EventBus::default();
+    let mut events = bus.subscribe();
+    let engine = Engine::start(store.clone(), runner, EngineSettings::default(), clock, bus)
+        .await
+        .unwrap();
+    let job = engine
+        .create_job(spec("every-second", cron("* * * * * *", None)), None)
+        .await
+        .unwrap();
+    // Three slots, each recorded ahead.
+    let mut running = std::collections::HashSet::new();
+    let mut logged = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while logged.len() < 3 {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("three runs within 20 s")
+            .unwrap();
+        match ev {
+            cnp::events::Event::Execution {
+                execution_id,
+                status: ExecutionStatus::Running,
+                ..
+            } => {
+                running.insert(execution_id);
+            }
+            cnp::events::Event::Log(l) => {
+                assert!(
+                    running.contains(&l.execution_id),
+                    "a line of {} before its `running` event",
+                    l.execution_id
+                );
+                logged.insert(l.execution_id);
+            }
+            _ => {}
+        }
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+    for id in &logged {
+        let e = store.get_execution(id.clone()).await.unwrap().unwrap();
+        assert_eq!(e.job_id, job.id);
+        assert_eq!(e.status, ExecutionStatus::Completed, "{e:#?}");
+        assert_eq!(e.pid, Some(4242));
+        let logs = store.get_logs(id.clone(), None, 100).await.unwrap();
+        assert!(!logs.is_empty(), "its line stored");
+        assert_eq!(logs[0].seq, 0);
+    }
+}
