@@ -50,8 +50,8 @@ pub enum System {
     Cnp,
     /// tokio-cron-scheduler 0.15, default `JobScheduler::new()`.
     Tcs,
-    /// No scheduler: one loop spawning every run at the due instant (burst / in-flight only) —
-    /// the floor this machine sets for starting that many CLI processes.
+    /// No scheduler: one loop spawning every run at the due instant (at 1 job/s: at each
+    /// second; no idle scenario) — the floor this machine sets for starting those CLI processes.
     Floor,
 }
 
