@@ -493,13 +493,7 @@ pub async fn run(p: &Params, dir: &Path, record: &Path) -> anyhow::Result<Worker
                 .create_job(spec("every-second", "* * * * * *"), None)
                 .await?;
             r.setup_secs = Some(began.elapsed().as_secs_f64());
-            let first = ceil_second(Utc::now()) + chrono::Duration::seconds(2);
-            let last = first + chrono::Duration::seconds(p.seconds as i64 - 1);
-            progress(format!(
-                "cnp: measuring slots {} .. {}",
-                first.format("%T"),
-                last.format("%T")
-            ));
+            let (first, last) = one_per_second_window("cnp", p.seconds);
             sleep_until_wall(last + chrono::Duration::milliseconds(1500)).await;
             wait_idle(&s, Duration::from_secs(30)).await;
             stop(&s).await;

@@ -349,6 +349,19 @@ pub async fn sleep_until_wall_precise(t: DateTime<Utc>) {
     }
 }
 
+/// The slots measured at 1 job/s: `seconds` whole seconds, the first 2 s after the next one
+/// (announced on stderr as `who`'s).
+pub fn one_per_second_window(who: &str, seconds: u64) -> (DateTime<Utc>, DateTime<Utc>) {
+    let first = ceil_second(Utc::now()) + chrono::Duration::seconds(2);
+    let last = first + chrono::Duration::seconds(seconds as i64 - 1);
+    progress(format!(
+        "{who}: measuring slots {} .. {}",
+        first.format("%T"),
+        last.format("%T")
+    ));
+    (first, last)
+}
+
 /// The next whole second at or after `t`.
 pub fn ceil_second(t: DateTime<Utc>) -> DateTime<Utc> {
     let floor = t.with_nanosecond(0).expect("valid");

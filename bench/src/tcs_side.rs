@@ -175,6 +175,23 @@ async fn stop(mut sched: JobScheduler) {
     }
 }
 
+/// At 1 job/s: a run's slot is the second it was released in, from `first` to `last`.
+fn second_within(
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+) -> impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>> {
+    move |released| {
+        let s = floor_second(released);
+        (s >= first && s <= last).then_some(s)
+    }
+}
+
+/// A burst: every run released within the hour after `due` belongs to it.
+fn burst_at(due: DateTime<Utc>) -> impl Fn(DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let window_end = due + chrono::Duration::seconds(3600);
+    move |released| (released >= due && released < window_end).then_some(due)
+}
+
 /// `slot_of` gives a run's due instant from its release time (`None`: not in the window).
 fn analyze(
     ctx: &Ctx,
@@ -229,13 +246,7 @@ pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result
         // One run at each second's instant, spawned by a loop that sleeps until it (as precisely
         // as cnp's timer does).
         r.jobs = 1;
-        let first = ceil_second(Utc::now()) + chrono::Duration::seconds(2);
-        let last = first + chrono::Duration::seconds(p.seconds as i64 - 1);
-        progress(format!(
-            "floor: measuring slots {} .. {}",
-            first.format("%T"),
-            last.format("%T")
-        ));
+        let (first, last) = one_per_second_window("floor", p.seconds);
         let name: Arc<str> = Arc::from("every-second");
         let mut slot = first;
         while slot <= last {
@@ -246,10 +257,7 @@ pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         wait_idle(&ctx, Duration::from_secs(30)).await;
-        let slot_of = |released: DateTime<Utc>| {
-            let s = floor_second(released);
-            (s >= first && s <= last).then_some(s)
-        };
+        let slot_of = second_within(first, last);
         analyze(&ctx, record, p.seconds, slot_of, None, &mut r)?;
         r.rss_hwm_kib = Some(rss_kib().1);
         return Ok(r);
@@ -293,9 +301,7 @@ pub async fn run_floor(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result
     )
     .await;
     spawner.await?;
-    let window_end = due + chrono::Duration::seconds(3600);
-    let slot_of =
-        |released: DateTime<Utc>| (released >= due && released < window_end).then_some(due);
+    let slot_of = burst_at(due);
     analyze(&ctx, record, p.jobs as u64, slot_of, Some(due), &mut r)?;
     r.rss_hwm_kib = Some(rss_kib().1);
     Ok(r)
@@ -321,22 +327,13 @@ pub async fn run(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result<Worke
                 .await?;
             sched.start().await?;
             r.setup_secs = Some(began.elapsed().as_secs_f64());
-            let first = ceil_second(Utc::now()) + chrono::Duration::seconds(2);
-            let last = first + chrono::Duration::seconds(p.seconds as i64 - 1);
-            progress(format!(
-                "tcs: measuring slots {} .. {}",
-                first.format("%T"),
-                last.format("%T")
-            ));
+            let (first, last) = one_per_second_window("tcs", p.seconds);
             sleep_until_wall(last + chrono::Duration::milliseconds(1500)).await;
             stop(sched).await;
             wait_idle(&ctx, Duration::from_secs(30)).await;
             // The job's due instant is not handed to the closure: it is the second the closure
             // was called in (tokio-cron-scheduler is never a whole second late at 1 job/s).
-            let slot_of = |released: DateTime<Utc>| {
-                let s = floor_second(released);
-                (s >= first && s <= last).then_some(s)
-            };
+            let slot_of = second_within(first, last);
             analyze(&ctx, record, p.seconds, slot_of, None, &mut r)?;
         }
         Scenario::Burst | Scenario::InFlight => {
@@ -374,9 +371,7 @@ pub async fn run(p: &Params, _dir: &Path, record: &Path) -> anyhow::Result<Worke
             .await;
             stop(sched).await;
             // Every job fires once in the window, at `due`.
-            let window_end = due + chrono::Duration::seconds(3600);
-            let slot_of =
-                |released: DateTime<Utc>| (released >= due && released < window_end).then_some(due);
+            let slot_of = burst_at(due);
             analyze(&ctx, record, p.jobs as u64, slot_of, Some(due), &mut r)?;
         }
         Scenario::Idle => {
