@@ -159,6 +159,8 @@ async fn start(p: &Params, dir: &Path, max_concurrent: usize) -> anyhow::Result<
         timings: timings.clone(),
         in_flight: in_flight.clone(),
     });
+    // As `cnp serve` does at its start.
+    cnp::executor::process::guardian::start_now();
     let bus = EventBus::default();
     let events = watch_events(&bus);
     let engine = Engine::start(

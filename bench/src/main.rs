@@ -90,6 +90,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    // cnp runs in this process: its orphan guardian is this executable run again, as in `cnp`.
+    cnp::executor::process::guardian::enter();
     let cli = Cli::parse();
     if let Some(params) = &cli.worker {
         let params: Params = serde_json::from_str(params).context("worker parameters")?;

@@ -65,6 +65,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     check_cli(&settings.command);
     // Also prepares cgroup v2 delegation, which must happen before the first child exists.
     tracing::info!(limits = %crate::executor::process::describe_limits_support(), "resource limits");
+    crate::executor::process::guardian::start_now();
     let plugins = start_plugins(&config).await;
     // Jobs with an `executor:` plugin run in it; every other job runs the Claude CLI.
     let (max_output, max_line) = (settings.max_output_bytes, settings.max_line_bytes);

@@ -105,6 +105,18 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
     for name in ["policy", "plain", "failjob"] {
         cnp.wait_for(&format!("job {name}"), || env.job(name));
     }
+    // The guardian runs before any run, as cnp's executable started anew (not a fork of cnp,
+    // which would share cnp's memory copy-on-write for as long as both live).
+    let cnp_pid = cnp.pid();
+    let guardian = cnp.wait_for("cnp's orphan guardian", || guardian_of(cnp_pid));
+    let is_guardian = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"--cnp-orphan-guardian"))
+    };
+    assert!(
+        is_guardian(guardian),
+        "the guardian was not started as a program of its own"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -171,6 +183,11 @@ fn kill_9_with_200_runs_in_flight_leaves_no_orphans_and_retries_per_policy() {
         left.len()
     );
     eprintln!("all {total} CLI process groups gone {gone_after:?} after kill -9");
+    // Its work done, the guardian has exited too.
+    while is_guardian(guardian) && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_guardian(guardian), "the guardian outlived cnp");
     // While cnp is down, nothing changed in the database.
     assert_eq!(attempts(&env), before);
 

@@ -1139,7 +1139,7 @@ impl Cnp {
     }
 }
 
-/// The orphan guardian `cnp serve` (pid `cnp`) forked at its first run, if it is alive.
+/// The orphan guardian `cnp serve` (pid `cnp`) started when it started, if it is alive.
 pub fn guardian_of(cnp: u32) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;

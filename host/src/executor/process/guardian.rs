@@ -1,12 +1,21 @@
 //! The orphan guardian: CLI process groups never outlive a killed cnp.
 //!
 //! A run's CLI leads its own process group, so nothing of it dies with cnp by itself. On first
-//! use, cnp forks one small guardian process that holds the read end of a pipe whose only write
+//! use, cnp starts one small guardian process that holds the read end of a pipe whose only write
 //! end is cnp's (`O_CLOEXEC`: no child inherits it). cnp writes `+pgid` when it has spawned a
 //! run and `-pgid` once the run's group is gone (reaped, leftovers killed). When cnp dies — by
 //! kill -9 too — the kernel closes the write end, the guardian reads EOF, SIGKILLs every group
 //! still registered and exits. One process for all runs; nothing on the spawn path but a
 //! 5-byte non-blocking write.
+//!
+//! **How it starts.** An executable whose `main` calls [`enter`] first (`cnp` and `cnp-bench`
+//! do) starts its guardian by running itself again (`/proc/self/exe`, spawned like a CLI: no
+//! copy of cnp's memory), with the pipe as its stdin. Any other program that embeds cnp (the
+//! test binaries) forks the guardian instead. A fork of a process that is already running jobs
+//! shares all of its memory copy-on-write with a process that never exits: every page cnp then
+//! writes for the first time faults and is copied, with a TLB shootdown on every core; with
+//! 1,000 runs starting at once that was ~25 ms of CPU in the start window, and the fork itself
+//! held the first run's spawn for ~3 ms.
 //!
 //! Why not `PR_SET_PDEATHSIG`: it fires when the *thread* that forked the child exits (tokio's
 //! blocking threads come and go), and it reaches only the direct child, not its group.
@@ -14,10 +23,12 @@
 //! The window between `spawn()` returning and the `+pgid` write is not covered; the restart-time
 //! cleanup (`engine::run::kill_leftover`, by the `CNP_EXECUTION_ID` marker) is the second line.
 //!
-//! The forked guardian runs only async-signal-safe calls (`read`, `kill`, `close_range`, `dup2`,
-//! `sigaction`, `_exit`) on memory prepared before the fork: cnp is multi-threaded.
+//! The guardian loop runs only async-signal-safe calls (`read`, `kill`, `close_range`, `dup2`,
+//! `sigaction`, `_exit`) on memory prepared before it starts: forked, it runs in a copy of a
+//! multi-threaded process.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Groups the guardian can hold at once (more are left to the restart-time cleanup).
@@ -35,6 +46,31 @@ struct Guardian {
 
 static GUARDIAN: Mutex<Option<Guardian>> = Mutex::new(None);
 
+/// Set by [`enter`]: this executable runs the guardian when started with [`GUARDIAN_ARG`].
+static SELF_EXEC: AtomicBool = AtomicBool::new(false);
+
+/// The argument that makes an executable calling [`enter`] the guardian.
+const GUARDIAN_ARG: &str = "--cnp-orphan-guardian";
+
+/// Call first in `main` of an executable that runs CLIs: when this process was started as a
+/// guardian it becomes one (and never returns); otherwise it records that its guardian can be
+/// started by running this executable again instead of by a fork.
+pub fn enter() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == GUARDIAN_ARG)
+    {
+        let mut table: Vec<i32> = Vec::with_capacity(CAPACITY);
+        let mut buf = vec![0u8; RECORD * 1024];
+        #[allow(unsafe_code)]
+        // SAFETY: a fresh single-threaded process; the pipe from cnp is its stdin.
+        unsafe {
+            guardian_main(0, c"/dev/null".as_ptr(), &mut table, &mut buf)
+        }
+    }
+    SELF_EXEC.store(true, Ordering::Relaxed);
+}
+
 /// Registers a run's process group: killed if cnp dies while it is registered.
 pub fn register(pgid: u32) {
     let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
@@ -51,6 +87,13 @@ pub fn register(pgid: u32) {
         }
         fresh.live = live;
     }
+}
+
+/// Starts the guardian now if none runs yet, so the first run does not wait for it (`cnp serve`
+/// does this at start, after the cgroup set-up).
+pub fn start_now() {
+    let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
+    g.get_or_insert_with(start);
 }
 
 /// The group is gone (reaped, its leftovers killed): no longer the guardian's concern.
@@ -107,8 +150,65 @@ fn close(fd: i32) {
     }
 }
 
-/// Forks the guardian. On failure, runs go on unguarded (logged).
+/// Starts the guardian: by running this executable again when it calls [`enter`], else by a
+/// fork. On failure, runs go on unguarded (logged).
 fn start() -> Guardian {
+    if SELF_EXEC.load(Ordering::Relaxed) {
+        match start_exec() {
+            Ok(g) => return g,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the orphan guardian as a new process: forking it");
+            }
+        }
+    }
+    start_fork()
+}
+
+/// Runs `/proc/self/exe --cnp-orphan-guardian` with the pipe's read end as its stdin. It stays
+/// in cnp's process group, like a forked guardian (it ignores the terminal's signals): in a
+/// group of its own it would be an orphaned group the moment cnp died, and the kernel would
+/// send it SIGHUP and SIGCONT then.
+fn start_exec() -> std::io::Result<Guardian> {
+    use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
+    use std::process::{Command, Stdio};
+    let (read_end, write_end): (OwnedFd, OwnedFd) = {
+        let mut fds = [0i32; 2];
+        #[allow(unsafe_code)]
+        // SAFETY: pipe2 fills the two-element array with two new descriptors we own.
+        unsafe {
+            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            use std::os::fd::FromRawFd;
+            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        }
+    };
+    let child = Command::new("/proc/self/exe")
+        .arg(GUARDIAN_ARG)
+        .stdin(Stdio::from(read_end))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    #[allow(unsafe_code)]
+    // SAFETY: sets a flag on our own descriptor.
+    unsafe {
+        let fd = write_end.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let pid = child.id() as i32;
+    // Never waited for: it runs as long as cnp does (std's Child neither kills nor reaps).
+    drop(child);
+    tracing::debug!(pid, "orphan guardian started");
+    Ok(Guardian {
+        fd: write_end.into_raw_fd(),
+        pid,
+        live: HashSet::new(),
+    })
+}
+
+/// Forks the guardian (an executable that did not call [`enter`]).
+fn start_fork() -> Guardian {
     let failed = |what: &str| {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot start the orphan guardian ({what}): CLI processes may outlive a killed cnp until its restart");
         Guardian {
@@ -187,18 +287,21 @@ unsafe fn guardian_main(
         0,
         0,
     );
-    // Hold nothing of cnp's: no sockets, no database files, no pipes a caller waits on.
-    let null = libc::open(devnull, libc::O_RDWR);
-    if null >= 0 {
-        libc::dup2(null, 0);
-        libc::dup2(null, 1);
-        libc::dup2(null, 2);
-    }
-    let fd = if libc::dup2(read_fd, 3) == 3 {
+    // Hold nothing of cnp's: no sockets, no database files, no pipes a caller waits on. The
+    // pipe moves to descriptor 3 first (started by exec, it arrives as stdin).
+    let fd = if read_fd == 3 || libc::dup2(read_fd, 3) == 3 {
         3
     } else {
         read_fd
     };
+    let null = libc::open(devnull, libc::O_RDWR);
+    if null >= 0 {
+        for std_fd in 0..3 {
+            if std_fd != fd {
+                libc::dup2(null, std_fd);
+            }
+        }
+    }
     libc::syscall(
         libc::SYS_close_range,
         (fd + 1) as libc::c_uint,
