@@ -89,10 +89,22 @@ fn serve_tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops() {
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    // Ready only once the API listens.
+    // Ready only once the API listens: its address is published and it accepts a connection
+    // the moment READY arrives (cnp's log, read by a thread here, may lag behind).
     let first = recv();
     assert!(first.contains("READY=1"), "{first}");
-    assert!(cnp.log().contains("admin API listening"), "{}", cnp.log());
+    let addr = std::fs::read_to_string(env.api_address_file()).unwrap_or_else(|e| {
+        panic!(
+            "READY before the API's address was written ({e})\n{}",
+            cnp.log()
+        )
+    });
+    std::net::TcpStream::connect(addr.trim()).unwrap_or_else(|e| {
+        panic!(
+            "READY before the API listened at {addr} ({e})\n{}",
+            cnp.log()
+        )
+    });
     // Watchdog pings at half of WATCHDOG_USEC.
     let started = Instant::now();
     let mut pings = 0;
