@@ -28,6 +28,7 @@
 //! multi-threaded process.
 
 use std::collections::HashSet;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -60,8 +61,7 @@ pub fn enter() {
         .nth(1)
         .is_some_and(|a| a == GUARDIAN_ARG)
     {
-        let mut table: Vec<i32> = Vec::with_capacity(CAPACITY);
-        let mut buf = vec![0u8; RECORD * 1024];
+        let (mut table, mut buf) = buffers();
         #[allow(unsafe_code)]
         // SAFETY: a fresh single-threaded process; the pipe from cnp is its stdin.
         unsafe {
@@ -169,42 +169,16 @@ fn start() -> Guardian {
 /// group of its own it would be an orphaned group the moment cnp died, and the kernel would
 /// send it SIGHUP and SIGCONT then.
 fn start_exec() -> std::io::Result<Guardian> {
-    use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
     use std::process::{Command, Stdio};
-    let (read_end, write_end): (OwnedFd, OwnedFd) = {
-        let mut fds = [0i32; 2];
-        #[allow(unsafe_code)]
-        // SAFETY: pipe2 fills the two-element array with two new descriptors we own.
-        unsafe {
-            if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            use std::os::fd::FromRawFd;
-            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-        }
-    };
+    let (read_end, write_end) = pipe()?;
     let child = Command::new("/proc/self/exe")
         .arg(GUARDIAN_ARG)
         .stdin(Stdio::from(read_end))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    #[allow(unsafe_code)]
-    // SAFETY: sets a flag on our own descriptor.
-    unsafe {
-        let fd = write_end.as_raw_fd();
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-    }
-    let pid = child.id() as i32;
     // Never waited for: it runs as long as cnp does (std's Child neither kills nor reaps).
-    drop(child);
-    tracing::debug!(pid, "orphan guardian started");
-    Ok(Guardian {
-        fd: write_end.into_raw_fd(),
-        pid,
-        live: HashSet::new(),
-    })
+    Ok(Guardian::started(write_end, child.id() as i32))
 }
 
 /// Forks the guardian (an executable that did not call [`enter`]).
@@ -217,46 +191,62 @@ fn start_fork() -> Guardian {
             live: HashSet::new(),
         }
     };
-    let mut fds = [0i32; 2];
-    #[allow(unsafe_code)]
-    // SAFETY: pipe2 fills the two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    let Ok((read_end, write_end)) = pipe() else {
         return failed("pipe");
-    }
-    let (read_fd, write_fd) = (fds[0], fds[1]);
+    };
     // Everything the child uses is allocated before the fork.
-    let mut table: Vec<i32> = Vec::with_capacity(CAPACITY);
-    let mut buf = vec![0u8; RECORD * 1024];
+    let (mut table, mut buf) = buffers();
     let devnull = c"/dev/null";
     #[allow(unsafe_code)]
     // SAFETY: the child only makes async-signal-safe calls on pre-allocated memory and never
     // returns (it ends in `_exit`).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        close(read_fd);
-        close(write_fd);
         return failed("fork");
     }
     if pid == 0 {
         #[allow(unsafe_code)]
         // SAFETY: see above.
         unsafe {
-            guardian_main(read_fd, devnull.as_ptr(), &mut table, &mut buf)
+            guardian_main(read_end.as_raw_fd(), devnull.as_ptr(), &mut table, &mut buf)
         }
     }
-    close(read_fd);
+    drop(read_end);
+    Guardian::started(write_end, pid)
+}
+
+impl Guardian {
+    /// The guardian `pid`, told through `write_end`.
+    fn started(write_end: OwnedFd, pid: i32) -> Guardian {
+        tracing::debug!(pid, "orphan guardian started");
+        Guardian {
+            fd: write_end.into_raw_fd(),
+            pid,
+            live: HashSet::new(),
+        }
+    }
+}
+
+/// The guardian's pipe (both ends close-on-exec: no CLI inherits them), its write end
+/// non-blocking: a guardian that stops reading never blocks a run.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
     #[allow(unsafe_code)]
-    // SAFETY: sets a flag on our own descriptor.
+    // SAFETY: pipe2 fills the two-element array with two new descriptors, owned from here on;
+    // fcntl sets a flag on the write end.
     unsafe {
-        let flags = libc::fcntl(write_fd, libc::F_GETFL);
-        libc::fcntl(write_fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
     }
-    tracing::debug!(pid, "orphan guardian started");
-    Guardian {
-        fd: write_fd,
-        pid,
-        live: HashSet::new(),
-    }
+}
+
+/// The guardian loop's memory: its table of groups and its read buffer.
+fn buffers() -> (Vec<i32>, Vec<u8>) {
+    (Vec::with_capacity(CAPACITY), vec![0u8; RECORD * 1024])
 }
 
 /// The guardian process: register/unregister groups until EOF, then kill what is left.
