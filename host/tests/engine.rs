@@ -1053,18 +1053,27 @@ async fn a_graceful_stop_withdraws_runs_recorded_ahead_and_the_restart_runs_the_
 // ---------------------------------------------------------------------------------------------
 // Runs recorded ahead of their slot start with the job and status as they are at the claim.
 
-#[tokio::test(start_paused = true)]
-async fn a_run_recorded_ahead_runs_the_job_as_changed_before_its_slot() {
-    let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
+/// A job `name` run every minute, and the run of its first slot, recorded 1.5 s before it.
+async fn recorded_ahead(
+    h: &Harness,
+    name: &str,
+) -> (cnp::model::Job, Vec<cnp::model::JobExecution>) {
     let job = h
         .engine
-        .create_job(spec("edited", every(60, None)), None)
+        .create_job(spec(name, every(60, None)), None)
         .await
         .unwrap();
-    // Recorded (and its job read) 1.5 s before the slot.
     advance(Duration::from_millis(58_500)).await;
     let e = executions(&h.store, &job.id).await;
     assert_eq!(e.len(), 1, "{e:#?}");
+    (job, e)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_recorded_ahead_runs_the_job_as_changed_before_its_slot() {
+    let h = harness(EngineSettings::default(), Duration::from_millis(10)).await;
+    // Recorded (and its job read) 1.5 s before the slot.
+    let (job, e) = recorded_ahead(&h, "edited").await;
     assert_eq!(e[0].status, ExecutionStatus::Queued);
     // Changed after that, schedule kept: the recorded run stays, with the new prompt.
     let mut changed = spec("edited", every(60, None));
@@ -1097,14 +1106,7 @@ async fn a_run_recorded_ahead_runs_the_job_as_changed_before_its_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_run_recorded_ahead_and_cancelled_before_its_claim_is_not_run_and_keeps_nothing() {
     let h = harness(EngineSettings::default(), Duration::from_secs(30)).await;
-    let job = h
-        .engine
-        .create_job(spec("cancelled", every(60, None)), None)
-        .await
-        .unwrap();
-    advance(Duration::from_millis(58_500)).await;
-    let e = executions(&h.store, &job.id).await;
-    assert_eq!(e.len(), 1, "{e:#?}");
+    let (_, e) = recorded_ahead(&h, "cancelled").await;
     // Cancelled in the store behind the engine's back: the engine still releases it at its
     // slot, and only the claim finds it gone.
     let now = h.engine.clock().now();
